@@ -1,0 +1,57 @@
+/**
+ * What the command line asks for, after parsing and before any API call: the contract
+ * between the CLI (lib/cli/) and the parts that talk to the cluster (lib/kube/, lib/forward/).
+ */
+import type { Protocol } from "./tunnel/types.ts";
+
+/** The kinds of target relay forwards to, in their canonical (krelay) spelling. */
+export type TargetKind = "pod" | "svc" | "deploy" | "sts" | "ds" | "rs" | "host" | "ip";
+
+/** A target as written: `svc/redis`, `host/redis.example`, `ip/198.18.0.7`, `mypod`. */
+export interface TargetRef {
+  kind: TargetKind;
+  /** Object name, hostname or IP literal. */
+  name: string;
+  /** Namespace for this target (`-n` on its line of a targets file, else the global one). */
+  namespace?: string;
+}
+
+/** One `[local:]remote[@proto]` port mapping as written. */
+export interface PortSpec {
+  /** Local port; 0 picks a free one (`:8080`), undefined means the same as remote. */
+  localPort?: number;
+  /** A port number, or a port name to look up on the Service or container. */
+  remote: number | string;
+  /** undefined: infer from the Service/container port, else tcp. */
+  protocol?: Protocol;
+}
+
+/** One forward: a target and its ports (`relay TARGET PORT…`, a line of `-f`, or `-L`). */
+export interface ForwardSpec {
+  target: TargetRef;
+  ports: PortSpec[];
+  /** Where this spec came from, for error messages: `argv`, `-L 8080:web:80`, `targets.txt:3`. */
+  source: string;
+}
+
+/** Options that shape every forward in one run. */
+export interface RunOptions {
+  /** Local addresses to listen on (`--address`), default ["127.0.0.1"]. */
+  addresses: string[];
+  kubeconfig?: string;
+  context?: string;
+  namespace?: string;
+  as?: string;
+  asGroups: string[];
+  /** `--request-timeout`, in milliseconds; 0 means none. */
+  requestTimeoutMs: number;
+  agentImage: string;
+  agentNamespace?: string;
+  /** `--patch` / `--patch-file` merged into the agent pod, already parsed. */
+  patch?: Record<string, unknown>;
+  /** How long to wait for the agent pod to be Running, in milliseconds. */
+  podRunningTimeoutMs: number;
+  /** How many tunnels to keep open to the agent. */
+  tunnels: number;
+  verbose: boolean;
+}

@@ -1,0 +1,96 @@
+/**
+ * The public shape of a relay tunnel, shared by the client (lib/) and the agent (agent/).
+ * The wire encoding lives beside this file and nowhere else.
+ *
+ * A tunnel is one byte stream between client and agent (in practice: one port-forward
+ * WebSocket on the client side, one accepted localhost TCP connection on the agent side).
+ * On it, either end opens **streams**: one per TCP connection or UDP session. Stream ids
+ * opened by the client are odd, those opened by the agent (reverse forwards) are even.
+ */
+
+/** A pair of Web Streams carrying bytes: a TCP connection, a WebSocket, a tunnel stream. */
+export interface Duplex {
+  readonly readable: ReadableStream<Uint8Array>;
+  readonly writable: WritableStream<Uint8Array>;
+}
+
+/** The transport protocol a stream carries to its destination. */
+export type Protocol = "tcp" | "udp";
+
+/** What a stream should connect to, as the agent will dial it. */
+export interface OpenRequest {
+  protocol: Protocol;
+  /** An IPv4 or IPv6 literal, or a hostname resolved by the agent's resolver. */
+  host: string;
+  port: number;
+}
+
+/** Why an open failed; carried on the wire as one byte each. */
+export type OpenFailure =
+  | "no-such-host"
+  | "refused"
+  | "timeout"
+  | "unreachable"
+  | "forbidden"
+  | "error";
+
+/** An open that the far end could not complete, with its reason. */
+export class OpenError extends Error {
+  constructor(readonly code: OpenFailure, message: string) {
+    super(message);
+    this.name = "OpenError";
+  }
+}
+
+/**
+ * One connection or UDP session on a tunnel.
+ *
+ * TCP: bytes in order; closing `writable` sends a half-close (FIN) and the peer's
+ * `readable` ends, while the other direction keeps flowing.
+ * UDP: each chunk written is one datagram and each chunk read is one datagram, never split
+ * or merged; when the peer has no room, datagrams are dropped (and counted), never queued
+ * without bound.
+ */
+export interface TunnelStream extends Duplex {
+  readonly id: number;
+  readonly request: OpenRequest;
+  /** Abandon both directions at once and tell the peer (a TCP reset). */
+  reset(reason?: string): void;
+  /** Settles when both directions have finished or the stream was reset. */
+  readonly closed: Promise<void>;
+  /** UDP datagrams dropped because a queue was full (always 0 for TCP). */
+  readonly dropped: number;
+}
+
+/** Decides what an incoming open becomes: the duplex to splice it with, or an OpenError. */
+export type OpenHandler = (request: OpenRequest) => Promise<Duplex>;
+
+/** Options common to both ends of a tunnel. */
+export interface TunnelOptions {
+  /** The per-session secret; a tunnel whose token does not match is refused. */
+  token: string;
+  /** Handles opens from the peer: on the agent, outbound dials; on the client, reverse forwards. */
+  onOpen?: OpenHandler;
+  /** Bytes a stream may have in flight before its reader must catch up. */
+  streamWindow?: number;
+  /** Send a ping after this much silence (ms); 0 turns keep-alive off. */
+  keepAliveMs?: number;
+}
+
+/** A live tunnel, as either end sees it. */
+export interface Tunnel {
+  /** The version string the other end sent in its handshake. */
+  readonly peerVersion: string;
+  /** Open a stream to `request`; rejects with OpenError when the far end cannot dial it. */
+  open(request: OpenRequest): Promise<TunnelStream>;
+  /** Round-trip time of one ping, in milliseconds. */
+  ping(): Promise<number>;
+  /** Streams currently open in either direction. */
+  readonly streamCount: number;
+  /** Stop accepting new streams, let the open ones finish, then close. */
+  goAway(): Promise<void>;
+  /** Close now: every open stream is reset. */
+  close(reason?: string): void;
+  /** Settles when the tunnel is closed, for whatever reason. */
+  readonly closed: Promise<void>;
+}
