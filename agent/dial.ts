@@ -1,0 +1,114 @@
+/**
+ * Outbound TCP dials for the agent: resolve (with the pod's resolver), connect, and turn
+ * every failure into an OpenError with the code the client shows.
+ */
+import { lookup } from "node:dns/promises";
+import { connDuplex } from "../lib/tunnel/duplex.ts";
+import { parseIPv4, parseIPv6 } from "../lib/tunnel/frame.ts";
+import { type Duplex, OpenError, type OpenFailure } from "../lib/tunnel/types.ts";
+
+/** Resolves a hostname to IP literals, in the order to try them. */
+export type Resolver = (hostname: string) => Promise<string[]>;
+
+/** Makes one TCP connection to an IP literal. */
+export type TcpConnector = (
+  options: { hostname: string; port: number; signal: AbortSignal },
+) => Promise<Deno.Conn>;
+
+/** How the agent reaches destinations; each part injectable for tests. */
+export interface Dialer {
+  resolve: Resolver;
+  connect: TcpConnector;
+  /** Give up on one connect attempt after this long (ms). */
+  connectTimeoutMs: number;
+}
+
+/**
+ * The pod's resolver: getaddrinfo, so /etc/hosts, search domains and ndots apply exactly
+ * as for any other program in the pod (a bare Service name resolves).
+ */
+export const systemResolver: Resolver = async (hostname) => {
+  const found = await lookup(hostname, { all: true, verbatim: true });
+  return found.map((a) => a.address);
+};
+
+/** Deno's TCP connect, with no further name resolution (it is only given IP literals). */
+export const denoConnector: TcpConnector = ({ hostname, port, signal }) =>
+  Deno.connect({ hostname, port, signal, transport: "tcp" });
+
+/** True for an IPv4 or IPv6 literal, which needs no resolver. */
+export function isIpLiteral(host: string): boolean {
+  return parseIPv4(host) !== null || parseIPv6(host) !== null;
+}
+
+/** The addresses `host` stands for; a resolver failure is `no-such-host`. */
+export async function resolveHost(host: string, resolve: Resolver): Promise<string[]> {
+  if (isIpLiteral(host)) return [host.replace(/^\[(.*)\]$/, "$1")];
+  let addresses: string[];
+  try {
+    addresses = await resolve(host);
+  } catch (e) {
+    throw new OpenError("no-such-host", `cannot resolve ${host}: ${describe(e)}`);
+  }
+  if (addresses.length === 0) throw new OpenError("no-such-host", `${host} has no addresses`);
+  return addresses;
+}
+
+/** Connects to host:port over TCP, trying each address in turn; a Duplex with half-close. */
+export async function dialTcp(host: string, port: number, dialer: Dialer): Promise<Duplex> {
+  const addresses = await resolveHost(host, dialer.resolve);
+  let last: OpenError | null = null;
+  for (const address of addresses) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), dialer.connectTimeoutMs);
+    try {
+      const conn = await dialer.connect({ hostname: address, port, signal: abort.signal });
+      return connDuplex(conn);
+    } catch (e) {
+      last = abort.signal.aborted
+        ? new OpenError("timeout", `connect to ${where(host, address, port)} timed out`)
+        : dialFailure(e, where(host, address, port));
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  throw last!;
+}
+
+/** Maps a connect error to the OpenFailure the client will show. */
+export function dialFailure(error: unknown, target: string): OpenError {
+  const code = failureCode(error);
+  return new OpenError(code, `connect to ${target}: ${describe(error)}`);
+}
+
+function failureCode(error: unknown): OpenFailure {
+  const e = Deno.errors;
+  if (error instanceof e.ConnectionRefused) return "refused";
+  if (error instanceof e.TimedOut) return "timeout";
+  if (error instanceof e.NetworkUnreachable || error instanceof e.AddrNotAvailable) {
+    return "unreachable";
+  }
+  if (error instanceof e.NotFound) return "no-such-host";
+  if (error instanceof e.PermissionDenied || error instanceof e.NotCapable) return "forbidden";
+  const text = describe(error);
+  if (/unreachable|no route to host/i.test(text)) return "unreachable";
+  if (/refused/i.test(text)) return "refused";
+  if (/timed? ?out/i.test(text)) return "timeout";
+  if (/ENOTFOUND|EAI_|name or service not known|lookup/i.test(text)) return "no-such-host";
+  return "error";
+}
+
+function where(host: string, address: string, port: number): string {
+  const hostPort = address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
+  return host === address ? hostPort : `${host} (${hostPort})`;
+}
+
+function describe(error: unknown): string {
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code;
+    return typeof code === "string" && !error.message.includes(code)
+      ? `${code} ${error.message}`
+      : error.message;
+  }
+  return String(error);
+}

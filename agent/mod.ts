@@ -1,0 +1,76 @@
+/**
+ * `relay agent`: the in-pod end of relay's tunnels.
+ *
+ * Flags (for main.ts to wire into commander; all optional):
+ * - `--port <n>`               TCP port on 127.0.0.1 to accept tunnels on (default 4646)
+ * - `--udp-idle-timeout <dur>` close a UDP session after this much silence (default 60s)
+ * - `--idle-exit <dur>`        exit when no tunnel has been connected this long (default 300s;
+ *                              0 never)
+ * - `--connect-timeout <dur>`  give up on one TCP connect after this long (default 10s)
+ * The session token comes only from the environment, RELAY_AGENT_TOKEN, so it never shows
+ * in the pod's command line.
+ */
+import { VERSION } from "../lib/version.ts";
+import { AGENT_DEFAULTS, type AgentConfig, startAgent } from "./server.ts";
+
+export { AGENT_DEFAULTS, type AgentConfig, type AgentHandle, startAgent } from "./server.ts";
+export type { Dialer, Resolver, TcpConnector } from "./dial.ts";
+
+/** The environment variable that carries the session token. */
+export const TOKEN_ENV = "RELAY_AGENT_TOKEN";
+
+/** `relay agent` options as parsed from the command line (durations in milliseconds). */
+export interface AgentOptions {
+  port?: number;
+  udpIdleMs?: number;
+  idleExitMs?: number;
+  connectTimeoutMs?: number;
+  /** The token; default: the RELAY_AGENT_TOKEN environment variable. */
+  token?: string;
+  /** Where the ready line goes (default: stdout). */
+  out?: (line: string) => void;
+  /** Where log lines go (default: stderr). */
+  log?: (line: string) => void;
+}
+
+/**
+ * Runs the agent until SIGTERM/SIGINT or idle exit; resolves with the process exit code
+ * (0 on a normal stop, 2 when the token is missing or the port cannot be bound).
+ */
+export async function runAgent(options: AgentOptions = {}): Promise<number> {
+  const log = options.log ?? ((line: string) => console.error(line));
+  const out = options.out ?? ((line: string) => console.log(line));
+  const token = options.token ?? Deno.env.get(TOKEN_ENV);
+  if (!token) {
+    log(`relay agent: ${TOKEN_ENV} is not set; refusing to start without a session token`);
+    return 2;
+  }
+  let agent;
+  try {
+    agent = startAgent(
+      {
+        token,
+        port: options.port ?? AGENT_DEFAULTS.port,
+        udpIdleMs: options.udpIdleMs,
+        idleExitMs: options.idleExitMs,
+        connectTimeoutMs: options.connectTimeoutMs,
+        log,
+      } satisfies AgentConfig,
+    );
+  } catch (e) {
+    log(`relay agent: cannot listen on 127.0.0.1:${options.port ?? AGENT_DEFAULTS.port}: ${e}`);
+    return 2;
+  }
+  const signals: Deno.Signal[] = ["SIGTERM", "SIGINT"];
+  const handlers = signals.map((signal) => {
+    const handler = () => agent.stop(`${signal} received, exiting`);
+    Deno.addSignalListener(signal, handler);
+    return [signal, handler] as const;
+  });
+  out(`relay agent ${VERSION} listening on 127.0.0.1:${agent.port}`);
+  try {
+    return await agent.finished;
+  } finally {
+    for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * One UDP session for the agent: a socket of its own, datagrams sent to one destination and
+ * replies accepted only from it, closed after a spell of silence.
+ */
+import { parseIPv4, parseIPv6 } from "../lib/tunnel/frame.ts";
+import type { Duplex } from "../lib/tunnel/types.ts";
+import { resolveHost, type Resolver } from "./dial.ts";
+
+/** What a UDP session needs. */
+export interface UdpSessionOptions {
+  resolve: Resolver;
+  /** Close the session after this long with no datagram either way (ms). */
+  idleMs: number;
+}
+
+/** Datagrams smaller than this are copied out of the 64 KiB receive buffer. */
+const COPY_BELOW = 16 * 1024;
+
+/**
+ * Opens a UDP "connection" to host:port: each chunk written is sent as one datagram, each
+ * datagram from host:port is one chunk read. The readable ends when the session idles out
+ * or the writable is closed.
+ */
+export async function dialUdp(
+  host: string,
+  port: number,
+  options: UdpSessionOptions,
+): Promise<Duplex> {
+  const [address] = await resolveHost(host, options.resolve);
+  const target = addressBytes(address);
+  const socket = Deno.listenDatagram({
+    transport: "udp",
+    hostname: address.includes(":") ? "::" : "0.0.0.0",
+    port: 0,
+  });
+  let closed = false;
+  let lastActive = Date.now();
+  let idleTimer: ReturnType<typeof setTimeout> | undefined;
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    clearTimeout(idleTimer);
+    try {
+      socket.close();
+    } catch {
+      // already closed
+    }
+  };
+  // One timer, re-armed lazily, rather than one per datagram.
+  const armIdle = (delay: number) => {
+    idleTimer = setTimeout(() => {
+      const quiet = Date.now() - lastActive;
+      if (quiet >= options.idleMs) close();
+      else armIdle(options.idleMs - quiet);
+    }, delay);
+  };
+  armIdle(options.idleMs);
+
+  const readable = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      while (!closed) {
+        let datagram: Uint8Array, from: Deno.Addr;
+        try {
+          [datagram, from] = await socket.receive();
+        } catch {
+          break; // the socket was closed (idle, or the client ended the session)
+        }
+        const peer = from as Deno.NetAddr;
+        if (peer.port !== port || !sameAddress(addressBytes(peer.hostname), target)) continue;
+        lastActive = Date.now();
+        controller.enqueue(datagram.length < COPY_BELOW ? datagram.slice() : datagram);
+        return;
+      }
+      close();
+      controller.close();
+    },
+    cancel: close,
+  }, { highWaterMark: 0 });
+
+  const writable = new WritableStream<Uint8Array>({
+    async write(datagram) {
+      if (closed) return;
+      lastActive = Date.now();
+      try {
+        await socket.send(datagram, { transport: "udp", hostname: address, port });
+      } catch {
+        // UDP gives no delivery promise; a datagram the kernel refuses is simply lost
+      }
+    },
+    close,
+    abort: close,
+  });
+  return { readable, writable };
+}
+
+function addressBytes(address: string): Uint8Array | null {
+  const v4 = parseIPv4(address);
+  if (v4) return Uint8Array.of(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ...v4);
+  return parseIPv6(address);
+}
+
+/** Compares addresses as bytes, so `::ffff:1.2.3.4` and `1.2.3.4` are the same peer. */
+function sameAddress(a: Uint8Array | null, b: Uint8Array | null): boolean {
+  if (!a || !b) return false;
+  for (let i = 0; i < 16; i++) if (a[i] !== b[i]) return false;
+  return true;
+}

@@ -1,0 +1,244 @@
+/**
+ * Opening a tunnel: the client's HELLO, the agent's HELLO_OK or HELLO_ERR, then a Session.
+ */
+import { VERSION } from "../version.ts";
+import {
+  type Frame,
+  FrameDecoder,
+  FrameError,
+  FrameType,
+  type HelloErrorCode,
+  PROTOCOL_VERSION,
+} from "./frame.ts";
+import { DEFAULT_STREAM_WINDOW, Session } from "./session.ts";
+import type { Duplex, Tunnel, TunnelOptions } from "./types.ts";
+import { FrameWriter } from "./writer.ts";
+
+/** Options for connectTunnel / acceptTunnel beyond the shared TunnelOptions. */
+export interface HandshakeOptions extends TunnelOptions {
+  /** Give up on a peer that has not completed the handshake after this long (default 10 s). */
+  handshakeTimeoutMs?: number;
+  /** Datagrams queued per UDP stream for a slow reader before drops (default 256). */
+  udpQueue?: number;
+  /** Our version string as sent to the peer (default: lib/version.ts). */
+  version?: string;
+  /** Our tunnel protocol version (default PROTOCOL_VERSION; tests override it). */
+  protocolVersion?: number;
+}
+
+/** Why a tunnel could not be set up. */
+export type HandshakeFailure = HelloErrorCode | "protocol" | "closed" | "timeout";
+
+/** A tunnel whose handshake failed: wrong token, other protocol version, not a relay peer. */
+export class HandshakeError extends Error {
+  constructor(
+    readonly code: HandshakeFailure,
+    message: string,
+    /** The peer's relay version, when it told us. */
+    readonly peerVersion?: string,
+  ) {
+    super(message);
+    this.name = "HandshakeError";
+  }
+}
+
+/** Client side: send HELLO over `transport`, await the agent's answer, return the tunnel. */
+export async function connectTunnel(
+  transport: Duplex,
+  options: HandshakeOptions,
+): Promise<Tunnel> {
+  const io = openIo(transport);
+  const version = options.version ?? VERSION;
+  const protocolVersion = options.protocolVersion ?? PROTOCOL_VERSION;
+  const window = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
+  try {
+    io.frameWriter.send({
+      type: FrameType.HELLO,
+      streamId: 0,
+      protocolVersion,
+      token: options.token,
+      version,
+      window,
+    });
+    const [answer, pending] = await firstFrame(io, options.handshakeTimeoutMs);
+    if (answer.type === FrameType.HELLO_ERR) {
+      const message = answer.code === "version"
+        ? versionMismatch(version, protocolVersion, answer.version, answer.protocolVersion)
+        : answer.code === "token"
+        ? `relay agent ${answer.version} refused the session token`
+        : `relay agent ${answer.version} refused the tunnel: ${answer.message}`;
+      throw new HandshakeError(answer.code, message, answer.version);
+    }
+    if (answer.type !== FrameType.HELLO_OK) {
+      throw new HandshakeError(
+        "protocol",
+        "the far end is not a relay agent (no handshake answer)",
+      );
+    }
+    if (answer.protocolVersion !== protocolVersion) {
+      throw new HandshakeError(
+        "version",
+        versionMismatch(version, protocolVersion, answer.version, answer.protocolVersion),
+        answer.version,
+      );
+    }
+    return new Session({
+      role: "client",
+      ...io,
+      pending,
+      peerVersion: answer.version,
+      receiveWindow: window,
+      sendWindow: answer.window,
+      options,
+    });
+  } catch (e) {
+    await abandon(io);
+    throw e;
+  }
+}
+
+/** Agent side: await the client's HELLO on `transport`, check it, answer, return the tunnel. */
+export async function acceptTunnel(
+  transport: Duplex,
+  options: HandshakeOptions,
+): Promise<Tunnel> {
+  const io = openIo(transport);
+  const version = options.version ?? VERSION;
+  const protocolVersion = options.protocolVersion ?? PROTOCOL_VERSION;
+  const window = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
+  try {
+    const [hello, pending] = await firstFrame(io, options.handshakeTimeoutMs);
+    if (hello.type !== FrameType.HELLO) {
+      throw new HandshakeError("protocol", "the peer did not start with a relay handshake");
+    }
+    const refuse = (code: HelloErrorCode, message: string) => {
+      io.frameWriter.send({
+        type: FrameType.HELLO_ERR,
+        streamId: 0,
+        code,
+        protocolVersion,
+        version,
+        message,
+      });
+      return new HandshakeError(code, message, hello.version);
+    };
+    if (hello.protocolVersion !== protocolVersion) {
+      throw refuse(
+        "version",
+        versionMismatch(hello.version, hello.protocolVersion, version, protocolVersion),
+      );
+    }
+    if (!sameSecret(hello.token, options.token)) {
+      throw refuse("token", `relay ${hello.version} presented a wrong session token`);
+    }
+    if (hello.window === 0) throw refuse("other", "a stream window of 0 bytes");
+    io.frameWriter.send({
+      type: FrameType.HELLO_OK,
+      streamId: 0,
+      protocolVersion,
+      version,
+      window,
+    });
+    return new Session({
+      role: "agent",
+      ...io,
+      pending,
+      peerVersion: hello.version,
+      receiveWindow: window,
+      sendWindow: hello.window,
+      options,
+    });
+  } catch (e) {
+    await abandon(io);
+    throw e;
+  }
+}
+
+function versionMismatch(
+  clientVersion: string,
+  clientProtocol: number,
+  agentVersion: string,
+  agentProtocol: number,
+): string {
+  return `relay ${clientVersion} (tunnel protocol ${clientProtocol}) and relay agent ` +
+    `${agentVersion} (tunnel protocol ${agentProtocol}) cannot talk to each other; ` +
+    `use an agent image of the same version as relay`;
+}
+
+interface Io {
+  reader: ReadableStreamDefaultReader<Uint8Array>;
+  frameWriter: FrameWriter;
+  decoder: FrameDecoder;
+}
+
+function openIo(transport: Duplex): Io {
+  return {
+    reader: transport.readable.getReader(),
+    frameWriter: new FrameWriter(transport.writable.getWriter()),
+    decoder: new FrameDecoder(),
+  };
+}
+
+/** Reads until one whole frame arrives; returns it and any frames that came with it. */
+async function firstFrame(io: Io, timeoutMs = 10_000): Promise<[Frame, Frame[]]> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      reject(new HandshakeError("timeout", `no handshake within ${timeoutMs} ms`));
+    }, timeoutMs);
+  });
+  try {
+    return await Promise.race([readFirst(io), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function readFirst(io: Io): Promise<[Frame, Frame[]]> {
+  while (true) {
+    let chunk: ReadableStreamReadResult<Uint8Array>;
+    try {
+      chunk = await io.reader.read();
+    } catch (e) {
+      throw new HandshakeError("closed", `tunnel failed during the handshake: ${e}`);
+    }
+    if (chunk.done) {
+      throw new HandshakeError("closed", "tunnel closed during the handshake");
+    }
+    let frames: Frame[];
+    try {
+      frames = io.decoder.push(chunk.value);
+    } catch (e) {
+      const detail = e instanceof FrameError ? e.message : String(e);
+      throw new HandshakeError("protocol", `the far end is not a relay peer: ${detail}`);
+    }
+    if (frames.length > 0) {
+      return [frames[0], frames.slice(1)];
+    }
+  }
+}
+
+/** How long a refused peer gets to take our HELLO_ERR before the transport is cut. */
+const FAREWELL_MS = 2000;
+
+/** Sends what is queued (a HELLO_ERR) if the peer takes it soon, then closes the transport. */
+async function abandon(io: Io): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const sent = await Promise.race([
+    io.frameWriter.drained().then(() => true),
+    new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), FAREWELL_MS))),
+  ]);
+  clearTimeout(timer);
+  await io.frameWriter.close(!sent);
+  // only now: cancelling a connection's readable may close the whole socket
+  io.reader.cancel().catch(() => {});
+}
+
+/** Compares secrets without an early exit on the first differing byte. */
+function sameSecret(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a);
+  const y = new TextEncoder().encode(b);
+  let diff = x.length ^ y.length;
+  for (let i = 0; i < Math.max(x.length, y.length); i++) diff |= (x[i] ?? 0) ^ (y[i] ?? 0);
+  return diff === 0;
+}

@@ -1,0 +1,341 @@
+/**
+ * The multiplexer: a Tunnel over one transport Duplex. One reader loop decodes frames and
+ * dispatches them synchronously to streams; one FrameWriter serializes everything sent.
+ */
+import { type Frame, type FrameDecoder, FrameError, FrameType } from "./frame.ts";
+import { MuxStream, type StreamLimits, StreamResetError } from "./stream.ts";
+import type { FrameWriter } from "./writer.ts";
+import {
+  type Duplex,
+  OpenError,
+  type OpenFailure,
+  type OpenHandler,
+  type OpenRequest,
+  type Tunnel,
+  type TunnelOptions,
+  type TunnelStream,
+} from "./types.ts";
+
+/** Default per-stream receive window. */
+export const DEFAULT_STREAM_WINDOW = 256 * 1024;
+/** Default silence before a keep-alive ping. */
+export const DEFAULT_KEEPALIVE_MS = 10_000;
+/** Default datagrams queued per UDP stream before drops. */
+export const DEFAULT_UDP_QUEUE = 256;
+
+/** Everything a session needs once the handshake is done. */
+export interface SessionInit {
+  role: "client" | "agent";
+  reader: ReadableStreamDefaultReader<Uint8Array>;
+  frameWriter: FrameWriter;
+  decoder: FrameDecoder;
+  /** Frames that arrived in the same chunk as the handshake answer. */
+  pending: Frame[];
+  peerVersion: string;
+  /** The window we grant (our streamWindow) and the one the peer granted us. */
+  receiveWindow: number;
+  sendWindow: number;
+  options: TunnelOptions & { udpQueue?: number };
+}
+
+interface PendingOpen {
+  stream: MuxStream;
+  resolve: (s: TunnelStream) => void;
+  reject: (e: unknown) => void;
+}
+
+/** A live tunnel. */
+export class Session implements Tunnel {
+  readonly peerVersion: string;
+  readonly closed: Promise<void>;
+  /** Why the tunnel closed, once it has. */
+  closeReason: string | null = null;
+
+  private readonly writer: FrameWriter;
+  private readonly reader: ReadableStreamDefaultReader<Uint8Array>;
+  private readonly decoder: FrameDecoder;
+  private readonly streams = new Map<number, MuxStream>();
+  private readonly opening = new Map<number, PendingOpen>();
+  private readonly pings = new Map<
+    string,
+    { start: number; resolve: (ms: number) => void; reject: (e: unknown) => void }
+  >();
+  private readonly onOpen?: OpenHandler;
+  private readonly limits: StreamLimits;
+  private nextId: number;
+  private lastPeerId = 0;
+  private peerParity: number;
+  private goingAway = false;
+  private peerGoingAway = false;
+  private emptyWaiters: (() => void)[] = [];
+  private resolveClosed!: () => void;
+  private keepAlive?: ReturnType<typeof setInterval>;
+  private heard = true;
+  private pingOutstanding = false;
+
+  constructor(init: SessionInit) {
+    this.peerVersion = init.peerVersion;
+    this.reader = init.reader;
+    this.decoder = init.decoder;
+    this.onOpen = init.options.onOpen;
+    this.writer = init.frameWriter;
+    this.writer.onError = (e) => this.shutdown(`transport write failed: ${e}`);
+    this.limits = {
+      receiveWindow: init.receiveWindow,
+      sendWindow: init.sendWindow,
+      udpQueue: init.options.udpQueue ?? DEFAULT_UDP_QUEUE,
+    };
+    this.nextId = init.role === "client" ? 1 : 2;
+    this.peerParity = init.role === "client" ? 0 : 1;
+    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+    const keepAliveMs = init.options.keepAliveMs ?? DEFAULT_KEEPALIVE_MS;
+    if (keepAliveMs > 0) this.keepAlive = setInterval(() => this.tick(), keepAliveMs);
+    try {
+      for (const frame of init.pending) this.dispatch(frame);
+    } catch (e) {
+      this.shutdown(`protocol error: ${e instanceof Error ? e.message : e}`);
+    }
+    this.readLoop();
+  }
+
+  get streamCount(): number {
+    return this.streams.size;
+  }
+
+  open(request: OpenRequest): Promise<TunnelStream> {
+    if (this.closeReason !== null) {
+      return Promise.reject(new Error(`tunnel closed: ${this.closeReason}`));
+    }
+    if (this.goingAway || this.peerGoingAway) {
+      return Promise.reject(new Error("tunnel is going away; open the stream on another tunnel"));
+    }
+    const id = this.nextId;
+    this.nextId += 2;
+    const stream = this.newStream(id, request);
+    return new Promise((resolve, reject) => {
+      this.opening.set(id, { stream, resolve, reject });
+      try {
+        this.writer.send({ type: FrameType.OPEN, streamId: id, request });
+      } catch (e) {
+        // an unencodable request (hostname too long, bad port) fails this open only
+        this.opening.delete(id);
+        this.streams.delete(id);
+        reject(new OpenError("error", e instanceof Error ? e.message : String(e)));
+      }
+    });
+  }
+
+  ping(): Promise<number> {
+    if (this.closeReason !== null) {
+      return Promise.reject(new Error(`tunnel closed: ${this.closeReason}`));
+    }
+    const nonce = crypto.getRandomValues(new Uint8Array(8));
+    const key = hex(nonce);
+    return new Promise((resolve, reject) => {
+      this.pings.set(key, { start: performance.now(), resolve, reject });
+      this.writer.send({ type: FrameType.PING, streamId: 0, nonce });
+    });
+  }
+
+  async goAway(): Promise<void> {
+    if (this.closeReason !== null) return;
+    if (!this.goingAway) {
+      this.goingAway = true;
+      this.writer.send({ type: FrameType.GO_AWAY, streamId: 0, reason: "going away" });
+    }
+    while (this.streams.size > 0 && this.closeReason === null) {
+      await new Promise<void>((resolve) => this.emptyWaiters.push(resolve));
+    }
+    this.shutdown("went away", true);
+    await this.closed;
+  }
+
+  close(reason = "closed"): void {
+    this.shutdown(reason);
+  }
+
+  // ----- inbound ----------------------------------------------------------------------
+
+  private async readLoop(): Promise<void> {
+    let reason = "tunnel closed by peer";
+    try {
+      while (this.closeReason === null) {
+        const { value, done } = await this.reader.read();
+        if (done) {
+          if (!this.decoder.idle) reason = "tunnel closed by peer in the middle of a frame";
+          break;
+        }
+        this.heard = true;
+        for (const frame of this.decoder.push(value)) this.dispatch(frame);
+      }
+    } catch (e) {
+      reason = e instanceof FrameError
+        ? `protocol error: ${e.message}`
+        : `tunnel read failed: ${e instanceof Error ? e.message : e}`;
+    }
+    this.shutdown(reason);
+  }
+
+  private dispatch(frame: Frame): void {
+    if (this.closeReason !== null) return;
+    switch (frame.type) {
+      case FrameType.DATA: {
+        const stream = this.streams.get(frame.streamId);
+        if (stream && !stream.onData(frame.payload)) stream.reset("flow control violated");
+        return;
+      }
+      case FrameType.WINDOW:
+        this.streams.get(frame.streamId)?.onWindow(frame.increment);
+        return;
+      case FrameType.FIN:
+        this.streams.get(frame.streamId)?.onFin();
+        return;
+      case FrameType.RESET: {
+        const reason = frame.reason || "reset";
+        const pending = this.opening.get(frame.streamId);
+        if (pending) {
+          this.opening.delete(frame.streamId);
+          pending.reject(new OpenError("error", `open reset by peer: ${reason}`));
+        }
+        this.streams.get(frame.streamId)?.teardown(
+          new StreamResetError(`stream reset by peer: ${reason}`),
+        );
+        return;
+      }
+      case FrameType.OPEN:
+        return this.acceptOpen(frame.streamId, frame.request);
+      case FrameType.OPEN_RESULT:
+        return this.openResult(frame.streamId, frame.result, frame.message);
+      case FrameType.PING:
+        this.writer.send({ type: FrameType.PONG, streamId: 0, nonce: frame.nonce });
+        return;
+      case FrameType.PONG: {
+        this.pingOutstanding = false;
+        const key = hex(frame.nonce);
+        const ping = this.pings.get(key);
+        if (ping) {
+          this.pings.delete(key);
+          ping.resolve(performance.now() - ping.start);
+        }
+        return;
+      }
+      case FrameType.GO_AWAY:
+        this.peerGoingAway = true;
+        return;
+      case FrameType.LISTEN:
+        this.writer.send({
+          type: FrameType.LISTEN_RESULT,
+          streamId: frame.streamId,
+          result: "forbidden",
+          message: "reverse forwards are not supported by this end",
+        });
+        return;
+      case FrameType.LISTEN_RESULT:
+        return;
+      default:
+        throw new FrameError(`unexpected ${frame.type} frame after the handshake`);
+    }
+  }
+
+  private acceptOpen(id: number, request: OpenRequest): void {
+    if (id % 2 !== this.peerParity || id <= this.lastPeerId) {
+      throw new FrameError(`peer opened stream ${id}, which it may not`);
+    }
+    this.lastPeerId = id;
+    const refuse = (result: OpenFailure, message: string) =>
+      this.writer.send({ type: FrameType.OPEN_RESULT, streamId: id, result, message });
+    if (!this.onOpen) return refuse("forbidden", "this end accepts no streams");
+    if (this.goingAway) return refuse("forbidden", "tunnel is going away");
+    const stream = this.newStream(id, request);
+    this.onOpen(request).then(
+      (duplex) => {
+        if (!this.streams.has(id)) {
+          // reset (or tunnel closed) while dialing: drop the connection we just made
+          duplex.readable.cancel().catch(() => {});
+          duplex.writable.abort().catch(() => {});
+          return;
+        }
+        this.writer.send({ type: FrameType.OPEN_RESULT, streamId: id, result: "ok", message: "" });
+        splice(stream, duplex);
+      },
+      (error) => {
+        const code: OpenFailure = error instanceof OpenError ? error.code : "error";
+        const message = error instanceof Error ? error.message : String(error);
+        if (this.streams.get(id) !== stream) return;
+        this.streams.delete(id);
+        refuse(code, message);
+        stream.teardown(new StreamResetError(message));
+      },
+    );
+  }
+
+  private openResult(id: number, result: "ok" | OpenFailure, message: string): void {
+    const pending = this.opening.get(id);
+    if (!pending) return;
+    this.opening.delete(id);
+    if (result === "ok") return pending.resolve(pending.stream);
+    this.streams.delete(id);
+    pending.stream.teardown(new StreamResetError(message));
+    pending.reject(new OpenError(result, message || `open failed: ${result}`));
+  }
+
+  private newStream(id: number, request: OpenRequest): MuxStream {
+    const stream = new MuxStream(id, request, {
+      writer: this.writer,
+      streamDone: (doneId) => this.streamDone(doneId, stream),
+    }, this.limits);
+    this.streams.set(id, stream);
+    return stream;
+  }
+
+  private streamDone(id: number, stream: MuxStream): void {
+    if (this.streams.get(id) === stream) this.streams.delete(id);
+    if (this.streams.size === 0) {
+      const waiters = this.emptyWaiters;
+      this.emptyWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  // ----- keep-alive and shutdown --------------------------------------------------------
+
+  private tick(): void {
+    if (this.heard) {
+      this.heard = false;
+      this.pingOutstanding = false;
+      return;
+    }
+    if (this.pingOutstanding) return this.shutdown("peer stopped answering keep-alive pings");
+    this.pingOutstanding = true;
+    this.writer.send({ type: FrameType.PING, streamId: 0, nonce: new Uint8Array(8) });
+  }
+
+  private shutdown(reason: string, graceful = false): void {
+    if (this.closeReason !== null) return;
+    this.closeReason = reason;
+    clearInterval(this.keepAlive);
+    const error = new StreamResetError(`tunnel closed: ${reason}`);
+    for (const pending of this.opening.values()) pending.reject(error);
+    this.opening.clear();
+    for (const stream of [...this.streams.values()]) stream.teardown(error);
+    this.streams.clear();
+    for (const ping of this.pings.values()) ping.reject(error);
+    this.pings.clear();
+    for (const w of this.emptyWaiters) w();
+    this.emptyWaiters = [];
+    this.reader.cancel().catch(() => {});
+    this.writer.close(!graceful).finally(() => this.resolveClosed());
+  }
+}
+
+/** Pipes a tunnel stream and a local duplex into each other, both directions independent. */
+export function splice(stream: TunnelStream, duplex: Duplex): void {
+  duplex.readable.pipeTo(stream.writable).catch(() => stream.reset("source failed"));
+  stream.readable.pipeTo(duplex.writable).catch(() => stream.reset("destination failed"));
+}
+
+function hex(bytes: Uint8Array): string {
+  let s = "";
+  for (const b of bytes) s += b.toString(16).padStart(2, "0");
+  return s;
+}

@@ -1,0 +1,295 @@
+/**
+ * One stream of a tunnel: receive queue and credit (what the peer may still send us), send
+ * credit (what we may still send the peer), half-close and reset. Driven synchronously by
+ * the session's frame dispatcher, so one stream never holds up another.
+ */
+import { FrameType } from "./frame.ts";
+import type { OpenRequest, TunnelStream } from "./types.ts";
+import type { FrameWriter } from "./writer.ts";
+
+/** Largest DATA payload for TCP; keeps frames big when data is available. */
+export const MAX_DATA = 64 * 1024;
+
+/** What a stream needs from its session. */
+export interface StreamHost {
+  readonly writer: FrameWriter;
+  /** Called once, when the stream has finished both ways or was reset. */
+  streamDone(id: number): void;
+}
+
+/** Tunables for one stream. */
+export interface StreamLimits {
+  /** Bytes we let the peer have in flight toward us (TCP). */
+  receiveWindow: number;
+  /** Bytes the peer lets us have in flight toward it (TCP). */
+  sendWindow: number;
+  /** Datagrams queued for a slow reader before new ones are dropped (UDP). */
+  udpQueue: number;
+}
+
+/** Thrown into a stream's readable/writable when it was reset or its tunnel died. */
+export class StreamResetError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StreamResetError";
+  }
+}
+
+/** The session's implementation of TunnelStream. */
+export class MuxStream implements TunnelStream {
+  readonly readable: ReadableStream<Uint8Array>;
+  readonly writable: WritableStream<Uint8Array>;
+  readonly closed: Promise<void>;
+  dropped = 0;
+
+  private readonly udp: boolean;
+  private readController!: ReadableStreamDefaultController<Uint8Array>;
+  private writeController!: WritableStreamDefaultController;
+  private resolveClosed!: () => void;
+
+  // receive side
+  private queue: Uint8Array[] = [];
+  private queueHead = 0;
+  private queuedBytes = 0;
+  private pendingPull: (() => void) | null = null;
+  private remoteFin = false;
+  private readDone = false;
+  private unacked = 0;
+
+  // send side
+  private sendCredit: number;
+  private creditWaiter: { resolve: () => void; reject: (e: unknown) => void } | null = null;
+  private localFin = false;
+
+  private failure: StreamResetError | null = null;
+  private done = false;
+
+  constructor(
+    readonly id: number,
+    readonly request: OpenRequest,
+    private readonly host: StreamHost,
+    private readonly limits: StreamLimits,
+  ) {
+    this.udp = request.protocol === "udp";
+    this.sendCredit = limits.sendWindow;
+    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.readable = new ReadableStream<Uint8Array>({
+      start: (c) => void (this.readController = c),
+      pull: () => this.onPull(),
+      cancel: () => this.onReadCancel(),
+    }, { highWaterMark: 0 });
+    this.writable = new WritableStream<Uint8Array>({
+      start: (c) => void (this.writeController = c),
+      write: (chunk) => this.onWrite(chunk),
+      close: () => this.onWriteClose(),
+      abort: (reason) => this.reset(reasonText(reason, "writer aborted")),
+    });
+  }
+
+  /** Bytes received and not yet read (for TCP never more than the receive window). */
+  get buffered(): number {
+    return this.queuedBytes;
+  }
+
+  /** Abandons both directions and tells the peer. */
+  reset(reason = "reset"): void {
+    if (this.done) return;
+    this.host.writer.sendRaw(FrameType.RESET, this.id, new TextEncoder().encode(reason));
+    this.teardown(new StreamResetError(`stream reset: ${reason}`));
+  }
+
+  // ----- driven by the session --------------------------------------------------------
+
+  /** A DATA frame arrived. Returns false if the peer broke flow control. */
+  onData(payload: Uint8Array): boolean {
+    if (this.done || this.readDone) return true;
+    if (this.remoteFin) return false;
+    if (this.udp) {
+      if (this.queue.length - this.queueHead >= this.limits.udpQueue) {
+        this.dropped++;
+        return true;
+      }
+    } else if (this.queuedBytes + payload.length > this.limits.receiveWindow) {
+      return false;
+    }
+    if (this.pendingPull) {
+      this.deliver(payload);
+    } else {
+      // A small view into a large transport chunk would pin the whole chunk while it waits,
+      // so the window would no longer bound memory: copy those out.
+      const pinned = payload.length * 4 < payload.buffer.byteLength;
+      this.queue.push(pinned ? payload.slice() : payload);
+      this.queuedBytes += payload.length;
+    }
+    return true;
+  }
+
+  /** The peer will send no more. */
+  onFin(): void {
+    if (this.done || this.remoteFin) return;
+    this.remoteFin = true;
+    if (this.pendingPull && this.queueHead === this.queue.length) this.endRead();
+    this.maybeDone();
+  }
+
+  /** The peer granted `increment` more bytes. */
+  onWindow(increment: number): void {
+    if (this.done) return;
+    this.sendCredit = Math.min(this.sendCredit + increment, 2 ** 31);
+    const waiter = this.creditWaiter;
+    this.creditWaiter = null;
+    waiter?.resolve();
+  }
+
+  /** The peer reset the stream, or the tunnel went away. */
+  teardown(error: StreamResetError): void {
+    if (this.done) return;
+    this.failure = error;
+    this.queue = [];
+    this.queueHead = 0;
+    this.queuedBytes = 0;
+    try {
+      if (!this.readDone) this.readController.error(error);
+    } catch {
+      // already closed
+    }
+    try {
+      this.writeController.error(error);
+    } catch {
+      // already closed
+    }
+    this.readDone = true;
+    const pull = this.pendingPull;
+    this.pendingPull = null;
+    pull?.();
+    const waiter = this.creditWaiter;
+    this.creditWaiter = null;
+    waiter?.reject(error);
+    this.finish();
+  }
+
+  // ----- readable ----------------------------------------------------------------------
+
+  private onPull(): Promise<void> | void {
+    if (this.queueHead < this.queue.length) {
+      const chunk = this.queue[this.queueHead];
+      this.queue[this.queueHead++] = EMPTY;
+      if (this.queueHead === this.queue.length) {
+        this.queue = [];
+        this.queueHead = 0;
+      } else if (this.queueHead > 256) {
+        this.queue = this.queue.slice(this.queueHead);
+        this.queueHead = 0;
+      }
+      this.queuedBytes -= chunk.length;
+      this.readController.enqueue(chunk);
+      this.consumed(chunk.length);
+      return;
+    }
+    if (this.remoteFin) return void this.endRead();
+    if (this.done) return;
+    return new Promise((resolve) => (this.pendingPull = resolve));
+  }
+
+  private deliver(payload: Uint8Array): void {
+    const pull = this.pendingPull!;
+    this.pendingPull = null;
+    this.readController.enqueue(payload);
+    this.consumed(payload.length);
+    pull();
+  }
+
+  private endRead(): void {
+    if (this.readDone) return;
+    this.readDone = true;
+    try {
+      this.readController.close();
+    } catch {
+      // errored meanwhile
+    }
+    const pull = this.pendingPull;
+    this.pendingPull = null;
+    pull?.();
+    this.maybeDone();
+  }
+
+  /** Our reader took `n` bytes: give the peer credit in batches of a quarter window. */
+  private consumed(n: number): void {
+    if (this.udp || this.remoteFin) return;
+    this.unacked += n;
+    if (this.unacked >= this.limits.receiveWindow / 4) {
+      const payload = new Uint8Array(4);
+      new DataView(payload.buffer).setUint32(0, this.unacked);
+      this.unacked = 0;
+      this.host.writer.sendRaw(FrameType.WINDOW, this.id, payload);
+    }
+  }
+
+  private onReadCancel(): void {
+    if (this.readDone) return;
+    this.readDone = true;
+    this.queue = [];
+    this.queueHead = 0;
+    this.queuedBytes = 0;
+    // Nobody will read what the peer still sends: stop it, like a socket closed with unread data.
+    if (!this.remoteFin) this.reset("reader cancelled");
+    else this.maybeDone();
+  }
+
+  // ----- writable ----------------------------------------------------------------------
+
+  private async onWrite(chunk: Uint8Array): Promise<void> {
+    if (this.failure) throw this.failure;
+    const writer = this.host.writer;
+    if (this.udp) {
+      if (chunk.length > MAX_DATA || writer.full) this.dropped++;
+      else writer.sendRaw(FrameType.DATA, this.id, chunk);
+      return;
+    }
+    let at = 0;
+    while (at < chunk.length) {
+      while (this.sendCredit <= 0) {
+        await new Promise<void>((resolve, reject) => (this.creditWaiter = { resolve, reject }));
+      }
+      if (this.failure) throw this.failure;
+      const n = Math.min(this.sendCredit, chunk.length - at, MAX_DATA);
+      writer.sendRaw(FrameType.DATA, this.id, chunk.subarray(at, at + n));
+      this.sendCredit -= n;
+      at += n;
+    }
+    await writer.room();
+    if (this.failure) throw this.failure;
+  }
+
+  private onWriteClose(): void {
+    if (this.failure) throw this.failure;
+    this.localFin = true;
+    this.host.writer.sendRaw(FrameType.FIN, this.id, EMPTY);
+    this.maybeDone();
+  }
+
+  // ----- lifecycle ---------------------------------------------------------------------
+
+  private maybeDone(): void {
+    if (
+      this.localFin && this.remoteFin && (this.readDone || this.queueHead === this.queue.length)
+    ) {
+      this.finish();
+    }
+  }
+
+  private finish(): void {
+    if (this.done) return;
+    this.done = true;
+    this.host.streamDone(this.id);
+    this.resolveClosed();
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+function reasonText(reason: unknown, fallback: string): string {
+  if (reason instanceof Error) return reason.message;
+  if (typeof reason === "string" && reason) return reason;
+  return fallback;
+}

@@ -1,0 +1,148 @@
+/**
+ * The single writer of a tunnel's transport: frames are queued from anywhere, then copied
+ * back to back into one buffer per batch and written with one call, so many small frames
+ * (window updates, pongs, small data) cost one transport write.
+ */
+import { encodePayload, type Frame, HEADER_SIZE, writeHeader } from "./frame.ts";
+
+/** Bytes queued beyond which data senders wait (control frames are never refused). */
+const HIGH_WATER = 1024 * 1024;
+/** Most bytes copied into one transport write. */
+const BATCH_BYTES = 256 * 1024;
+
+interface Queued {
+  type: number;
+  streamId: number;
+  payload: Uint8Array;
+}
+
+/** Serializes frames onto a transport's writable. */
+export class FrameWriter {
+  private queue: Queued[] = [];
+  private head = 0;
+  private queued = 0;
+  private flushing = false;
+  private roomWaiters: (() => void)[] = [];
+  private idleWaiters: (() => void)[] = [];
+  private failure: unknown = null;
+
+  /** Told once if the transport refuses a write. */
+  onError: (error: unknown) => void = () => {};
+
+  constructor(private readonly writer: WritableStreamDefaultWriter<Uint8Array>) {}
+
+  /** Bytes waiting to be written. */
+  get queuedBytes(): number {
+    return this.queued;
+  }
+
+  /** True when data senders should wait (see `room`) or, for UDP, drop. */
+  get full(): boolean {
+    return this.queued >= HIGH_WATER;
+  }
+
+  /** Queues a frame; never blocks. DATA payloads are not copied until the batch is built. */
+  send(frame: Frame): void {
+    this.sendRaw(frame.type, frame.streamId, encodePayload(frame));
+  }
+
+  /** Queues a frame from its parts. */
+  sendRaw(type: number, streamId: number, payload: Uint8Array): void {
+    if (this.failure !== null) return;
+    this.queue.push({ type, streamId, payload });
+    this.queued += HEADER_SIZE + payload.length;
+    if (!this.flushing) {
+      this.flushing = true;
+      // Let the current task queue more frames before the first batch is cut.
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  /** Resolves when the queue is below the high-water mark (at once if it already is). */
+  room(): Promise<void> {
+    if (!this.full || this.failure !== null) return Promise.resolve();
+    return new Promise((resolve) => this.roomWaiters.push(resolve));
+  }
+
+  /** Resolves when everything queued so far has been handed to the transport. */
+  drained(): Promise<void> {
+    if (!this.flushing || this.failure !== null) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Closes the transport's writable after the queue drains (or aborts it on `abort`). */
+  async close(abort = false): Promise<void> {
+    if (!abort) await this.drained();
+    const failed = this.failure !== null;
+    this.failure ??= new Error("tunnel writer closed");
+    this.queue = [];
+    this.wake();
+    try {
+      if (abort || failed) await this.writer.abort();
+      else await this.writer.close();
+    } catch {
+      // the transport is already gone; nothing left to tell it
+    }
+  }
+
+  private async flush(): Promise<void> {
+    try {
+      while (this.head < this.queue.length && this.failure === null) {
+        const batch = this.cutBatch();
+        await this.writer.write(batch);
+        if (this.queued < HIGH_WATER) this.wakeRoom();
+      }
+    } catch (e) {
+      if (this.failure === null) {
+        this.failure = e;
+        this.onError(e);
+      }
+    } finally {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+      this.flushing = false;
+      this.wake();
+    }
+  }
+
+  private cutBatch(): Uint8Array {
+    let size = 0;
+    let end = this.head;
+    while (end < this.queue.length) {
+      const n = HEADER_SIZE + this.queue[end].payload.length;
+      if (size > 0 && size + n > BATCH_BYTES) break;
+      size += n;
+      end++;
+    }
+    const out = new Uint8Array(size);
+    let at = 0;
+    for (let i = this.head; i < end; i++) {
+      const { type, streamId, payload } = this.queue[i];
+      writeHeader(out, at, type, streamId, payload.length);
+      out.set(payload, at + HEADER_SIZE);
+      at += HEADER_SIZE + payload.length;
+    }
+    this.head = end;
+    this.queued -= size;
+    // Compact now and then so the array does not grow without bound under steady load.
+    if (this.head > 1024) {
+      this.queue = this.queue.slice(this.head);
+      this.head = 0;
+    }
+    return out;
+  }
+
+  private wakeRoom(): void {
+    const waiters = this.roomWaiters;
+    this.roomWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private wake(): void {
+    this.wakeRoom();
+    if (this.flushing) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const w of waiters) w();
+  }
+}

@@ -1,0 +1,380 @@
+import { assert, assertEquals, assertInstanceOf, assertRejects } from "./tunnel_assert.ts";
+import {
+  acceptTunnel,
+  connectTunnel,
+  type Duplex,
+  duplexPair,
+  HandshakeError,
+  type MuxStream,
+  OpenError,
+  type OpenHandler,
+  StreamResetError,
+  type Tunnel,
+} from "../lib/tunnel/mod.ts";
+
+const TOKEN = "t0ken";
+const MiB = 1024 * 1024;
+
+/** A client and an agent tunnel over an in-memory pair; the agent handles opens with `onOpen`. */
+async function tunnelPair(
+  onOpen: OpenHandler,
+  extra: { streamWindow?: number; udpQueue?: number } = {},
+): Promise<{ client: Tunnel; agent: Tunnel; close: () => Promise<void> }> {
+  const [a, b] = duplexPair();
+  const [client, agent] = await Promise.all([
+    connectTunnel(a, { token: TOKEN, ...extra }),
+    acceptTunnel(b, { token: TOKEN, onOpen, ...extra }),
+  ]);
+  return {
+    client,
+    agent,
+    close: async () => {
+      client.close();
+      agent.close();
+      await Promise.all([client.closed, agent.closed]);
+    },
+  };
+}
+
+/** The far end of an echo server: what is written comes back, half-close included. */
+const echo: OpenHandler = () => Promise.resolve(new TransformStream<Uint8Array, Uint8Array>());
+
+/** A block whose length is not a power of two, so misplaced bytes show up. */
+const PATTERN = crypto.getRandomValues(new Uint8Array(65521));
+
+function patternSource(total: number, chunk = 256 * 1024): ReadableStream<Uint8Array> {
+  let sent = 0;
+  return new ReadableStream({
+    pull(controller) {
+      if (sent >= total) return controller.close();
+      const n = Math.min(chunk, total - sent);
+      const out = new Uint8Array(n);
+      let at = 0;
+      while (at < n) {
+        const off = (sent + at) % PATTERN.length;
+        const piece = PATTERN.subarray(off, off + n - at);
+        out.set(piece, at);
+        at += piece.length;
+      }
+      sent += n;
+      controller.enqueue(out);
+    },
+  }, { highWaterMark: 0 });
+}
+
+/** Reads `readable` to its end, checking every byte against the pattern; returns the count. */
+async function checkPattern(readable: ReadableStream<Uint8Array>): Promise<number> {
+  let seen = 0;
+  for await (const chunk of readable) {
+    let at = 0;
+    while (at < chunk.length) {
+      const off = (seen + at) % PATTERN.length;
+      const expected = PATTERN.subarray(off, off + chunk.length - at);
+      const got = chunk.subarray(at, at + expected.length);
+      for (let i = 0; i < got.length; i++) {
+        if (got[i] !== expected[i]) throw new Error(`byte ${seen + at + i} differs`);
+      }
+      at += expected.length;
+    }
+    seen += chunk.length;
+  }
+  return seen;
+}
+
+async function readAll(readable: ReadableStream<Uint8Array>): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  for await (const chunk of readable) parts.push(chunk);
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) out.set(p, (at += p.length) - p.length);
+  return out;
+}
+
+const text = (s: string) => new TextEncoder().encode(s);
+const untext = (b: Uint8Array) => new TextDecoder().decode(b);
+
+Deno.test("session: handshake reports the peer version and a ping round-trips", async () => {
+  const { client, agent, close } = await tunnelPair(echo);
+  assertEquals(client.peerVersion, agent.peerVersion);
+  assert((await client.ping()) >= 0);
+  assert((await agent.ping()) >= 0);
+  await close();
+});
+
+Deno.test("session: a wrong token is refused on both ends", async () => {
+  const [a, b] = duplexPair();
+  const [client, agent] = await Promise.allSettled([
+    connectTunnel(a, { token: "wrong" }),
+    acceptTunnel(b, { token: TOKEN }),
+  ]);
+  assert(client.status === "rejected" && agent.status === "rejected");
+  assertInstanceOf(client.reason, HandshakeError);
+  assertEquals(client.reason.code, "token");
+  assertEquals(agent.reason.code, "token");
+});
+
+Deno.test("session: a protocol version mismatch names both versions", async () => {
+  const [a, b] = duplexPair();
+  const [client] = await Promise.allSettled([
+    connectTunnel(a, { token: TOKEN, version: "0.1.0", protocolVersion: 1 }),
+    acceptTunnel(b, { token: TOKEN, version: "0.9.0", protocolVersion: 2 }),
+  ]);
+  assert(client.status === "rejected");
+  assertInstanceOf(client.reason, HandshakeError);
+  assertEquals(client.reason.code, "version");
+  const message: string = client.reason.message;
+  assert(message.includes("0.1.0") && message.includes("0.9.0"), message);
+  assert(message.includes("protocol 1") && message.includes("protocol 2"), message);
+});
+
+Deno.test("session: something that is not a relay peer is a clean handshake error", async () => {
+  const [a, b] = duplexPair();
+  b.readable.pipeTo(new WritableStream()).catch(() => {});
+  const junk = b.writable.getWriter();
+  junk.write(text("HTTP/1.1 400 Bad Request\r\n\r\n")).catch(() => {});
+  const e = await assertRejects(connectTunnel(a, { token: TOKEN }), HandshakeError);
+  assertEquals(e.code, "protocol");
+});
+
+Deno.test("session: many concurrent streams echo intact", async () => {
+  const { client, close } = await tunnelPair(echo);
+  const results = await Promise.all(Array.from({ length: 64 }, async (_, i) => {
+    const stream = await client.open({ protocol: "tcp", host: "10.0.0.1", port: 1000 + i });
+    assertEquals(stream.id % 2, 1);
+    const [, seen] = await Promise.all([
+      patternSource(200_000 + i * 997, 32 * 1024).pipeTo(stream.writable),
+      checkPattern(stream.readable),
+    ]);
+    await stream.closed;
+    return seen;
+  }));
+  assertEquals(results, Array.from({ length: 64 }, (_, i) => 200_000 + i * 997));
+  assertEquals(client.streamCount, 0);
+  await close();
+});
+
+Deno.test("session: 64 MiB through one stream arrive intact", async () => {
+  const { client, close } = await tunnelPair(echo);
+  const stream = await client.open({ protocol: "tcp", host: "::1", port: 80 });
+  const [, seen] = await Promise.all([
+    patternSource(64 * MiB).pipeTo(stream.writable),
+    checkPattern(stream.readable),
+  ]);
+  assertEquals(seen, 64 * MiB);
+  await close();
+});
+
+Deno.test("session: half-close carries each direction's end independently", async () => {
+  // The far end reads until the client's FIN, then answers and closes its side.
+  const answerAfterEof: OpenHandler = () => {
+    const toServer = new TransformStream<Uint8Array, Uint8Array>();
+    const fromServer = new TransformStream<Uint8Array, Uint8Array>();
+    (async () => {
+      const got = await readAll(toServer.readable);
+      const w = fromServer.writable.getWriter();
+      await w.write(text(`got ${untext(got)}`));
+      await w.close();
+    })();
+    return Promise.resolve({ readable: fromServer.readable, writable: toServer.writable });
+  };
+  const { client, close } = await tunnelPair(answerAfterEof);
+  const stream = await client.open({ protocol: "tcp", host: "h", port: 1 });
+  const w = stream.writable.getWriter();
+  await w.write(text("request"));
+  await w.close();
+  assertEquals(untext(await readAll(stream.readable)), "got request");
+  await stream.closed;
+
+  // And the other way: the far end closes first, the client keeps writing after that.
+  const closeFirst: OpenHandler = () => {
+    const toServer = new TransformStream<Uint8Array, Uint8Array>();
+    const sink = readAll(toServer.readable);
+    const greeting = new ReadableStream<Uint8Array>({
+      start(c) {
+        c.enqueue(text("hello"));
+        c.close();
+      },
+    });
+    sinkSeen = sink;
+    return Promise.resolve({ readable: greeting, writable: toServer.writable });
+  };
+  let sinkSeen: Promise<Uint8Array> = Promise.resolve(new Uint8Array());
+  const { client: c2, close: close2 } = await tunnelPair(closeFirst);
+  const s2 = await c2.open({ protocol: "tcp", host: "h", port: 2 });
+  assertEquals(untext(await readAll(s2.readable)), "hello");
+  const w2 = s2.writable.getWriter();
+  await w2.write(text("still "));
+  await w2.write(text("talking"));
+  await w2.close();
+  assertEquals(untext(await sinkSeen), "still talking");
+  await s2.closed;
+  await close();
+  await close2();
+});
+
+Deno.test("session: reset aborts both sides, from either end", async () => {
+  let farEnd: Duplex | null = null;
+  const capture: OpenHandler = () => {
+    const t = new TransformStream<Uint8Array, Uint8Array>();
+    const back = new TransformStream<Uint8Array, Uint8Array>();
+    farEnd = { readable: t.readable, writable: back.writable };
+    return Promise.resolve({ readable: back.readable, writable: t.writable });
+  };
+  const { client, close } = await tunnelPair(capture);
+  const stream = await client.open({ protocol: "tcp", host: "h", port: 1 });
+  const reading = stream.readable.getReader().read();
+  stream.reset("client gave up");
+  await assertRejects(reading, StreamResetError);
+  await stream.closed;
+  // the far end sees its input error (the agent aborted the duplex's writable)
+  await assertRejects(farEnd!.readable.getReader().read(), Error);
+
+  // reset from the agent side: the far end's source errors, the client stream errors
+  const s2 = await client.open({ protocol: "tcp", host: "h", port: 2 });
+  const far2 = farEnd! as Duplex;
+  far2.writable.abort(new Error("backend died"));
+  await assertRejects(s2.readable.getReader().read(), StreamResetError);
+  await assertRejects(s2.writable.getWriter().write(text("x")), StreamResetError);
+  await s2.closed;
+  await close();
+});
+
+Deno.test("session: open failures arrive as OpenError with their code", async () => {
+  const refuse: OpenHandler = (req) =>
+    Promise.reject(
+      req.port === 1 ? new OpenError("refused", "connection refused") : new Error("boom"),
+    );
+  const { client, close } = await tunnelPair(refuse);
+  const e = await assertRejects(client.open({ protocol: "tcp", host: "h", port: 1 }), OpenError);
+  assertEquals(e.code, "refused");
+  const e2 = await assertRejects(client.open({ protocol: "tcp", host: "h", port: 2 }), OpenError);
+  assertEquals(e2.code, "error");
+  assertEquals(client.streamCount, 0);
+  await close();
+});
+
+Deno.test("session: UDP datagrams of 1, 1400 and 65507 bytes keep their boundaries", async () => {
+  const { client, close } = await tunnelPair(echo);
+  const stream = await client.open({ protocol: "udp", host: "10.0.0.53", port: 53 });
+  const sizes = [1, 1400, 65507, 1400, 1];
+  const datagrams = sizes.map((n) => crypto.getRandomValues(new Uint8Array(Math.min(n, 65536))));
+  // getRandomValues caps at 65536, which all sizes fit
+  const w = stream.writable.getWriter();
+  const r = stream.readable.getReader();
+  for (const d of datagrams) {
+    await w.write(d);
+    const { value } = await r.read();
+    assertEquals(value, d);
+  }
+  await close();
+});
+
+Deno.test("session: a UDP flood toward a reader that does not read drops and counts", async () => {
+  const SENT = 3000;
+  const flood: OpenHandler = () => {
+    let n = 0;
+    const readable = new ReadableStream<Uint8Array>({
+      pull(c) {
+        if (n++ >= SENT) return c.close();
+        c.enqueue(new Uint8Array(100).fill(n & 0xff));
+      },
+    });
+    return Promise.resolve({ readable, writable: new WritableStream() });
+  };
+  const { client, agent, close } = await tunnelPair(flood, { udpQueue: 64 });
+  const stream = await client.open({ protocol: "udp", host: "10.0.0.53", port: 53 });
+  while (agent.streamCount > 0 || client.streamCount > 0) {
+    // wait until the flood is through (the agent's side half-closes when its source ends)
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    if ((stream as MuxStream).dropped > 0) break;
+  }
+  while ((stream as MuxStream).dropped + (stream as MuxStream).buffered / 100 < SENT) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  let read = 0;
+  for await (const d of stream.readable) {
+    assertEquals(d.length, 100);
+    read++;
+  }
+  assert(stream.dropped > 0, "nothing was dropped");
+  assertEquals(read + stream.dropped, SENT);
+  assert(read <= 64, `read ${read} datagrams, more than the queue holds`);
+  await close();
+});
+
+Deno.test("session: a stalled reader on one stream does not stop another", async () => {
+  const WINDOW = 256 * 1024;
+  const handler: OpenHandler = (req) =>
+    req.port === 1
+      // stream A: the far end offers far more than a window
+      ? Promise.resolve({ readable: patternSource(64 * MiB), writable: new WritableStream() })
+      : echo(req);
+  const { client, close } = await tunnelPair(handler, { streamWindow: WINDOW });
+  const a = await client.open({ protocol: "tcp", host: "h", port: 1 }) as MuxStream;
+  const b = await client.open({ protocol: "tcp", host: "h", port: 2 });
+  const [, seen] = await Promise.all([
+    patternSource(64 * MiB).pipeTo(b.writable),
+    checkPattern(b.readable),
+  ]);
+  assertEquals(seen, 64 * MiB);
+  assert(a.buffered > 0, "stream A received nothing");
+  assert(a.buffered <= WINDOW, `stream A buffered ${a.buffered} bytes, window ${WINDOW}`);
+  a.reset("done");
+  await close();
+});
+
+Deno.test("session: a transport that closes ends every stream promptly", async () => {
+  const [a, b] = duplexPair();
+  const [client, agent] = await Promise.all([
+    connectTunnel(a, { token: TOKEN }),
+    acceptTunnel(b, { token: TOKEN, onOpen: echo }),
+  ]);
+  const streams = await Promise.all(
+    [1, 2, 3].map((port) => client.open({ protocol: "tcp", host: "h", port })),
+  );
+  const reads = streams.map((s) => s.readable.getReader().read());
+  agent.close("agent going down");
+  for (const read of reads) await assertRejects(read, StreamResetError);
+  await Promise.all(streams.map((s) => s.closed));
+  await client.closed;
+  await agent.closed;
+  assertEquals(client.streamCount, 0);
+  await assertRejects(client.open({ protocol: "tcp", host: "h", port: 4 }), Error);
+});
+
+Deno.test("session: goAway lets open streams finish, refuses new ones, then closes", async () => {
+  const { client, agent, close } = await tunnelPair(echo);
+  const stream = await client.open({ protocol: "tcp", host: "h", port: 1 });
+  const leaving = client.goAway();
+  await assertRejects(client.open({ protocol: "tcp", host: "h", port: 2 }), Error);
+  const w = stream.writable.getWriter();
+  await w.write(text("last words"));
+  await w.close();
+  assertEquals(untext(await readAll(stream.readable)), "last words");
+  await leaving;
+  await agent.closed;
+  await close();
+});
+
+Deno.test("session: a peer that stops answering is closed by keep-alive", async () => {
+  const [a, b] = duplexPair();
+  // After the handshake the agent hears nothing more: a frozen peer.
+  let frozen = false;
+  const gate = new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, c) {
+      if (!frozen) c.enqueue(chunk);
+    },
+  });
+  b.readable.pipeTo(gate.writable).catch(() => {});
+  const [client, agent] = await Promise.all([
+    connectTunnel(a, { token: TOKEN, keepAliveMs: 20 }),
+    acceptTunnel({ readable: gate.readable, writable: b.writable }, {
+      token: TOKEN,
+      keepAliveMs: 0,
+    }),
+  ]);
+  frozen = true;
+  await client.closed;
+  agent.close();
+  await agent.closed;
+});
