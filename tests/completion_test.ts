@@ -1,0 +1,77 @@
+/**
+ * lib/completion.ts: `relay completion <shell>` prints a script, and the bash script, sourced
+ * into a real bash, completes relay's subcommands and options by asking the program.
+ */
+import { assert, assertEquals, assertStringIncludes, ROOT, run } from "./distribution_helpers.ts";
+import { COMPLETION_SHELLS, isCompletionRequest } from "../lib/completion.ts";
+
+// A stand-in for relay's program: its own commands and options, completed by lib/completion.ts.
+const PROGRAM = `
+import { Command } from "@commander-js/extra-typings";
+import { isCompletionRequest, runCompletion } from "${ROOT}/lib/completion.ts";
+const program = new Command().name("relay")
+  .option("-n, --namespace <namespace>", "namespace of the target")
+  .argument("[target]");
+program.command("agent").description("run the in-cluster end").option("--port <port>", "port");
+program.command("version").description("print relay's version");
+if (isCompletionRequest(Deno.args)) await runCompletion(program, Deno.args);
+`;
+
+async function withRelay(body: (bin: string) => Promise<void>) {
+  const tmp = await Deno.makeTempDir({ prefix: "relay-completion-test-" });
+  try {
+    await Deno.writeTextFile(`${tmp}/program.ts`, PROGRAM);
+    await Deno.writeTextFile(
+      `${tmp}/relay`,
+      `#!/bin/sh\nexec deno run -A --config ${ROOT}/deno.json ${tmp}/program.ts "$@"\n`,
+      { mode: 0o755 },
+    );
+    await body(tmp);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+}
+
+Deno.test("completion requests are recognised", () => {
+  assert(isCompletionRequest(["completion", "bash"]));
+  assert(isCompletionRequest(["complete", "--", "ag"]));
+  assert(!isCompletionRequest(["svc/completion", "80"]));
+  assert(!isCompletionRequest([]));
+});
+
+Deno.test("relay completion <shell> prints a script that asks relay for candidates", async () => {
+  await withRelay(async (bin) => {
+    for (const shell of COMPLETION_SHELLS) {
+      const r = await run(`${bin}/relay`, ["completion", shell]);
+      assertEquals(r.code, 0, r.stderr);
+      assertStringIncludes(r.stdout, `${shell} completion for relay`);
+      assertStringIncludes(r.stdout, "relay complete --");
+    }
+    const bad = await run(`${bin}/relay`, ["completion", "tcsh"]);
+    assert(bad.code !== 0);
+    assertStringIncludes(bad.stderr, "tcsh");
+  });
+});
+
+Deno.test("the bash completion completes subcommands and their options", async () => {
+  await withRelay(async (bin) => {
+    // bash-completion's helper, reduced to what the script uses, so no package is needed.
+    const script = `
+      _get_comp_words_by_ref() { words=("\${COMP_WORDS[@]}"); cword=$COMP_CWORD;
+        cur=\${COMP_WORDS[COMP_CWORD]}; prev=\${COMP_WORDS[COMP_CWORD-1]}; }
+      source <(relay completion bash)
+      complete -p relay
+      COMP_WORDS=(relay ag); COMP_CWORD=1; __relay_complete 2>/dev/null
+      echo "words: \${COMPREPLY[*]}"
+      COMP_WORDS=(relay agent --p); COMP_CWORD=2; __relay_complete 2>/dev/null
+      echo "options: \${COMPREPLY[*]}"
+    `;
+    const r = await run("bash", ["-c", script], {
+      env: { PATH: `${bin}:${Deno.env.get("PATH")}` },
+    });
+    assertEquals(r.code, 0, r.stderr);
+    assertStringIncludes(r.stdout, "complete -F __relay_complete relay");
+    assertStringIncludes(r.stdout, "words: agent\n");
+    assertStringIncludes(r.stdout, "options: --port\n");
+  });
+});
