@@ -2,27 +2,78 @@
  * relay: a drop-in replacement for `kubectl port-forward` that reaches anything the cluster
  * can reach, over TCP and UDP, through a multiplexed tunnel to an in-cluster agent.
  * `relay agent` is the in-cluster end of that tunnel, from the same binary.
+ *
+ * Exit codes: 0 stopped by a signal, 1 runtime failure, 2 bad input.
  */
-import { Command } from "@commander-js/extra-typings";
-import { VERSION } from "./lib/version.ts";
+import { runAgent } from "./agent/mod.ts";
+import { parseCommandLine } from "./lib/cli/program.ts";
+import { describeError, exitCodeOf } from "./lib/errors.ts";
+import { runForwards } from "./lib/forward/run.ts";
+import { bindForwards } from "./lib/listen/bind.ts";
+import { createLogger, type Logger } from "./lib/log.ts";
+import type { Plan } from "./lib/plan.ts";
 
-function buildProgram() {
-  const program = new Command()
-    .name("relay")
-    .description(
-      "Forward local ports to any address, Service or workload reachable from inside a Kubernetes cluster.",
-    )
-    .version(VERSION, "-V, --version", "print relay's version");
-  program
-    .command("agent")
-    .description("run the in-cluster end of the tunnel (inside the agent pod)")
-    .action(() => {
-      console.error("relay agent: not implemented yet");
-      Deno.exit(1);
-    });
-  return program;
+/** Runs relay with `argv` (without the program name) and returns its exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const logger = createLogger();
+  try {
+    const invocation = await parseCommandLine(argv);
+    switch (invocation.command) {
+      case "print":
+        await writeAll(Deno.stdout, new TextEncoder().encode(invocation.text));
+        return 0;
+      case "agent":
+        return await runAgent(invocation.options);
+      case "forward":
+        return await forward(
+          invocation.plan,
+          createLogger({ verbose: invocation.plan.options.verbose }),
+        );
+    }
+  } catch (error) {
+    logger.error(describeError(error));
+    return exitCodeOf(error);
+  }
+}
+
+/** Binds every listener first, so a busy port fails before the cluster is touched. */
+async function forward(plan: Plan, logger: Logger): Promise<number> {
+  const listeners = bindForwards(plan.forwards, {
+    addresses: plan.options.addresses,
+    udp: { idleTimeoutMs: plan.udpIdleTimeoutMs },
+  });
+  const stop = new AbortController();
+  const removeSignals = onStopSignals(stop);
+  try {
+    await runForwards({ plan, listeners, logger, signal: stop.signal });
+    return 0;
+  } finally {
+    removeSignals();
+    listeners.close();
+  }
+}
+
+/**
+ * The first SIGINT/SIGTERM asks the run to stop cleanly (and delete the agent); a second
+ * one gives up on cleaning and exits at once.
+ */
+function onStopSignals(stop: AbortController): () => void {
+  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  const handler = () => {
+    if (stop.signal.aborted) Deno.exit(130);
+    stop.abort();
+  };
+  for (const signal of signals) Deno.addSignalListener(signal, handler);
+  return () => {
+    for (const signal of signals) Deno.removeSignalListener(signal, handler);
+  };
+}
+
+/** A single write may be partial when stdout is a pipe. */
+async function writeAll(writer: typeof Deno.stdout, bytes: Uint8Array): Promise<void> {
+  for (let offset = 0; offset < bytes.length;) offset += await writer.write(bytes.subarray(offset));
 }
 
 if (import.meta.main) {
-  await buildProgram().parseAsync(Deno.args, { from: "user" });
+  Deno.exit(await main(Deno.args));
 }

@@ -55,3 +55,27 @@ export interface RunOptions {
   tunnels: number;
   verbose: boolean;
 }
+
+/**
+ * One `-R remote[:local][@proto]` (mirrord's reverse port forward): the agent listens on
+ * `remotePort` inside the `--target` pod, and each connection or datagram it accepts is
+ * carried back and delivered to `localPort` on this machine's loopback.
+ */
+export interface ReverseSpec {
+  remotePort: number;
+  localPort: number;
+  protocol: Protocol;
+  /** As written, for messages: `-R 8080:3000`. */
+  source: string;
+}
+
+/** Everything one `relay …` run asks for, after parsing and validation. */
+export interface Plan {
+  options: RunOptions;
+  forwards: ForwardSpec[];
+  reverses: ReverseSpec[];
+  /** `--target`: the pod or workload whose network namespace the agent joins (always for -R). */
+  agentTarget?: TargetRef;
+  /** `--udp-idle-timeout` in milliseconds: a UDP session with no datagram for this long ends. */
+  udpIdleTimeoutMs: number;
+}

@@ -1,0 +1,35 @@
+/**
+ * Errors that decide relay's exit code. Anything else that escapes is a runtime failure (1).
+ */
+
+/** Exit code for bad input: a usage error, reported before anything touches the cluster. */
+export const EXIT_USAGE = 2;
+/** Exit code for a failure at run time (cluster unreachable, agent died, …). */
+export const EXIT_FAILURE = 1;
+
+/**
+ * Bad input from the user: a flag, a port, a target, a file or a local address that cannot
+ * be used. Its message is ONE line that names the bad value and what was expected, so it can
+ * be printed as is; the process then exits with {@link EXIT_USAGE}.
+ */
+export class UsageError extends Error {
+  /** The process exit code this error maps to. */
+  readonly exitCode: number = EXIT_USAGE;
+
+  constructor(message: string, options?: ErrorOptions) {
+    // A multi-line message would break the one-line contract; fold it rather than trust callers.
+    super(message.replace(/\s*\n\s*/g, " ").trim(), options);
+    this.name = "UsageError";
+  }
+}
+
+/** The exit code an error thrown out of a run maps to. */
+export function exitCodeOf(error: unknown): number {
+  return error instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE;
+}
+
+/** A short, one-line description of any thrown value, for the final error line. */
+export function describeError(error: unknown): string {
+  const text = error instanceof Error ? error.message : String(error);
+  return text.replace(/\s*\n\s*/g, " ").trim() || "unknown error";
+}

@@ -1,0 +1,141 @@
+/**
+ * Binds every local listener a plan needs, all at once and before any cluster work, so a
+ * busy port is reported (exit 2) before a pod is created.
+ */
+import type { UsageError } from "../errors.ts";
+import type { ReadyLineFacts } from "../log.ts";
+import type { ForwardSpec, PortSpec } from "../plan.ts";
+import type { Protocol } from "../tunnel/types.ts";
+import { TcpListener } from "./tcp.ts";
+import { UdpListener, type UdpListenerOptions } from "./udp.ts";
+
+/** The sockets bound for one port of one forward, on every `--address`. */
+export interface PortBinding {
+  forward: ForwardSpec;
+  port: PortSpec;
+  /**
+   * The local port bound (the chosen one for `:remote`); undefined while the port waits for
+   * a named remote port to be resolved (`svc/x http`): then call {@link bindPort} later.
+   */
+  localPort?: number;
+  /** One per address; empty when TCP is not (or not yet) wanted. */
+  tcp: TcpListener[];
+  /** One per address; empty when UDP is not (or not yet) wanted. */
+  udp: UdpListener[];
+  /**
+   * For a named port without `@proto`, both protocols are tried, since only the cluster
+   * knows which the name declares; a bind that failed is kept here and becomes the error
+   * only if that protocol turns out to be the one needed.
+   */
+  deferred: Partial<Record<Protocol, UsageError>>;
+}
+
+/** Every listener of a run; closing it closes them all. */
+export interface ListenerSet {
+  bindings: PortBinding[];
+  close(): void;
+}
+
+/** Options for {@link bindForwards} and {@link bindPort}. */
+export interface BindOptions {
+  /** Local addresses, each port is bound on all of them. */
+  addresses: readonly string[];
+  /** Options for every UDP listener. */
+  udp: UdpListenerOptions;
+}
+
+/**
+ * Binds every port of every forward. If one bind fails, everything bound so far is closed
+ * and that bind's UsageError is thrown: no half-open set is ever left behind.
+ */
+export function bindForwards(forwards: readonly ForwardSpec[], options: BindOptions): ListenerSet {
+  const bindings: PortBinding[] = [];
+  const closeAll = () => bindings.forEach(closeBinding);
+  try {
+    for (const forward of forwards) {
+      for (const port of forward.ports) {
+        const local = port.localPort ?? (typeof port.remote === "number" ? port.remote : undefined);
+        const binding: PortBinding = { forward, port, tcp: [], udp: [], deferred: {} };
+        bindings.push(binding);
+        if (local === undefined) continue;
+        if (port.protocol) {
+          bindPort(binding, local, port.protocol, options);
+        } else if (typeof port.remote === "number") {
+          bindPort(binding, local, "tcp", options);
+        } else {
+          bindEither(binding, local, options);
+        }
+      }
+    }
+  } catch (error) {
+    closeAll();
+    throw error;
+  }
+  return { bindings, close: closeAll };
+}
+
+/**
+ * Binds `protocol` for a binding on every address at `port` (0: a free one, then the same
+ * port on the other addresses, as kubectl does for localhost). On failure, this call's
+ * listeners are closed again and the UsageError thrown.
+ */
+export function bindPort(
+  binding: PortBinding,
+  port: number,
+  protocol: Protocol,
+  options: BindOptions,
+): void {
+  const bound: (TcpListener | UdpListener)[] = [];
+  let chosen = binding.localPort ?? port;
+  try {
+    for (const hostname of options.addresses) {
+      const listener = protocol === "tcp"
+        ? TcpListener.bind({ hostname, port: chosen })
+        : UdpListener.bind({ hostname, port: chosen }, options.udp);
+      bound.push(listener);
+      chosen = listener.port;
+    }
+  } catch (error) {
+    bound.forEach((listener) => listener.close());
+    throw error;
+  }
+  binding.localPort = chosen;
+  if (protocol === "tcp") binding.tcp.push(...(bound as TcpListener[]));
+  else binding.udp.push(...(bound as UdpListener[]));
+}
+
+// Both protocols, keeping a failure as deferred; if both fail, the TCP error is the answer.
+function bindEither(binding: PortBinding, port: number, options: BindOptions): void {
+  for (const protocol of ["tcp", "udp"] as const) {
+    try {
+      bindPort(binding, port, protocol, options);
+    } catch (error) {
+      binding.deferred[protocol] = error as UsageError;
+    }
+  }
+  if (binding.deferred.tcp && binding.deferred.udp) throw binding.deferred.tcp;
+}
+
+/** Closes every listener of one binding. */
+export function closeBinding(binding: PortBinding): void {
+  for (const listener of [...binding.tcp, ...binding.udp]) listener.close();
+}
+
+/**
+ * The facts of each ready line for a binding's `protocol` listeners (one per address),
+ * with the remote port as resolved in the cluster (a named port's number, when known).
+ */
+export function readyFacts(
+  binding: PortBinding,
+  protocol: Protocol,
+  remotePort: number | string = binding.port.remote,
+): ReadyLineFacts[] {
+  const listeners = protocol === "tcp" ? binding.tcp : binding.udp;
+  return listeners.map((listener) => ({
+    localAddress: listener.hostname,
+    localPort: listener.port,
+    target: binding.forward.target,
+    remotePort,
+    protocol,
+  }));
+}

@@ -1,0 +1,223 @@
+/**
+ * A local UDP listener. Each distinct source address is a session: a duplex whose chunks
+ * are whole datagrams, so it splices with a UDP tunnel stream as is.
+ */
+import type { Duplex } from "../tunnel/types.ts";
+import { bindError } from "./bind_error.ts";
+import type { BindAddress } from "./tcp.ts";
+import { closeQuietly } from "./splice.ts";
+
+/** Tuning for a UDP listener's sessions. */
+export interface UdpListenerOptions {
+  /** A session with no datagram either way for this long ends (ms). */
+  idleTimeoutMs: number;
+  /** Datagrams a session holds for a slow reader before dropping new ones. Default 64. */
+  queueLength?: number;
+  /** Sessions at once; datagrams from further sources are dropped. Default 1024. */
+  maxSessions?: number;
+}
+
+/** One local source address talking to the listener. */
+export interface UdpSession extends Duplex {
+  /** The local client's address; replies written to `writable` go there. */
+  readonly remote: Deno.NetAddr;
+  /** Datagrams from this source dropped because the queue was full. */
+  readonly dropped: number;
+  /** Settles when the session has ended (idle, closed, or the listener closed). */
+  readonly closed: Promise<void>;
+  /** End the session now; its readable closes and later writes are dropped. */
+  close(): void;
+}
+
+/** Receives each new session; the session ends on its own when idle. */
+export type SessionHandler = (session: UdpSession) => void | Promise<void>;
+
+/** One bound UDP socket whose datagrams are sorted into sessions by source address. */
+export class UdpListener {
+  readonly #socket: Deno.DatagramConn;
+  readonly #options: Required<UdpListenerOptions>;
+  readonly #sessions = new Map<string, Session>();
+  #closed = false;
+  #dropped = 0;
+
+  private constructor(socket: Deno.DatagramConn, options: UdpListenerOptions) {
+    this.#socket = socket;
+    this.#options = { queueLength: 64, maxSessions: 1024, ...options };
+  }
+
+  /** Binds now; a busy or missing address throws a UsageError naming it. */
+  static bind(address: BindAddress, options: UdpListenerOptions): UdpListener {
+    try {
+      const socket = Deno.listenDatagram({
+        hostname: address.hostname,
+        port: address.port,
+        transport: "udp",
+      });
+      return new UdpListener(socket, options);
+    } catch (error) {
+      throw bindError(error, address.hostname, address.port, "udp");
+    }
+  }
+
+  /** The address bound. */
+  get hostname(): string {
+    return (this.#socket.addr as Deno.NetAddr).hostname;
+  }
+
+  /** The port bound (the chosen one when 0 was asked for). */
+  get port(): number {
+    return (this.#socket.addr as Deno.NetAddr).port;
+  }
+
+  /** Datagrams dropped by this listener and its sessions, ended ones included. */
+  get dropped(): number {
+    let total = this.#dropped;
+    for (const session of this.#sessions.values()) total += session.dropped;
+    return total;
+  }
+
+  /** Sessions currently live. */
+  get sessionCount(): number {
+    return this.#sessions.size;
+  }
+
+  /** Receives until {@link close}, creating a session per new source; resolves then. */
+  async serve(onSession: SessionHandler, onError?: (error: unknown) => void): Promise<void> {
+    while (!this.#closed) {
+      let datagram: Uint8Array;
+      let from: Deno.NetAddr;
+      try {
+        const [data, addr] = await this.#socket.receive();
+        datagram = data;
+        from = addr as Deno.NetAddr;
+      } catch (error) {
+        if (this.#closed) return;
+        onError?.(error);
+        continue;
+      }
+      const key = `${from.hostname}|${from.port}`;
+      let session = this.#sessions.get(key);
+      if (!session) {
+        if (this.#sessions.size >= this.#options.maxSessions) {
+          this.#dropped++;
+          continue;
+        }
+        session = new Session(this.#socket, from, this.#options, () => {
+          this.#sessions.delete(key);
+          this.#dropped += session!.dropped;
+        });
+        this.#sessions.set(key, session);
+        const started = session;
+        Promise.resolve()
+          .then(() => onSession(started))
+          .catch((error) => {
+            onError?.(error);
+            started.close();
+          });
+      }
+      session.deliver(datagram);
+    }
+  }
+
+  /** Stops receiving, ends every session and closes the socket. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const session of [...this.#sessions.values()]) session.close();
+    closeQuietly(this.#socket);
+  }
+}
+
+/** A session's state: its queue towards the reader, its idle timer, its reply path. */
+class Session implements UdpSession {
+  readonly remote: Deno.NetAddr;
+  readonly readable: ReadableStream<Uint8Array>;
+  readonly writable: WritableStream<Uint8Array>;
+  readonly closed: Promise<void>;
+  #dropped = 0;
+  #ended = false;
+  #lastActivity = Date.now();
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #controller!: ReadableStreamDefaultController<Uint8Array>;
+  readonly #resolveClosed: () => void;
+  readonly #onEnd: () => void;
+  readonly #idleTimeoutMs: number;
+
+  constructor(
+    socket: Deno.DatagramConn,
+    remote: Deno.NetAddr,
+    options: Required<UdpListenerOptions>,
+    onEnd: () => void,
+  ) {
+    this.remote = remote;
+    this.#onEnd = onEnd;
+    this.#idleTimeoutMs = options.idleTimeoutMs;
+    let resolveClosed!: () => void;
+    this.closed = new Promise((resolve) => resolveClosed = resolve);
+    this.#resolveClosed = resolveClosed;
+    this.readable = new ReadableStream<Uint8Array>(
+      {
+        start: (controller) => void (this.#controller = controller),
+        cancel: () => this.close(),
+      },
+      new CountQueuingStrategy({ highWaterMark: options.queueLength }),
+    );
+    this.writable = new WritableStream<Uint8Array>({
+      write: async (datagram) => {
+        if (this.#ended) return;
+        this.#touch();
+        try {
+          await socket.send(datagram, remote);
+        } catch {
+          // A reply that cannot be sent is lost, as UDP would lose it.
+          this.#dropped++;
+        }
+      },
+      // The tunnel side ending means the far end has forgotten this session.
+      close: () => this.close(),
+      abort: () => this.close(),
+    });
+    this.#arm(this.#idleTimeoutMs);
+  }
+
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  /** Queues a datagram for the reader, or drops it when the queue is full. */
+  deliver(datagram: Uint8Array): void {
+    if (this.#ended) return;
+    this.#touch();
+    if ((this.#controller.desiredSize ?? 0) > 0) this.#controller.enqueue(datagram);
+    else this.#dropped++;
+  }
+
+  close(): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    clearTimeout(this.#timer);
+    try {
+      this.#controller.close();
+    } catch {
+      // Already closed or cancelled by the reader.
+    }
+    this.#onEnd();
+    this.#resolveClosed();
+  }
+
+  #touch(): void {
+    this.#lastActivity = Date.now();
+  }
+
+  // One timer per session, re-armed for the remainder rather than reset on every datagram.
+  #arm(delay: number): void {
+    const timer = setTimeout(() => {
+      const idle = Date.now() - this.#lastActivity;
+      if (idle >= this.#idleTimeoutMs) this.close();
+      else this.#arm(this.#idleTimeoutMs - idle);
+    }, delay);
+    // An idle session alone must not keep the process alive.
+    Deno.unrefTimer(timer);
+    this.#timer = timer;
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * What relay prints: ready lines on stdout (kubectl's format, so scripts that parse
+ * `kubectl port-forward` output keep working), status and errors on stderr.
+ */
+import type { Protocol } from "./tunnel/types.ts";
+import type { TargetRef } from "./plan.ts";
+
+/** `host:port`, with an IPv6 host in brackets: `127.0.0.1:6379`, `[::1]:6379`. */
+export function formatHostPort(host: string, port: number | string): string {
+  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** A target as the user would write it: `svc/kube-dns`, `host/redis.example`, `ip/[fd00::1]`. */
+export function formatTarget(target: TargetRef): string {
+  const name = target.kind === "ip" && target.name.includes(":") ? `[${target.name}]` : target.name;
+  return `${target.kind}/${name}`;
+}
+
+/** The facts one ready line states. */
+export interface ReadyLineFacts {
+  /** The local address a listener is bound to. */
+  localAddress: string;
+  localPort: number;
+  target: TargetRef;
+  /** The remote port, resolved to a number when known, else as written. */
+  remotePort: number | string;
+  protocol: Protocol;
+}
+
+/**
+ * kubectl's ready line, naming the target since one relay serves several:
+ * `Forwarding from 127.0.0.1:6379 -> host/redis.example:6379`, and for UDP
+ * `Forwarding from 127.0.0.1:5353 -> svc/kube-dns:53/udp`.
+ */
+export function formatReadyLine(facts: ReadyLineFacts): string {
+  const suffix = facts.protocol === "udp" ? "/udp" : "";
+  return `Forwarding from ${formatHostPort(facts.localAddress, facts.localPort)} -> ` +
+    `${formatTarget(facts.target)}:${facts.remotePort}${suffix}`;
+}
+
+/** Where a logger writes lines; each call gets one line without its newline. */
+export interface LogSinks {
+  stdout(line: string): void;
+  stderr(line: string): void;
+}
+
+/** relay's output, one method per kind of line. */
+export interface Logger {
+  /** A listener is ready (stdout, always). */
+  ready(facts: ReadyLineFacts): void;
+  /** Something the user should know while running (stderr, always). */
+  info(message: string): void;
+  /** Detail for `-v` (stderr, only when verbose). */
+  debug(message: string): void;
+  /** A failure that does not stop the run, or the last line before exiting (stderr). */
+  error(message: string): void;
+}
+
+const encoder = new TextEncoder();
+
+/** Sinks that write synchronously to the process's stdout and stderr. */
+export const processSinks: LogSinks = {
+  stdout: (line) => void Deno.stdout.writeSync(encoder.encode(line + "\n")),
+  stderr: (line) => void Deno.stderr.writeSync(encoder.encode(line + "\n")),
+};
+
+/** Options for {@link createLogger}. */
+export interface LoggerOptions {
+  verbose?: boolean;
+  sinks?: LogSinks;
+}
+
+/** A logger writing to `sinks` (the process's streams unless given). */
+export function createLogger(options: LoggerOptions = {}): Logger {
+  const sinks = options.sinks ?? processSinks;
+  return {
+    ready: (facts) => sinks.stdout(formatReadyLine(facts)),
+    info: (message) => sinks.stderr(message),
+    debug: (message) => {
+      if (options.verbose) sinks.stderr(message);
+    },
+    error: (message) => sinks.stderr(`error: ${message}`),
+  };
+}
