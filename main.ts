@@ -54,11 +54,13 @@ async function forward(plan: Plan, logger: Logger): Promise<number> {
 }
 
 /**
- * The first SIGINT/SIGTERM asks the run to stop cleanly (and delete the agent); a second
+ * The first SIGINT/SIGTERM/SIGHUP asks the run to stop cleanly (and delete the agent); a second
  * one gives up on cleaning and exits at once.
  */
 function onStopSignals(stop: AbortController): () => void {
-  const signals: Deno.Signal[] = Deno.build.os === "windows" ? ["SIGINT"] : ["SIGINT", "SIGTERM"];
+  const signals: Deno.Signal[] = Deno.build.os === "windows"
+    ? ["SIGINT"]
+    : ["SIGINT", "SIGTERM", "SIGHUP"];
   const handler = () => {
     if (stop.signal.aborted) Deno.exit(130);
     stop.abort();

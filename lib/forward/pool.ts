@@ -1,0 +1,151 @@
+/**
+ * A small pool of tunnels to one agent. Streams are spread over the pool so one TCP
+ * connection's head-of-line blocking and one WebSocket's throughput are not the ceiling;
+ * a tunnel that closes is replaced in the background, with backoff.
+ */
+import type { Duplex, OpenRequest, Tunnel, TunnelStream } from "../tunnel/types.ts";
+
+/** How the pool reaches its agent and speaks to it. */
+export interface TunnelPoolOptions {
+  /** How many tunnels to keep open. */
+  size: number;
+  /** Opens one transport to the agent (a port-forward WebSocket in practice). */
+  dial: () => Promise<Duplex>;
+  /** Runs the handshake on a fresh transport. */
+  handshake: (transport: Duplex) => Promise<Tunnel>;
+  /** Called with one line whenever the pool changes state worth telling the user. */
+  log?: (line: string) => void;
+  /** How long `open` waits for a tunnel when none is up, in milliseconds. */
+  waitMs?: number;
+}
+
+const BACKOFF_MIN_MS = 100;
+const BACKOFF_MAX_MS = 5_000;
+
+/** Keeps `size` tunnels to one agent and opens streams on the least loaded one. */
+export class TunnelPool {
+  #tunnels: Tunnel[] = [];
+  #stopped = false;
+  #waiters: Array<() => void> = [];
+  #lastError: unknown;
+  #peerVersion = "";
+
+  constructor(readonly options: TunnelPoolOptions) {}
+
+  /**
+   * Opens the first tunnel (retrying while the agent is still starting, up to `deadlineMs`),
+   * then fills the rest of the pool in the background.
+   */
+  async start(deadlineMs: number): Promise<void> {
+    const until = Date.now() + deadlineMs;
+    let delay = BACKOFF_MIN_MS;
+    for (;;) {
+      try {
+        this.#add(await this.#connect());
+        break;
+      } catch (err) {
+        if (Date.now() + delay > until) throw err;
+        await sleep(delay);
+        delay = Math.min(delay * 2, 1_000);
+      }
+    }
+    for (let i = 1; i < this.options.size; i++) this.#refill();
+  }
+
+  /** The agent's version, from the handshake of the first tunnel. */
+  get peerVersion(): string {
+    return this.#peerVersion;
+  }
+
+  /** Tunnels currently up. */
+  get size(): number {
+    return this.#tunnels.length;
+  }
+
+  /** Opens a stream on the least loaded tunnel, waiting briefly if none is up. */
+  async open(request: OpenRequest): Promise<TunnelStream> {
+    const tunnel = this.#leastLoaded() ?? await this.#waitForTunnel();
+    return await tunnel.open(request);
+  }
+
+  /** Closes every tunnel and stops reconnecting. */
+  close(): void {
+    this.#stopped = true;
+    for (const t of this.#tunnels) t.close("relay is stopping");
+    this.#tunnels = [];
+    for (const wake of this.#waiters.splice(0)) wake();
+  }
+
+  async #connect(): Promise<Tunnel> {
+    const transport = await this.options.dial();
+    try {
+      return await this.options.handshake(transport);
+    } catch (err) {
+      await transport.writable.abort(err).catch(() => {});
+      await transport.readable.cancel(err).catch(() => {});
+      throw err;
+    }
+  }
+
+  #add(tunnel: Tunnel): void {
+    if (this.#stopped) {
+      tunnel.close("relay is stopping");
+      return;
+    }
+    this.#peerVersion ||= tunnel.peerVersion;
+    this.#tunnels.push(tunnel);
+    for (const wake of this.#waiters.splice(0)) wake();
+    tunnel.closed.finally(() => {
+      this.#tunnels = this.#tunnels.filter((t) => t !== tunnel);
+      if (!this.#stopped) {
+        this.options.log?.("tunnel to the agent closed; reconnecting");
+        this.#refill();
+      }
+    });
+  }
+
+  /** Reconnects one tunnel in the background, backing off while the agent can't be reached. */
+  async #refill(): Promise<void> {
+    let delay = BACKOFF_MIN_MS;
+    while (!this.#stopped && this.#tunnels.length < this.options.size) {
+      try {
+        this.#add(await this.#connect());
+        return;
+      } catch (err) {
+        this.#lastError = err;
+        await sleep(delay);
+        delay = Math.min(delay * 2, BACKOFF_MAX_MS);
+      }
+    }
+  }
+
+  #leastLoaded(): Tunnel | undefined {
+    let best: Tunnel | undefined;
+    for (const t of this.#tunnels) {
+      if (!best || t.streamCount < best.streamCount) best = t;
+    }
+    return best;
+  }
+
+  async #waitForTunnel(): Promise<Tunnel> {
+    const waitMs = this.options.waitMs ?? 10_000;
+    const until = Date.now() + waitMs;
+    while (!this.#stopped && Date.now() < until) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, until - Date.now());
+        this.#waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      const t = this.#leastLoaded();
+      if (t) return t;
+    }
+    const why = this.#lastError instanceof Error ? `: ${this.#lastError.message}` : "";
+    throw new Error(`no tunnel to the agent is up${why}`);
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -1,0 +1,376 @@
+/**
+ * The agent's own pod: a Job (so a failed agent is not restarted and a finished one is
+ * garbage-collected) whose one pod runs `relay agent`, hardened as DESIGN.md says, waited for
+ * until Running, and deleted on stop.
+ */
+import type {
+  BatchV1Api,
+  CoreV1Api,
+  CoreV1Event,
+  V1Container,
+  V1Job,
+  V1Pod,
+  V1PodTemplateSpec,
+} from "@kubernetes/client-node";
+import { DEFAULT_AGENT_IMAGE, VERSION } from "../version.ts";
+import { apiError, KubeError, statusMessageOf, statusOf, UsageError } from "./errors.ts";
+import { mergePatch } from "./merge_patch.ts";
+
+/** The port the agent listens on, on its pod's 127.0.0.1. */
+export const AGENT_PORT = 4646;
+/** The env variable that hands the session token to the agent. */
+export const AGENT_TOKEN_ENV = "RELAY_AGENT_TOKEN";
+/** The agent's arguments; a --patch may not change them. */
+export const AGENT_ARGS: readonly string[] = ["agent", "--port", String(AGENT_PORT)];
+/** Labels every agent Job and pod carries. */
+export const AGENT_NAME_LABEL = "app.kubernetes.io/name";
+export const SESSION_LABEL = "relay.dev/session";
+
+const CONTAINER_NAME = "agent";
+/** Waiting reasons no amount of waiting fixes: fail at once rather than at the timeout. */
+const HOPELESS_REASONS = new Set([
+  "InvalidImageName",
+  "ErrImageNeverPull",
+  "CreateContainerConfigError",
+  "CreateContainerError",
+]);
+
+/** The API calls the agent lifecycle makes; a loaded Kube has them, tests pass stubs. */
+export interface AgentPodApi {
+  core: Pick<CoreV1Api, "listNamespacedPod" | "deleteNamespacedPod" | "listNamespacedEvent">;
+  batch: Pick<BatchV1Api, "createNamespacedJob" | "deleteNamespacedJob">;
+}
+
+/** What the agent pod should look like and how long to wait for it. */
+export interface AgentPodOptions {
+  /** Where the Job goes, unless the patch's metadata.namespace says otherwise. */
+  namespace: string;
+  /** Default DEFAULT_AGENT_IMAGE. */
+  image?: string;
+  /** `--patch`: a JSON merge patch for the pod template (metadata + spec). */
+  patch?: Record<string, unknown>;
+  /** How long the pod may take to be Running. */
+  podRunningTimeoutMs: number;
+  /** Poll interval while waiting; default 250 ms. */
+  pollMs?: number;
+  /** Default: random. */
+  sessionId?: string;
+  /** Default: random, 32 bytes as hex. */
+  token?: string;
+  /** Aborting stops the wait: the Job is deleted and the call rejects with the reason. */
+  signal?: AbortSignal;
+}
+
+/** A running agent pod. */
+export interface AgentPod {
+  readonly podName: string;
+  readonly namespace: string;
+  readonly jobName: string;
+  readonly sessionId: string;
+  /** The secret every tunnel must present. */
+  readonly token: string;
+  /** The pod port to port-forward to. */
+  readonly port: number;
+  /** Delete the Job and the pod; idempotent, does not wait for the pod to be gone. */
+  stop(): Promise<void>;
+}
+
+/** Random bytes as lowercase hex. */
+export function randomHex(bytes: number): string {
+  const buffer = crypto.getRandomValues(new Uint8Array(bytes));
+  return Array.from(buffer, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * The Job for one session, --patch applied. Throws UsageError if the patch would remove the
+ * token env or change the agent's arguments.
+ */
+export function agentJobManifest(opts: {
+  namespace: string;
+  image: string;
+  sessionId: string;
+  token: string;
+  patch?: Record<string, unknown>;
+}): V1Job {
+  const labels = { [AGENT_NAME_LABEL]: "relay-agent", [SESSION_LABEL]: opts.sessionId };
+  const container: V1Container = {
+    name: CONTAINER_NAME,
+    image: opts.image,
+    args: [...AGENT_ARGS],
+    env: [{ name: AGENT_TOKEN_ENV, value: opts.token }],
+    // Declared so the kubelet (and the test cluster's shim) know the port-forward target.
+    ports: [{ name: "relay", containerPort: AGENT_PORT, protocol: "TCP" }],
+    resources: {
+      requests: { cpu: "10m", memory: "32Mi" },
+      // No CPU limit: throttling the agent throttles every forwarded byte. Memory is bounded.
+      limits: { memory: "256Mi" },
+    },
+    securityContext: {
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ["ALL"] },
+    },
+    volumeMounts: [{ name: "tmp", mountPath: "/tmp" }],
+  };
+  const base = {
+    metadata: { namespace: opts.namespace, generateName: "relay-agent-", labels },
+    spec: {
+      restartPolicy: "Never",
+      automountServiceAccountToken: false,
+      enableServiceLinks: false,
+      terminationGracePeriodSeconds: 5,
+      securityContext: {
+        runAsNonRoot: true,
+        runAsUser: 65532,
+        runAsGroup: 65532,
+        seccompProfile: { type: "RuntimeDefault" },
+      },
+      containers: [container],
+      // The root filesystem is read-only; the runtime may still want a scratch directory.
+      volumes: [{ name: "tmp", emptyDir: { medium: "Memory", sizeLimit: "16Mi" } }],
+    },
+  };
+  const patched = (opts.patch ? mergePatch(base, opts.patch) : base) as {
+    metadata?: Record<string, unknown> & { namespace?: string; generateName?: string };
+    spec?: V1PodTemplateSpec["spec"];
+  };
+  checkPatchKeptAgent(patched.spec, opts.token);
+
+  const { namespace, generateName, ...templateMetadata } = patched.metadata ?? {};
+  // The session labels find the pod again; a patch may add labels, not take these away.
+  templateMetadata.labels = { ...(templateMetadata.labels as object ?? {}), ...labels };
+  if (typeof namespace !== "string" || !namespace) {
+    throw new UsageError("--patch: metadata.namespace must be a non-empty string");
+  }
+  return {
+    apiVersion: "batch/v1",
+    kind: "Job",
+    metadata: {
+      namespace,
+      generateName: typeof generateName === "string" && generateName
+        ? generateName
+        : "relay-agent-",
+      labels,
+      annotations: { "relay.dev/version": VERSION },
+    },
+    spec: {
+      backoffLimit: 0,
+      ttlSecondsAfterFinished: 60,
+      template: { metadata: templateMetadata, spec: patched.spec } as V1PodTemplateSpec,
+    },
+  };
+}
+
+function checkPatchKeptAgent(spec: V1PodTemplateSpec["spec"], token: string): void {
+  const agent = spec?.containers?.find((c) => c.name === CONTAINER_NAME);
+  const hint = "(a JSON merge patch replaces lists such as spec.containers whole;" +
+    " patch other fields, e.g. spec.nodeSelector or spec.tolerations)";
+  if (!agent) throw new UsageError(`--patch removes the "${CONTAINER_NAME}" container ${hint}`);
+  if (JSON.stringify(agent.args) !== JSON.stringify(AGENT_ARGS) || agent.command) {
+    throw new UsageError(`--patch changes the agent's command or arguments ${hint}`);
+  }
+  if (!agent.env?.some((e) => e.name === AGENT_TOKEN_ENV && e.value === token)) {
+    throw new UsageError(`--patch removes the agent's ${AGENT_TOKEN_ENV} env ${hint}`);
+  }
+}
+
+/**
+ * Create the agent Job and wait until its pod is Running. On failure or timeout the Job is
+ * deleted and the error names the reason (unschedulable, image pull, …).
+ */
+export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Promise<AgentPod> {
+  const sessionId = opts.sessionId ?? randomHex(8);
+  const token = opts.token ?? randomHex(32);
+  const manifest = agentJobManifest({
+    namespace: opts.namespace,
+    image: opts.image ?? DEFAULT_AGENT_IMAGE,
+    sessionId,
+    token,
+    patch: opts.patch,
+  });
+  const namespace = manifest.metadata!.namespace!;
+  let job: V1Job;
+  try {
+    job = await api.batch.createNamespacedJob({ namespace, body: manifest });
+  } catch (error) {
+    throw createError(error, namespace);
+  }
+  const jobName = job.metadata!.name!;
+  let stopping: Promise<void> | undefined;
+  const stopWith = (podName?: string) =>
+    stopping ??= deleteAgent(api, namespace, jobName, sessionId, podName);
+
+  try {
+    const pod = await waitRunning(api, {
+      namespace,
+      jobName,
+      sessionId,
+      timeoutMs: opts.podRunningTimeoutMs,
+      pollMs: opts.pollMs ?? 250,
+      signal: opts.signal,
+    });
+    const podName = pod.metadata!.name!;
+    return {
+      podName,
+      namespace,
+      jobName,
+      sessionId,
+      token,
+      port: AGENT_PORT,
+      stop: () => stopWith(podName),
+    };
+  } catch (error) {
+    await stopWith();
+    throw error;
+  }
+}
+
+function createError(error: unknown, namespace: string): Error {
+  const status = statusOf(error);
+  if (status === 404) return new UsageError(`namespace ${namespace} not found`, { cause: error });
+  if (status === 422 || status === 400) {
+    return new UsageError(
+      `the agent Job is invalid (check --patch): ${statusMessageOf(error) ?? status}`,
+      { cause: error },
+    );
+  }
+  return apiError(error, { verb: "create", resource: "jobs", namespace });
+}
+
+async function waitRunning(api: AgentPodApi, opts: {
+  namespace: string;
+  jobName: string;
+  sessionId: string;
+  timeoutMs: number;
+  pollMs: number;
+  signal?: AbortSignal;
+}): Promise<V1Pod> {
+  const deadline = Date.now() + opts.timeoutMs;
+  const labelSelector = `${SESSION_LABEL}=${opts.sessionId}`;
+  let pod: V1Pod | undefined;
+  while (true) {
+    opts.signal?.throwIfAborted();
+    try {
+      const pods = (await api.core.listNamespacedPod({ namespace: opts.namespace, labelSelector }))
+        .items;
+      pod = pods.find((p) => !p.metadata?.deletionTimestamp) ?? pods[0];
+    } catch (error) {
+      throw apiError(error, { verb: "list", resource: "pods", namespace: opts.namespace });
+    }
+    if (pod) {
+      const phase = pod.status?.phase;
+      const state = pod.status?.containerStatuses?.find((c) => c.name === CONTAINER_NAME)?.state;
+      if (phase === "Running" && state?.running) return pod;
+      if (phase === "Failed" || phase === "Succeeded" || state?.terminated) {
+        const t = state?.terminated;
+        throw agentFailed(
+          opts,
+          pod,
+          t
+            ? `exited (${t.reason ?? `code ${t.exitCode}`}${t.message ? `: ${t.message}` : ""})`
+            : `is ${phase}`,
+        ); // deno-fmt-ignore
+      }
+      const waiting = state?.waiting;
+      if (waiting?.reason && HOPELESS_REASONS.has(waiting.reason)) {
+        throw agentFailed(
+          opts,
+          pod,
+          `cannot start: ${waiting.reason}${waiting.message ? ` (${waiting.message})` : ""}`,
+        ); // deno-fmt-ignore
+      }
+    }
+    if (Date.now() >= deadline) {
+      const why = await pendingReason(api, opts, pod);
+      const seconds = Math.round(opts.timeoutMs / 1000);
+      throw agentFailed(opts, pod, `was not Running after ${seconds}s: ${why}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, opts.pollMs));
+  }
+}
+
+function agentFailed(opts: { namespace: string; jobName: string }, pod: V1Pod, what: string) {
+  return new KubeError(
+    `agent pod ${
+      pod.metadata?.name ?? `of job ${opts.jobName}`
+    } in namespace ${opts.namespace} ${what}`,
+  );
+}
+
+/** Why a pod (or a Job without a pod yet) is still pending, in a few words. */
+async function pendingReason(
+  api: AgentPodApi,
+  opts: { namespace: string; jobName: string },
+  pod: V1Pod | undefined,
+): Promise<string> {
+  const reasons: string[] = [];
+  const scheduled = pod?.status?.conditions?.find((c) => c.type === "PodScheduled");
+  if (scheduled?.status === "False") {
+    reasons.push(
+      `${scheduled.reason ?? "not scheduled"}${scheduled.message ? `: ${scheduled.message}` : ""}`,
+    ); // deno-fmt-ignore
+  }
+  for (const status of pod?.status?.containerStatuses ?? []) {
+    const waiting = status.state?.waiting;
+    if (waiting?.reason) {
+      reasons.push(`${waiting.reason}${waiting.message ? `: ${waiting.message}` : ""}`);
+    }
+  }
+  // Events tell what the status does not: admission refusals, quota, image pull details.
+  const object = pod?.metadata?.name ?? opts.jobName;
+  const event = await lastWarning(api, opts.namespace, object);
+  if (event && !reasons.some((r) => event.message && r.includes(event.message))) {
+    reasons.push(`${event.reason ?? "event"}: ${event.message ?? ""}`.trim());
+  }
+  if (!pod && reasons.length === 0) reasons.push(`the Job created no pod`);
+  return reasons.length ? reasons.join("; ") : `phase ${pod?.status?.phase ?? "unknown"}`;
+}
+
+async function lastWarning(
+  api: AgentPodApi,
+  namespace: string,
+  name: string,
+): Promise<CoreV1Event | undefined> {
+  try {
+    const events = (await api.core.listNamespacedEvent({
+      namespace,
+      fieldSelector: `involvedObject.name=${name}`,
+    })).items.filter((e) => e.type === "Warning");
+    const time = (e: CoreV1Event) =>
+      new Date(e.lastTimestamp ?? e.eventTime ?? e.metadata?.creationTimestamp ?? 0).getTime();
+    events.sort((a, b) => time(b) - time(a));
+    return events[0];
+  } catch {
+    return undefined; // events are a nicety; lacking permission to list them is no failure
+  }
+}
+
+/** Delete the Job (its pod with it) and, so it goes at once, the pod too; 404 is success. */
+async function deleteAgent(
+  api: AgentPodApi,
+  namespace: string,
+  jobName: string,
+  sessionId: string,
+  podName?: string,
+): Promise<void> {
+  const ignoreGone = (error: unknown) => {
+    if (statusOf(error) !== 404) throw error;
+  };
+  const deletions: Promise<unknown>[] = [
+    api.batch.deleteNamespacedJob({ name: jobName, namespace, propagationPolicy: "Background" })
+      .catch(ignoreGone),
+  ];
+  if (podName) {
+    deletions.push(api.core.deleteNamespacedPod({ name: podName, namespace }).catch(ignoreGone));
+  }
+  const results = await Promise.allSettled(deletions);
+  const failed = results.find((r) => r.status === "rejected");
+  if (failed) {
+    throw apiError((failed as PromiseRejectedResult).reason, {
+      verb: "delete",
+      resource: "jobs",
+      object: `job/${jobName} (session ${sessionId})`,
+      namespace,
+    });
+  }
+}

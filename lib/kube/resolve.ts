@@ -1,0 +1,422 @@
+/**
+ * Target resolution (DESIGN.md "Targets"): from `svc/redis 6379` to the address the agent
+ * dials, decided again for every new connection where the answer can change (headless
+ * Services and workloads follow their Ready pods across rolling updates).
+ */
+import type {
+  AppsV1Api,
+  CoreV1Api,
+  V1ContainerPort,
+  V1LabelSelector,
+  V1Pod,
+  V1PodSpec,
+  V1Service,
+  V1ServicePort,
+} from "@kubernetes/client-node";
+import type { PortSpec, TargetKind, TargetRef } from "../plan.ts";
+import type { Protocol } from "../tunnel/types.ts";
+import { apiError, KubeError, UsageError } from "./errors.ts";
+import { pickReadyPod, selectorString } from "./pods.ts";
+
+/** The API calls resolution makes; a loaded {@link Kube} has them, tests pass stubs. */
+export interface ResolveApi {
+  core: Pick<CoreV1Api, "readNamespacedService" | "readNamespacedPod" | "listNamespacedPod">;
+  apps: Pick<
+    AppsV1Api,
+    | "readNamespacedDeployment"
+    | "readNamespacedStatefulSet"
+    | "readNamespacedDaemonSet"
+    | "readNamespacedReplicaSet"
+  >;
+  /** The namespace used when the target names none. */
+  namespace: string;
+}
+
+/** Where one connection should go, as the agent will dial it. */
+export interface Destination {
+  /** An IP literal or a hostname the agent resolves. */
+  host: string;
+  port: number;
+}
+
+/** One port of one target, ready to forward. */
+export interface ResolvedForward {
+  /** For the ready line: `svc/redis:6379`, `deploy/web:http`. */
+  label: string;
+  /** The namespace the target lives in (empty for host/ and ip/). */
+  namespace: string;
+  /** The port mapping as written. */
+  spec: PortSpec;
+  protocol: Protocol;
+  /** Where a new connection goes, decided now; rejects when no pod is Ready. */
+  destination(): Promise<Destination>;
+}
+
+const WORKLOADS = new Set<TargetKind>(["deploy", "sts", "ds", "rs"]);
+
+/**
+ * Resolve `target` and each of `ports`. Checks up front what can be checked (the object
+ * exists, named ports exist, the protocol is unambiguous); throws UsageError when not.
+ */
+export async function resolveTarget(
+  api: ResolveApi,
+  target: TargetRef,
+  ports: readonly PortSpec[],
+): Promise<ResolvedForward[]> {
+  const namespace = target.namespace ?? api.namespace;
+  const object = `${target.kind}/${target.name}`;
+  const label = (spec: PortSpec) => `${object}:${spec.remote}`;
+
+  if (target.kind === "host" || target.kind === "ip") {
+    return ports.map((spec) => {
+      if (typeof spec.remote !== "number") {
+        throw new UsageError(
+          `${object}: port "${spec.remote}" is a name, which only a Service or pod can define; give a number`,
+        );
+      }
+      const destination = { host: target.name, port: spec.remote };
+      return {
+        label: label(spec),
+        namespace: "",
+        spec,
+        protocol: spec.protocol ?? "tcp",
+        destination: () => Promise.resolve(destination),
+      };
+    });
+  }
+
+  if (target.kind === "svc") {
+    const service = await readService(api, namespace, target.name);
+    return ports.map((spec) => resolveServicePort(api, service, object, namespace, spec));
+  }
+
+  if (target.kind === "pod") {
+    const pod = await readPod(api, namespace, target.name);
+    return ports.map((spec) => {
+      const containerPort = pickContainerPort(pod.spec, spec, object);
+      const port = containerPort?.containerPort ?? (spec.remote as number);
+      let current = pod;
+      return {
+        label: label(spec),
+        namespace,
+        spec,
+        protocol: containerPort
+          ? protocolOf(containerPort.protocol, object, spec)
+          : spec.protocol ?? "tcp",
+        destination: async () => {
+          // A pod's IP is fixed once assigned; ask again only while it has none.
+          if (!current.status?.podIP) current = await readPod(api, namespace, target.name);
+          if (!current.status?.podIP) {
+            throw new KubeError(
+              `${object} in namespace ${namespace} has no IP yet (phase ${
+                current.status?.phase ?? "unknown"
+              })`,
+            );
+          }
+          return { host: current.status.podIP, port };
+        },
+      };
+    });
+  }
+
+  if (WORKLOADS.has(target.kind)) {
+    const { selector, template } = await readWorkload(api, target.kind, namespace, target.name);
+    const selectorText = selectorString(selector);
+    return ports.map((spec) => {
+      const templatePort = pickContainerPort(template, spec, object);
+      return {
+        label: label(spec),
+        namespace,
+        spec,
+        protocol: templatePort
+          ? protocolOf(templatePort.protocol, object, spec)
+          : spec.protocol ?? "tcp",
+        destination: async () => {
+          const pod = await readyPod(api, namespace, selectorText, object);
+          // Named ports are looked up on the chosen pod: a rollout may renumber them.
+          const port = typeof spec.remote === "number"
+            ? spec.remote
+            : namedContainerPort(pod, spec.remote, object);
+          return { host: pod.status!.podIP!, port };
+        },
+      };
+    });
+  }
+  throw new UsageError(`unknown target kind "${target.kind}"`);
+}
+
+/**
+ * The pod whose network namespace the agent should join for `--target`: the pod itself, or
+ * the newest Ready pod of a Service's or workload's selector.
+ */
+export async function pickTargetPod(api: ResolveApi, target: TargetRef): Promise<V1Pod> {
+  const namespace = target.namespace ?? api.namespace;
+  const object = `${target.kind}/${target.name}`;
+  switch (target.kind) {
+    case "pod": {
+      const pod = await readPod(api, namespace, target.name);
+      if (pod.status?.phase !== "Running") {
+        throw new KubeError(
+          `${object} in namespace ${namespace} is ${
+            pod.status?.phase ?? "not running"
+          }, not Running`,
+        );
+      }
+      return pod;
+    }
+    case "svc": {
+      const service = await readService(api, namespace, target.name);
+      const selector = service.spec?.selector;
+      if (!selector || Object.keys(selector).length === 0) {
+        throw new UsageError(`${object} has no pod selector, so it has no pod to target`);
+      }
+      return readyPod(api, namespace, selectorString({ matchLabels: selector }), object);
+    }
+    case "deploy":
+    case "sts":
+    case "ds":
+    case "rs": {
+      const { selector } = await readWorkload(api, target.kind, namespace, target.name);
+      return readyPod(api, namespace, selectorString(selector), object);
+    }
+    default:
+      throw new UsageError(
+        `--target needs a pod, Service or workload, not ${object}: a ${target.kind} has no pod`,
+      );
+  }
+}
+
+function resolveServicePort(
+  api: ResolveApi,
+  service: V1Service,
+  object: string,
+  namespace: string,
+  spec: PortSpec,
+): ResolvedForward {
+  const label = `${object}:${spec.remote}`;
+  const servicePort = pickServicePort(service, spec, object);
+  const protocol = servicePort
+    ? protocolOf(servicePort.protocol, object, spec)
+    : spec.protocol ?? "tcp";
+
+  if (service.spec?.type === "ExternalName") {
+    const host = service.spec.externalName;
+    if (!host) throw new UsageError(`${object} is an ExternalName Service without externalName`);
+    const port = servicePort?.port ?? (spec.remote as number);
+    return { label, namespace, spec, protocol, destination: () => Promise.resolve({ host, port }) };
+  }
+  if (!servicePort) {
+    throw new UsageError(`${object} has no port ${spec.remote} (it has ${describePorts(service)})`);
+  }
+  const clusterIP = service.spec?.clusterIP;
+  if (clusterIP && clusterIP !== "None") {
+    const destination = { host: clusterIP, port: servicePort.port };
+    return { label, namespace, spec, protocol, destination: () => Promise.resolve(destination) };
+  }
+
+  // Headless: one of its Ready pods, chosen per connection, at the Service's targetPort.
+  const selector = service.spec?.selector;
+  if (!selector || Object.keys(selector).length === 0) {
+    throw new UsageError(`${object} is headless and has no pod selector; forward to a pod instead`);
+  }
+  const selectorText = selectorString({ matchLabels: selector });
+  const targetPort = servicePort.targetPort ?? servicePort.port;
+  return {
+    label,
+    namespace,
+    spec,
+    protocol,
+    destination: async () => {
+      const pod = await readyPod(api, namespace, selectorText, object);
+      const port = typeof targetPort === "number" || /^\d+$/.test(targetPort)
+        ? Number(targetPort)
+        : namedContainerPort(pod, targetPort, object);
+      return { host: pod.status!.podIP!, port };
+    },
+  };
+}
+
+/** The Service ports matching the spec's number or name (and protocol, when given). */
+function pickServicePort(
+  service: V1Service,
+  spec: PortSpec,
+  object: string,
+): V1ServicePort | undefined {
+  const ports = service.spec?.ports ?? [];
+  const matching = ports.filter((p) =>
+    typeof spec.remote === "number" ? p.port === spec.remote : p.name === spec.remote
+  );
+  if (matching.length === 0) {
+    if (typeof spec.remote === "string") {
+      throw new UsageError(
+        `${object} has no port named "${spec.remote}" (it has ${describePorts(service)})`,
+      );
+    }
+    return undefined;
+  }
+  return choose(matching, spec, object, (p) => p.protocol);
+}
+
+/** The container port of `podSpec` matching the spec; a number may be undeclared. */
+function pickContainerPort(
+  podSpec: V1PodSpec | undefined,
+  spec: PortSpec,
+  object: string,
+): V1ContainerPort | undefined {
+  const ports = (podSpec?.containers ?? []).flatMap((c) => c.ports ?? []);
+  const matching = ports.filter((p) =>
+    typeof spec.remote === "number" ? p.containerPort === spec.remote : p.name === spec.remote
+  );
+  if (matching.length === 0) {
+    if (typeof spec.remote === "string") {
+      const names = ports.filter((p) => p.name).map((p) => `${p.name}=${p.containerPort}`);
+      throw new UsageError(
+        `${object} has no container port named "${spec.remote}"` +
+          (names.length ? ` (it has ${names.join(", ")})` : " (it names no ports)"),
+      );
+    }
+    return undefined;
+  }
+  return choose(matching, spec, object, (p) => p.protocol);
+}
+
+/**
+ * Pick among ports that share a number or name: by the protocol written, else the only one
+ * there is; TCP and UDP both present without `@proto` is ambiguous.
+ */
+function choose<T>(
+  matching: T[],
+  spec: PortSpec,
+  object: string,
+  protocolOfPort: (port: T) => string | undefined,
+): T {
+  const proto = (p: T) => (protocolOfPort(p) ?? "TCP").toLowerCase();
+  if (spec.protocol) {
+    const found = matching.find((p) => proto(p) === spec.protocol);
+    if (!found) {
+      throw new UsageError(
+        `${object} port ${spec.remote} has no ${spec.protocol.toUpperCase()} (it is ${
+          [...new Set(matching.map(proto))].map((p) => p.toUpperCase()).join(", ")
+        })`,
+      );
+    }
+    return found;
+  }
+  const protocols = [...new Set(matching.map(proto))];
+  if (protocols.length > 1) {
+    throw new UsageError(
+      `${object} port ${spec.remote} is ambiguous: choose ${
+        protocols.map((p) => `${spec.remote}@${p}`).join(" or ")
+      }`,
+    );
+  }
+  return matching[0];
+}
+
+/** A Kubernetes protocol name as relay's; SCTP cannot be forwarded. */
+function protocolOf(protocol: string | undefined, object: string, spec: PortSpec): Protocol {
+  const p = (protocol ?? "TCP").toLowerCase();
+  if (p === "tcp" || p === "udp") return p;
+  throw new UsageError(
+    `${object} port ${spec.remote} is ${p.toUpperCase()}, which relay cannot forward`,
+  );
+}
+
+function namedContainerPort(pod: V1Pod, name: string, object: string): number {
+  for (const container of pod.spec?.containers ?? []) {
+    for (const port of container.ports ?? []) if (port.name === name) return port.containerPort;
+  }
+  throw new KubeError(
+    `${object}: pod ${pod.metadata?.name} has no container port named "${name}"`,
+  );
+}
+
+function describePorts(service: V1Service): string {
+  const ports = service.spec?.ports ?? [];
+  if (ports.length === 0) return "no ports";
+  return ports
+    .map((p) => `${p.name ? `${p.name}=` : ""}${p.port}/${p.protocol ?? "TCP"}`)
+    .join(", ");
+}
+
+async function readService(api: ResolveApi, namespace: string, name: string): Promise<V1Service> {
+  try {
+    return await api.core.readNamespacedService({ name, namespace });
+  } catch (error) {
+    throw apiError(error, { verb: "get", resource: "services", object: `svc/${name}`, namespace });
+  }
+}
+
+async function readPod(api: ResolveApi, namespace: string, name: string): Promise<V1Pod> {
+  try {
+    return await api.core.readNamespacedPod({ name, namespace });
+  } catch (error) {
+    throw apiError(error, { verb: "get", resource: "pods", object: `pod/${name}`, namespace });
+  }
+}
+
+/** The newest Ready pod matching `selector`, or an error saying there is none. */
+async function readyPod(
+  api: ResolveApi,
+  namespace: string,
+  selector: string,
+  object: string,
+): Promise<V1Pod> {
+  let pods: V1Pod[];
+  try {
+    pods = (await api.core.listNamespacedPod({ namespace, labelSelector: selector })).items;
+  } catch (error) {
+    throw apiError(error, { verb: "list", resource: "pods", namespace });
+  }
+  const pod = pickReadyPod(pods);
+  if (!pod) {
+    throw new KubeError(
+      `${object} in namespace ${namespace} has no Ready pod (${pods.length} pod(s) match ${selector})`,
+    );
+  }
+  return pod;
+}
+
+const WORKLOAD_RESOURCES: Record<string, string> = {
+  deploy: "deployments",
+  sts: "statefulsets",
+  ds: "daemonsets",
+  rs: "replicasets",
+};
+
+async function readWorkload(
+  api: ResolveApi,
+  kind: TargetKind,
+  namespace: string,
+  name: string,
+): Promise<{ selector: V1LabelSelector; template?: V1PodSpec }> {
+  const request = { name, namespace };
+  let workload: { spec?: { selector: V1LabelSelector; template?: { spec?: V1PodSpec } } };
+  try {
+    switch (kind) {
+      case "deploy":
+        workload = await api.apps.readNamespacedDeployment(request);
+        break;
+      case "sts":
+        workload = await api.apps.readNamespacedStatefulSet(request);
+        break;
+      case "ds":
+        workload = await api.apps.readNamespacedDaemonSet(request);
+        break;
+      default:
+        workload = await api.apps.readNamespacedReplicaSet(request);
+    }
+  } catch (error) {
+    throw apiError(error, {
+      verb: "get",
+      resource: WORKLOAD_RESOURCES[kind],
+      object: `${kind}/${name}`,
+      namespace,
+    });
+  }
+  const selector = workload.spec?.selector;
+  if (!selector || (!selector.matchLabels && !selector.matchExpressions)) {
+    throw new UsageError(`${kind}/${name} has no pod selector`);
+  }
+  return { selector, template: workload.spec?.template?.spec };
+}

@@ -1,0 +1,112 @@
+/**
+ * relay as a user runs it: the real CLI as a child process against the local cluster,
+ * with its ready lines parsed and its stderr kept for assertions.
+ */
+import { KUBECONFIG, REPO_DIR } from "./harness.ts";
+
+/** A running `relay …` and what it has said. */
+export interface RelayProcess extends AsyncDisposable {
+  readonly pid: number;
+  /** Local ports from the ready lines, in the order they were printed. */
+  readonly ports: number[];
+  /** Every ready line printed so far. */
+  readonly readyLines: string[];
+  /** stderr so far. */
+  stderr(): string;
+  /** Sends `signal` and resolves with the exit code once relay has exited. */
+  stop(signal?: Deno.Signal): Promise<number>;
+  /** Resolves with the exit code when relay exits by itself. */
+  readonly exited: Promise<number>;
+}
+
+/** Options for {@link startRelay}. */
+export interface StartRelayOptions {
+  /** How many ready lines to wait for before resolving (default 1). */
+  readyLines?: number;
+  /** Extra environment (KUBECONFIG defaults to the local cluster's admin config). */
+  env?: Record<string, string>;
+  /** How long to wait for the ready lines (default 90 s). */
+  timeoutMs?: number;
+}
+
+/** The command line that runs relay from this checkout. */
+export function relayCommand(args: string[]): string[] {
+  return [Deno.execPath(), "run", "--allow-all", "--unstable-net", `${REPO_DIR}/main.ts`, ...args];
+}
+
+/** Starts relay with `args` and waits for its ready lines. */
+export async function startRelay(
+  args: string[],
+  options: StartRelayOptions = {},
+): Promise<RelayProcess> {
+  const [cmd, ...rest] = relayCommand(args);
+  const child = new Deno.Command(cmd, {
+    args: rest,
+    env: { KUBECONFIG, ...options.env },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let stderrText = "";
+  const stderrDone = (async () => {
+    for await (const chunk of child.stderr.pipeThrough(new TextDecoderStream())) {
+      stderrText += chunk;
+    }
+  })();
+  const readyLines: string[] = [];
+  const ports: number[] = [];
+  const exited = child.status.then(async (s) => {
+    await stderrDone;
+    return s.code;
+  });
+  const want = options.readyLines ?? 1;
+  const ready = (async () => {
+    let buffered = "";
+    for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
+      buffered += chunk;
+      let nl;
+      while ((nl = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        const m = line.match(/^Forwarding from (?:\[[^\]]+\]|[^:]+):(\d+) -> /);
+        if (m) {
+          readyLines.push(line);
+          ports.push(Number(m[1]));
+        }
+      }
+    }
+  })();
+  const stop = async (signal: Deno.Signal = "SIGTERM") => {
+    try {
+      child.kill(signal);
+    } catch {
+      // already exited
+    }
+    const code = await exited;
+    await ready;
+    return code;
+  };
+  const deadline = Date.now() + (options.timeoutMs ?? 90_000);
+  while (readyLines.length < want) {
+    const code = await Promise.race([
+      exited,
+      new Promise<null>((resolve) => setTimeout(() => resolve(null), 100)),
+    ]);
+    if (code !== null) {
+      throw new Error(`relay ${args.join(" ")} exited with ${code} before ready:\n${stderrText}`);
+    }
+    if (Date.now() > deadline) {
+      await stop("SIGKILL");
+      throw new Error(`relay ${args.join(" ")} not ready in time:\n${stderrText}`);
+    }
+  }
+  return {
+    pid: child.pid,
+    ports,
+    readyLines,
+    stderr: () => stderrText,
+    stop,
+    exited,
+    [Symbol.asyncDispose]: async () => void await stop(),
+  };
+}

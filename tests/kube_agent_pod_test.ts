@@ -1,0 +1,200 @@
+import { assert, assertEquals, assertRejects, assertThrows } from "./kube_assert.ts";
+import {
+  AGENT_PORT,
+  agentJobManifest,
+  type AgentPodApi,
+  startAgentPod,
+} from "../lib/kube/agent_pod.ts";
+import { mergePatch } from "../lib/kube/merge_patch.ts";
+import { KubeError } from "../lib/kube/errors.ts";
+import { UsageError } from "../lib/errors.ts";
+import type { V1Job, V1Pod } from "@kubernetes/client-node";
+
+const base = { namespace: "ns", image: "img:1", sessionId: "s1", token: "tok" };
+
+Deno.test("agentJobManifest: a hardened Job that runs the agent with its token", () => {
+  const job = agentJobManifest(base);
+  assertEquals([job.metadata?.namespace, job.metadata?.generateName], ["ns", "relay-agent-"]);
+  assertEquals([job.spec?.backoffLimit, job.spec?.ttlSecondsAfterFinished], [0, 60]);
+  const template = job.spec!.template;
+  assertEquals(template.metadata?.labels, {
+    "app.kubernetes.io/name": "relay-agent",
+    "relay.dev/session": "s1",
+  });
+  const spec = template.spec!;
+  assertEquals(
+    [spec.restartPolicy, spec.automountServiceAccountToken, spec.enableServiceLinks],
+    ["Never", false, false],
+  );
+  assertEquals(spec.securityContext?.runAsNonRoot, true);
+  assertEquals(spec.securityContext?.runAsUser, 65532);
+  assertEquals(spec.securityContext?.seccompProfile?.type, "RuntimeDefault");
+  const [c] = spec.containers;
+  assertEquals([c.image, c.args], ["img:1", ["agent", "--port", String(AGENT_PORT)]]);
+  assertEquals(c.env, [{ name: "RELAY_AGENT_TOKEN", value: "tok" }]);
+  assertEquals(c.securityContext, {
+    allowPrivilegeEscalation: false,
+    readOnlyRootFilesystem: true,
+    capabilities: { drop: ["ALL"] },
+  });
+  assert(c.resources?.requests?.memory && c.resources.limits?.memory, "resources set");
+});
+
+Deno.test("agentJobManifest: --patch merges into the pod template and may move the Job", () => {
+  const job = agentJobManifest({
+    ...base,
+    patch: {
+      metadata: { namespace: "elsewhere", generateName: "mine-", labels: { team: "a" } },
+      spec: { nodeSelector: { zone: "z1" }, automountServiceAccountToken: null },
+    },
+  });
+  assertEquals([job.metadata?.namespace, job.metadata?.generateName], ["elsewhere", "mine-"]);
+  const template = job.spec!.template;
+  assertEquals(template.metadata?.labels?.team, "a");
+  assertEquals(template.metadata?.labels?.["relay.dev/session"], "s1");
+  assert(!("namespace" in (template.metadata ?? {})), "namespace moved to the Job");
+  assertEquals(template.spec?.nodeSelector, { zone: "z1" });
+  assertEquals(template.spec?.automountServiceAccountToken, undefined);
+});
+
+Deno.test("agentJobManifest: a patch that drops the token or the args is refused", () => {
+  assertThrows(
+    () =>
+      agentJobManifest({
+        ...base,
+        patch: {
+          spec: { containers: [{ name: "agent", image: "x", args: ["agent", "--port", "4646"] }] },
+        },
+      }),
+    UsageError,
+    "RELAY_AGENT_TOKEN",
+  );
+  assertThrows(
+    () => agentJobManifest({ ...base, patch: { spec: { containers: [{ name: "other" }] } } }),
+    UsageError,
+  );
+});
+
+Deno.test("mergePatch follows RFC 7386", () => {
+  assertEquals(mergePatch({ a: "b", c: { d: "e", f: "g" } }, { a: "z", c: { f: null } }), {
+    a: "z",
+    c: { d: "e" },
+  });
+  assertEquals(mergePatch({ a: [1, 2] }, { a: [3] }), { a: [3] });
+  assertEquals(mergePatch({ a: 1 }, ["x"]), ["x"]);
+});
+
+/** A stub cluster whose agent pod goes through `states` (one per poll), recording calls. */
+function stubApi(states: Partial<V1Pod>[]): AgentPodApi & { calls: string[] } {
+  const calls: string[] = [];
+  let poll = 0;
+  const api: AgentPodApi & { calls: string[] } = {
+    calls,
+    batch: {
+      createNamespacedJob: ({ namespace, body }: { namespace: string; body: V1Job }) => {
+        calls.push(`create job in ${namespace}`);
+        return Promise.resolve({ ...body, metadata: { ...body.metadata, name: "relay-agent-x1" } });
+      },
+      deleteNamespacedJob: (
+        { name, propagationPolicy }: { name: string; propagationPolicy?: string },
+      ) => {
+        calls.push(`delete job ${name} ${propagationPolicy}`);
+        return Promise.resolve({});
+      },
+    } as unknown as AgentPodApi["batch"],
+    core: {
+      listNamespacedPod: () => {
+        const state = states[Math.min(poll++, states.length - 1)];
+        return Promise.resolve({ items: [{ metadata: { name: "relay-agent-x1-abc" }, ...state }] });
+      },
+      deleteNamespacedPod: ({ name }: { name: string }) => {
+        calls.push(`delete pod ${name}`);
+        return Promise.resolve({});
+      },
+      listNamespacedEvent: () =>
+        Promise.resolve({
+          items: [{
+            type: "Warning",
+            reason: "FailedScheduling",
+            message: "0/1 nodes are available",
+          }],
+        }),
+    } as unknown as AgentPodApi["core"],
+  };
+  return api;
+}
+
+const running: Partial<V1Pod> = {
+  status: {
+    phase: "Running",
+    containerStatuses: [{
+      name: "agent",
+      state: { running: {} },
+      image: "",
+      imageID: "",
+      ready: true,
+      restartCount: 0,
+    }],
+  },
+};
+
+Deno.test("startAgentPod: waits for Running; stop() deletes Job and pod once", async () => {
+  const api = stubApi([{ status: { phase: "Pending" } }, running]);
+  const agent = await startAgentPod(api, {
+    namespace: "ns",
+    podRunningTimeoutMs: 10_000,
+    pollMs: 1,
+  });
+  assertEquals([agent.podName, agent.namespace, agent.port], ["relay-agent-x1-abc", "ns", 4646]);
+  assertEquals(agent.token.length, 64);
+  await Promise.all([agent.stop(), agent.stop()]);
+  await agent.stop();
+  assertEquals(api.calls, [
+    "create job in ns",
+    "delete job relay-agent-x1 Background",
+    "delete pod relay-agent-x1-abc",
+  ]);
+});
+
+Deno.test("startAgentPod: Pending past the timeout deletes the Job and names the reason", async () => {
+  const api = stubApi([{
+    status: {
+      phase: "Pending",
+      conditions: [{
+        type: "PodScheduled",
+        status: "False",
+        reason: "Unschedulable",
+        message: "no nodes",
+      }],
+    },
+  }]);
+  const error = await assertRejects(
+    () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 0, pollMs: 1 }),
+    KubeError,
+    "Unschedulable",
+  );
+  assert(error.message.includes("FailedScheduling"), error.message);
+  assertEquals(api.calls.includes("delete job relay-agent-x1 Background"), true);
+});
+
+Deno.test("startAgentPod: a hopeless image fails at once", async () => {
+  const api = stubApi([{
+    status: {
+      phase: "Pending",
+      containerStatuses: [{
+        name: "agent",
+        state: { waiting: { reason: "InvalidImageName", message: "bad ref" } },
+        image: "",
+        imageID: "",
+        ready: false,
+        restartCount: 0,
+      }],
+    },
+  }]);
+  await assertRejects(
+    () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 60_000, pollMs: 1 }),
+    KubeError,
+    "InvalidImageName",
+  );
+  assertEquals(api.calls.at(-1), "delete job relay-agent-x1 Background");
+});

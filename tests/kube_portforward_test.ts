@@ -1,0 +1,177 @@
+import { assert, assertEquals, assertRejects } from "./kube_assert.ts";
+import { dialPortForward, PORT_FORWARD_PROTOCOL, portForwardUrl } from "../lib/kube/portforward.ts";
+import { loadKube } from "../lib/kube/config.ts";
+import { KubeError } from "../lib/kube/errors.ts";
+import { UsageError } from "../lib/errors.ts";
+import {
+  type FakeApiServer,
+  kubeconfigYaml,
+  makeTestPki,
+  startFakeApiServer,
+  writeTempFile,
+} from "./kube_fixtures.ts";
+
+/**
+ * A fake kubelet behind a fake API server: announces the port on both channels (the data
+ * announcement split across two messages on pod "split", to exercise reassembly), then echoes
+ * data. Pod "broken" answers on the error channel; "forbidden" and "missing" fail the upgrade.
+ */
+function fakePortForward(request: Request): Response {
+  const url = new URL(request.url);
+  const [, , , , namespace, , pod] = url.pathname.split("/");
+  if (namespace === "forbidden") {
+    return Response.json({ kind: "Status", message: "pods/portforward is forbidden", code: 403 }, {
+      status: 403,
+    });
+  }
+  if (pod === "missing") {
+    return Response.json({ kind: "Status", message: `pods "missing" not found`, code: 404 }, {
+      status: 404,
+    });
+  }
+  const port = Number(url.searchParams.get("ports"));
+  const { socket, response } = Deno.upgradeWebSocket(request, { protocol: PORT_FORWARD_PROTOCOL });
+  socket.binaryType = "arraybuffer";
+  socket.onopen = () => {
+    if (pod === "split") {
+      socket.send(new Uint8Array([0, port & 0xff]));
+      socket.send(new Uint8Array([0, port >> 8, 0x68, 0x69]));
+    } else {
+      socket.send(new Uint8Array([0, port & 0xff, port >> 8]));
+    }
+    socket.send(new Uint8Array([1, port & 0xff, port >> 8]));
+    if (pod === "broken") {
+      socket.send(
+        new Uint8Array([1, ...new TextEncoder().encode("connect: connection refused")]),
+      );
+    }
+  };
+  socket.onmessage = (event) => {
+    const bytes = new Uint8Array(event.data as ArrayBuffer);
+    if (bytes[0] === 0) socket.send(bytes); // echo on the data channel, framing intact
+  };
+  return response;
+}
+
+async function setup(): Promise<{ server: FakeApiServer; kube: ReturnType<typeof loadKube> }> {
+  const pki = await makeTestPki();
+  const server = startFakeApiServer(pki, fakePortForward);
+  const file = await writeTempFile(
+    "config",
+    kubeconfigYaml({
+      server: server.url,
+      caFile: pki.caFile,
+      users: { u: "token: pf-token" },
+      contexts: { a: { user: "u" } },
+      current: "a",
+    }),
+  );
+  return { server, kube: loadKube({ kubeconfig: file, as: "bob", asGroups: ["ops"] }) };
+}
+
+async function readAll(readable: ReadableStream<Uint8Array>, bytes: number): Promise<Uint8Array> {
+  const out = new Uint8Array(bytes);
+  let got = 0;
+  const reader = readable.getReader();
+  while (got < bytes) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    out.set(value, got);
+    got += value.length;
+  }
+  reader.releaseLock();
+  assertEquals(got, bytes, "bytes read");
+  return out;
+}
+
+Deno.test("portForwardUrl keeps the server's path prefix and switches to wss", () => {
+  const url = portForwardUrl(new URL("https://h:6443/k8s/"), {
+    namespace: "n",
+    pod: "p",
+    port: 80,
+  });
+  assertEquals(url.href, "wss://h:6443/k8s/api/v1/namespaces/n/pods/p/portforward?ports=80");
+});
+
+Deno.test("dialPortForward: framing, headers, large messages and close", async () => {
+  const { server, kube } = await setup();
+  try {
+    const duplex = await dialPortForward(kube, { namespace: "ns1", pod: "split", port: 4646 });
+    const seen = server.seen.at(-1)!;
+    assertEquals(seen.url.pathname, "/api/v1/namespaces/ns1/pods/split/portforward");
+    assertEquals(seen.headers.get("authorization"), "Bearer pf-token");
+    assertEquals(seen.headers.get("impersonate-user"), "bob");
+    assertEquals(seen.headers.get("impersonate-group"), "ops");
+    assertEquals(seen.headers.get("sec-websocket-protocol"), PORT_FORWARD_PROTOCOL);
+
+    // Data that followed the split port announcement arrives; the prefix does not.
+    assertEquals(new TextDecoder().decode(await readAll(duplex.readable, 2)), "hi");
+
+    const big = new Uint8Array(65537 * 3);
+    for (let i = 0; i < big.length; i++) big[i] = i % 251;
+    const writer = duplex.writable.getWriter();
+    const echoed = readAll(duplex.readable, big.length);
+    await writer.write(big.subarray(0, 65537));
+    await writer.write(big.subarray(65537));
+    assertEquals(await echoed, big);
+
+    await writer.close();
+    const reader = duplex.readable.getReader();
+    assertEquals((await reader.read()).done, true, "readable ends after close");
+  } finally {
+    kube.close();
+    await server.close();
+  }
+});
+
+Deno.test("dialPortForward: error channel text fails the readable", async () => {
+  const { server, kube } = await setup();
+  try {
+    const duplex = await dialPortForward(kube, { namespace: "ns1", pod: "broken", port: 80 });
+    const error = await assertRejects(() => duplex.readable.getReader().read(), KubeError);
+    assert(error.message.includes("connection refused"), error.message);
+    assert(error.message.includes("pod/broken"), error.message);
+  } finally {
+    kube.close();
+    await server.close();
+  }
+});
+
+Deno.test("dialPortForward: 403 names the permission, 404 is a usage error", async () => {
+  const { server, kube } = await setup();
+  try {
+    await assertRejects(
+      () => dialPortForward(kube, { namespace: "forbidden", pod: "p", port: 80 }),
+      KubeError,
+      "cannot create/get pods/portforward in namespace forbidden",
+    );
+    await assertRejects(
+      () => dialPortForward(kube, { namespace: "ns1", pod: "missing", port: 80 }),
+      UsageError,
+      "pod missing not found in namespace ns1",
+    );
+  } finally {
+    kube.close();
+    await server.close();
+  }
+});
+
+Deno.test("dialPortForward: an unreachable API server is one clear error", async () => {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = listener.addr.port;
+  listener.close(); // nothing listens there any more
+  const kube = {
+    rawConnection: () =>
+      Promise.resolve({
+        server: new URL(`http://127.0.0.1:${port}`),
+        headers: new Headers(),
+        client: Deno.createHttpClient({}),
+      }),
+  };
+  const error = await assertRejects(
+    () => dialPortForward(kube, { namespace: "n", pod: "p", port: 1 }),
+    KubeError,
+    "cannot reach the API server",
+  );
+  assert(!error.message.includes("\n"));
+});
