@@ -14,6 +14,7 @@ import {
   KubeConfig,
   type User,
 } from "@kubernetes/client-node";
+import { Agent as UndiciAgent, type Dispatcher } from "undici";
 import { parse as parseYaml } from "yaml";
 import { KubeError, UsageError } from "./errors.ts";
 
@@ -78,6 +79,28 @@ class RelayKubeConfig extends KubeConfig {
     }
   }
 }
+
+// client-node's undici dispatcher offers HTTP/2, which under Deno runs on node:http2, whose
+// session aborts the whole process when a server's GOAWAY meets a stream being closed (seen
+// on API server shutdown). kubectl's API calls are HTTP/2 as well, but nothing relay asks of
+// the API needs it, so API calls stay on HTTP/1.1. (createDispatcher is private in the
+// typings, hence the prototype assignment; its options come from the public method.)
+type DispatcherOptions = ReturnType<KubeConfig["createDispatcherOptions"]>;
+Object.assign(RelayKubeConfig.prototype, {
+  createDispatcher(
+    this: RelayKubeConfig,
+    cluster: Cluster | null,
+    agentOptions: Parameters<KubeConfig["createDispatcherOptions"]>[1],
+  ): Dispatcher | undefined {
+    const options: DispatcherOptions = this.createDispatcherOptions(cluster, agentOptions);
+    if (options.type === "agent") {
+      return new UndiciAgent({ connect: options.connect, allowH2: false });
+    }
+    // Plain http (no ALPN, so no HTTP/2) and proxies keep client-node's own choice.
+    // deno-lint-ignore no-explicit-any
+    return (KubeConfig.prototype as any).createDispatcher.call(this, cluster, agentOptions);
+  },
+});
 
 const SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 
