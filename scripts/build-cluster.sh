@@ -17,12 +17,23 @@ mkdir -p "$BIN"
 
 say() { printf 'build-cluster: %s\n' "$*" >&2; }
 
+# A binary already on PATH at the wanted version is linked into the cache instead of built.
+# usage: adopt NAME VERSION-TEXT-IN-ITS-`--version`
+adopt() {
+  local found
+  [ -x "$BIN/$1" ] && return 0
+  found=$(command -v "$1" 2>/dev/null) || return 1
+  "$found" --version 2>/dev/null | grep -qF "$2" || return 1
+  say "using $found ($2)"
+  ln -sf "$found" "$BIN/$1"
+}
+
 # k8s.io/kubernetes cannot be required as is: its go.mod points every staging module at a
 # directory of its own repository. A wrapper module replaces each with its published tag.
 build_kubernetes() {
   local want=() c
   for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy; do
-    [ -x "$BIN/$c" ] || want+=("$c")
+    [ -x "$BIN/$c" ] || adopt "$c" "Kubernetes $K8S_VERSION" || want+=("$c")
   done
   [ ${#want[@]} -gt 0 ] || return 0
   local mod="$CACHE/src/kubernetes-$K8S_VERSION"
@@ -72,6 +83,7 @@ GO
 
 build_etcd() {
   [ -x "$BIN/etcd" ] && return 0
+  adopt etcd "etcd Version: ${ETCD_VERSION#v}" && return 0
   local mod="$CACHE/src/etcd-$ETCD_VERSION"
   mkdir -p "$mod"
   if [ ! -f "$mod/go.mod" ]; then
@@ -84,19 +96,40 @@ build_etcd() {
   mv "$BIN/etcd.tmp" "$BIN/etcd"
 }
 
+# kwok's port-forward dials a fixed target port. A kubelet forwards to whatever port the
+# client asks for, and relay's agent pod declares no ports, so kwok is built from its module
+# source with one change: a forward target whose port is 0 means "the requested port".
+# The stamp file tells this build apart from a stock kwok left in the cache.
 build_kwok() {
-  [ -x "$BIN/kwok" ] && return 0
-  say "building kwok $KWOK_VERSION"
-  GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  [ -x "$BIN/kwok" ] && [ -f "$BIN/kwok.any-port" ] && return 0
+  local src="$CACHE/src/kwok-$KWOK_VERSION-any-port"
+  local file=pkg/kwok/server/debugging_port_forword.go
+  say "building kwok $KWOK_VERSION (forward target port 0 = requested port)"
+  if [ ! -f "$src/$file.patched" ]; then
+    rm -rf "$src"
+    mkdir -p "$CACHE/src"
+    (cd "$CACHE/src" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" >/dev/null)
+    cp -r "$(go env GOMODCACHE)/sigs.k8s.io/kwok@$KWOK_VERSION" "$src"
+    chmod -R u+w "$src"
+    local from='addr := fmt.Sprintf("%s:%d", target.Address, target.Port)'
+    grep -qF "$from" "$src/$file" || { say "kwok source changed; cannot apply the port patch"; exit 1; }
+    sed -i "s|$from|targetPort := target.Port\n\t\tif targetPort == 0 {\n\t\t\ttargetPort = port\n\t\t}\n\t\taddr := fmt.Sprintf(\"%s:%d\", target.Address, targetPort)|" "$src/$file"
+    touch "$src/$file.patched"
+  fi
+  (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$BIN/kwok.tmp" ./cmd/kwok)
+  mv "$BIN/kwok.tmp" "$BIN/kwok"
+  touch "$BIN/kwok.any-port"
 }
 
 case "${1:-all}" in
   path) echo "$BIN" ;;
+  kwok) build_kwok ;;
+  crds) echo "$CACHE/src/kwok-$KWOK_VERSION-any-port/kustomize/crd/bases" ;;
   all)
     build_etcd
     build_kwok
     build_kubernetes
     echo "$BIN"
     ;;
-  *) say "usage: build-cluster.sh [all|path]"; exit 2 ;;
+  *) say "usage: build-cluster.sh [all|path|kwok|crds]"; exit 2 ;;
 esac
