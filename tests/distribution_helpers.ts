@@ -10,17 +10,20 @@ import { archiveName, binaryName, type ReleaseTarget } from "../scripts/release/
 
 /** Fails unless `actual` deeply equals `expected`. */
 export function assertEquals<T>(actual: unknown, expected: T, message?: string): void {
-  deepStrictEqual(actual, expected, message);
+  if (message === undefined) deepStrictEqual(actual, expected);
+  else deepStrictEqual(actual, expected, message);
 }
 
 /** Fails unless `value` is truthy. */
 export function assert(value: unknown, message?: string): asserts value {
-  ok(value, message);
+  if (message === undefined) ok(value);
+  else ok(value, message);
 }
 
 /** Fails unless `text` matches `pattern`. */
 export function assertMatch(text: string, pattern: RegExp, message?: string): void {
-  match(text, pattern, message);
+  if (message === undefined) match(text, pattern);
+  else match(text, pattern, message);
 }
 
 /** Fails unless `text` contains `part`, showing `text` when it does not. */
