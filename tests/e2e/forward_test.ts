@@ -261,3 +261,62 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "story: a targets file (with per-line namespaces and comments), -L host:port forwards and a --patch on the agent pod work together in one run",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("fwd-file");
+    await using other = await createTestNamespace("fwd-file-other");
+    const echo = await createEchoWorkloads(ns.name, ["deploy"]);
+    const elsewhere = await createEchoWorkloads(other.name, ["pod"]);
+    const dir = await Deno.makeTempDir({ prefix: "relay-file-" });
+    const file = `${dir}/targets.txt`;
+    await Deno.writeTextFile(
+      file,
+      [
+        "# the deployment in the run's namespace",
+        "deploy/echo :8080",
+        "",
+        "// a pod in another namespace",
+        `-n ${other.name} pod/echo-pod :8080`,
+      ].join("\n"),
+    );
+    const relay = await startRelay(
+      [
+        "-n",
+        ns.name,
+        "-f",
+        file,
+        "-L",
+        `:echo.${ns.name}.svc.cluster.local:80`,
+        "--patch",
+        '{"metadata":{"labels":{"relay-test":"patched"}}}',
+      ],
+      { readyLines: 3 },
+    );
+    try {
+      const [deployPort, podPort, lPort] = relay.ports;
+      assertMatch(await greetAndEcho(deployPort), new RegExp(`^pod=${echo.pods.deploy} `));
+      assertMatch(await greetAndEcho(podPort), new RegExp(`^pod=${elsewhere.pods.pod} `));
+      assertMatch(await greetAndEcho(lPort), new RegExp(`^pod=${echo.pods.deploy} `));
+      const patched = await kubectl([
+        "get",
+        "pods",
+        "-n",
+        ns.name,
+        "-l",
+        "relay-test=patched,app.kubernetes.io/name=relay-agent",
+        "-o",
+        "name",
+      ]);
+      assertMatch(patched, /relay-agent/);
+    } finally {
+      assertEquals(await relay.stop("SIGTERM"), 0, relay.stderr());
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
