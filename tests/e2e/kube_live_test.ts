@@ -1,19 +1,17 @@
 /**
- * lib/kube against a real API server (the local test cluster). Skipped unless
- * RELAY_KUBE_LIVE_KUBECONFIG names its kubeconfig, e.g.
- *   RELAY_KUBE_LIVE_KUBECONFIG=/tmp/relay-cluster/admin.kubeconfig deno test -A tests/kube_live_test.ts
+ * lib/kube against the real API server of the local test cluster, below the CLI.
  * Works in a namespace of its own and deletes it afterwards.
  */
-import { assert, assertEquals, assertRejects } from "./kube_assert.ts";
-import { loadKube } from "../lib/kube/config.ts";
-import { dialPortForward } from "../lib/kube/portforward.ts";
-import { resolveTarget } from "../lib/kube/resolve.ts";
-import { startAgentPod } from "../lib/kube/agent_pod.ts";
-import { KubeError } from "../lib/kube/errors.ts";
-import { UsageError } from "../lib/errors.ts";
-import { isReadyPod } from "../lib/kube/pods.ts";
+import { assert, assertEquals, assertRejects } from "../kube_assert.ts";
+import { loadKube } from "../../lib/kube/config.ts";
+import { dialPortForward } from "../../lib/kube/portforward.ts";
+import { resolveTarget } from "../../lib/kube/resolve.ts";
+import { startAgentPod } from "../../lib/kube/agent_pod.ts";
+import { KubeError } from "../../lib/kube/errors.ts";
+import { UsageError } from "../../lib/errors.ts";
+import { isReadyPod } from "../../lib/kube/pods.ts";
 
-const kubeconfig = Deno.env.get("RELAY_KUBE_LIVE_KUBECONFIG");
+import { ensureCluster, KUBECONFIG as kubeconfig } from "./harness.ts";
 
 async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 60_000): Promise<T> {
   const deadline = Date.now() + ms;
@@ -27,10 +25,10 @@ async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 60_
 
 Deno.test({
   name: "live: resolve, port-forward, agent Job lifecycle, impersonation",
-  ignore: !kubeconfig,
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
+    await ensureCluster();
     const kube = loadKube({ kubeconfig });
     const namespace = `relay-kube-${crypto.randomUUID().slice(0, 8)}`;
     await kube.core.createNamespace({ body: { metadata: { name: namespace } } });
