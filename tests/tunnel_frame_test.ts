@@ -257,3 +257,53 @@ Deno.test("frame: fuzz — valid headers with random payloads decode or fail cle
     { seed: 11, numRuns: 3000 },
   );
 });
+
+/** Bytes the decoder holds for a partial frame (its one allocation that input sizes). */
+function buffered(decoder: FrameDecoder): number {
+  return (decoder as unknown as { partial: Uint8Array | null }).partial?.length ?? 0;
+}
+
+Deno.test("frame: fuzz — any length field, on any frame, never allocates past MAX_PAYLOAD", () => {
+  const started = performance.now();
+  const wire = concat(SAMPLES.map(encodeFrame));
+  // Frame boundaries in `wire`, so a mutation can aim at a real length field.
+  const starts: number[] = [];
+  for (let at = 0; at < wire.length;) {
+    starts.push(at);
+    at += HEADER_SIZE + new DataView(wire.buffer, at + 6, 4).getUint32(0);
+  }
+  const length = fc.oneof(
+    fc.constantFrom(0, 1, MAX_PAYLOAD, MAX_PAYLOAD + 1, 0x7fffffff, 0x80000000, 0xffffffff),
+    fc.integer({ min: MAX_PAYLOAD + 1, max: 0xffffffff }),
+    fc.nat(MAX_PAYLOAD),
+  );
+  fc.assert(
+    fc.property(
+      fc.nat(starts.length - 1),
+      length,
+      fc.array(fc.tuple(fc.nat(wire.length - 1), fc.integer({ min: 0, max: 255 })), {
+        maxLength: 4,
+      }),
+      fc.integer({ min: 1, max: 4096 }),
+      (frame, newLength, mutations, chunk) => {
+        const input = wire.slice();
+        new DataView(input.buffer).setUint32(starts[frame] + 6, newLength);
+        for (const [at, value] of mutations) input[at] = value;
+        const decoder = new FrameDecoder();
+        try {
+          for (let at = 0; at < input.length; at += chunk) {
+            decoder.push(input.subarray(at, at + chunk));
+            assertEquals(buffered(decoder) <= MAX_PAYLOAD, true);
+          }
+        } catch (e) {
+          assertInstanceOf(e, FrameError);
+          // A refused frame poisons the decoder: it never goes on to buffer more.
+          assertThrows(() => decoder.push(new Uint8Array(HEADER_SIZE)), FrameError);
+        }
+      },
+    ),
+    { seed: 20240611, numRuns: 2000 },
+  );
+  // Bounded: thousands of hostile inputs decode in well under the CI budget.
+  assertEquals(performance.now() - started < 20_000, true);
+});

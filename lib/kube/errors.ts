@@ -81,11 +81,31 @@ export function apiError(error: unknown, subject: ApiCallSubject): Error {
       { cause: error, status },
     );
   }
+  const prefix = `cannot ${subject.verb} ${what} in namespace ${subject.namespace}`;
+  if (!status) {
+    const reason = networkReason(error);
+    if (reason) {
+      return new KubeError(`${prefix}: cannot reach the API server: ${reason}`, { cause: error });
+    }
+  }
   const detail = statusMessageOf(error) ??
     (error instanceof Error ? error.message.split("\n")[0] : String(error));
-  const prefix = `cannot ${subject.verb} ${what} in namespace ${subject.namespace}`;
   return new KubeError(status ? `${prefix}: ${status} ${detail}` : `${prefix}: ${detail}`, {
     cause: error,
     status,
   });
+}
+
+/**
+ * What a request that got no HTTP answer ran into. fetch reports every such failure as
+ * "fetch failed" and keeps the reason (ECONNREFUSED, a TLS or DNS error) in its cause chain.
+ */
+export function networkReason(error: unknown): string | undefined {
+  let reason: string | undefined;
+  for (let e = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
+    if (e.message && e.message !== "fetch failed") reason = e.message.split("\n")[0];
+  }
+  return error instanceof TypeError && error.message === "fetch failed"
+    ? reason ?? "the connection failed"
+    : undefined;
 }

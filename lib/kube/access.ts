@@ -1,0 +1,89 @@
+/**
+ * Asking the API server, before the agent exists, whether this user may do everything the
+ * agent's lifecycle needs (SelfSubjectAccessReview, which every authenticated user may ask).
+ * Without it a withheld permission shows up late and badly: a missing `delete jobs` only when
+ * relay stops (leaving the Job behind), a missing `create pods/portforward` only on API
+ * servers that check it for WebSocket upgrades (1.35+).
+ */
+import { AuthorizationV1Api, type KubeConfig } from "@kubernetes/client-node";
+import { KubeError } from "./errors.ts";
+
+/** One RBAC permission, spelled as a Role rule spells it. */
+export interface Permission {
+  verb: string;
+  /** "" for the core group. */
+  group: string;
+  resource: string;
+  subresource?: string;
+}
+
+/**
+ * What relay does to its agent in the agent's namespace: run it as a Job, wait for its pod,
+ * port-forward to it, check on it, and delete both when done (manifests/rbac.yaml grants
+ * these, and the reads target resolution needs, which fail with their own message).
+ */
+export const AGENT_PERMISSIONS: readonly Permission[] = [
+  { verb: "create", group: "batch", resource: "jobs" },
+  { verb: "delete", group: "batch", resource: "jobs" },
+  { verb: "list", group: "", resource: "pods" },
+  // Asked when a tunnel drops: is the agent's pod gone, or was it only the network?
+  { verb: "get", group: "", resource: "pods" },
+  { verb: "delete", group: "", resource: "pods" },
+  { verb: "get", group: "", resource: "pods", subresource: "portforward" },
+  { verb: "create", group: "", resource: "pods", subresource: "portforward" },
+];
+
+/** The one API call the check makes; tests pass a stub. */
+export type AccessReviewApi = Pick<AuthorizationV1Api, "createSelfSubjectAccessReview">;
+
+/** `create pods/portforward`: how the message (and `kubectl auth can-i`) names a permission. */
+export function describePermission(p: Permission): string {
+  return `${p.verb} ${p.resource}${p.subresource ? `/${p.subresource}` : ""}`;
+}
+
+/**
+ * Throws a KubeError naming every permission in `permissions` the API server says this user
+ * lacks in `namespace`. A review that cannot be made (an old or unusual API server) counts as
+ * allowed: the real call will then report whatever is wrong, so the check only ever helps.
+ */
+export async function checkPermissions(
+  api: AccessReviewApi,
+  namespace: string,
+  permissions: readonly Permission[] = AGENT_PERMISSIONS,
+): Promise<void> {
+  const denied = await Promise.all(permissions.map(async (p) => {
+    try {
+      const review = await api.createSelfSubjectAccessReview({
+        body: {
+          apiVersion: "authorization.k8s.io/v1",
+          kind: "SelfSubjectAccessReview",
+          spec: {
+            resourceAttributes: {
+              namespace,
+              verb: p.verb,
+              group: p.group,
+              resource: p.resource,
+              subresource: p.subresource,
+            },
+          },
+        },
+      });
+      return review.status?.allowed === false ? p : undefined;
+    } catch {
+      return undefined;
+    }
+  }));
+  const missing = denied.filter((p): p is Permission => p !== undefined);
+  if (missing.length > 0) {
+    throw new KubeError(
+      `forbidden: relay needs permission to ${missing.map(describePermission).join(", ")}` +
+        ` in namespace ${namespace} to run its agent (see manifests/rbac.yaml)`,
+      { status: 403 },
+    );
+  }
+}
+
+/** {@link checkPermissions} with the API client made from a loaded kubeconfig. */
+export function checkAgentAccess(kube: { config: KubeConfig }, namespace: string): Promise<void> {
+  return checkPermissions(kube.config.makeApiClient(AuthorizationV1Api), namespace);
+}

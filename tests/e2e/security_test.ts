@@ -1,0 +1,459 @@
+/**
+ * Security on the real cluster: the agent is no open relay (loopback only, a per-session
+ * token, a version check), its pod is hardened, and manifests/rbac.yaml is exactly what relay
+ * needs — with it relay forwards TCP and UDP, without any one of its rules relay says which.
+ */
+import {
+  deepStrictEqual as assertEquals,
+  match as assertMatch,
+  ok as assert,
+} from "node:assert/strict";
+import { parseAllDocuments } from "yaml";
+import { loadKube } from "../../lib/kube/config.ts";
+import { dialPortForward } from "../../lib/kube/portforward.ts";
+import { connectTunnel, HandshakeError } from "../../lib/tunnel/handshake.ts";
+import { PROTOCOL_VERSION } from "../../lib/tunnel/frame.ts";
+import {
+  createTestNamespace,
+  ensureCluster,
+  execInPod,
+  KUBECONFIG,
+  kubectl,
+  kubectlJson,
+  podNetns,
+  readLine,
+  REPO_DIR,
+  RUN_DIR,
+  runCommand,
+  waitFor,
+} from "./harness.ts";
+import { relayCommand, startRelay } from "./relay_process.ts";
+import { createEchoWorkloads } from "./workloads.ts";
+
+const AGENT_SELECTOR = "app.kubernetes.io/name=relay-agent";
+const AGENT_PORT = 4646;
+
+/** The parts of the agent's Pod and Job the hardening checks read. */
+interface AgentPodJson {
+  metadata: { name: string; uid: string };
+  spec: {
+    automountServiceAccountToken?: boolean;
+    enableServiceLinks?: boolean;
+    securityContext?: {
+      runAsNonRoot?: boolean;
+      runAsUser?: number;
+      seccompProfile?: { type: string };
+    };
+    containers: {
+      name: string;
+      env?: { name: string; value?: string }[];
+      resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
+      securityContext?: {
+        allowPrivilegeEscalation?: boolean;
+        readOnlyRootFilesystem?: boolean;
+        privileged?: boolean;
+        capabilities?: { drop?: string[]; add?: string[] };
+      };
+      volumeMounts?: { mountPath: string }[];
+    }[];
+  };
+  status: { podIP?: string };
+}
+
+async function agentPods(namespace: string): Promise<AgentPodJson[]> {
+  return (await kubectlJson<{ items: AgentPodJson[] }>(
+    ["get", "pods", "-n", namespace, "-l", AGENT_SELECTOR],
+  )).items;
+}
+
+async function agentJobs(namespace: string): Promise<string[]> {
+  const out = await kubectl(
+    [
+      "get",
+      "jobs",
+      "-n",
+      namespace,
+      "-l",
+      AGENT_SELECTOR,
+      "-o",
+      "jsonpath={.items[*].metadata.name}",
+    ],
+  );
+  return out.split(/\s+/).filter(Boolean);
+}
+
+async function theAgentPod(namespace: string): Promise<AgentPodJson> {
+  return await waitFor("the agent pod with an IP", async () => {
+    const pods = await agentPods(namespace);
+    return pods.length === 1 && pods[0].status.podIP ? pods[0] : undefined;
+  });
+}
+
+async function greeting(port: number): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  try {
+    return await readLine(conn);
+  } finally {
+    conn.close();
+  }
+}
+
+/** Sends one datagram to 127.0.0.1:port and returns the reply (fails after 5 s). */
+async function udpRoundTrip(port: number, text: string): Promise<string> {
+  const socket = Deno.listenDatagram({ transport: "udp", hostname: "127.0.0.1", port: 0 });
+  try {
+    await socket.send(new TextEncoder().encode(text), {
+      transport: "udp",
+      hostname: "127.0.0.1",
+      port,
+    });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no UDP reply on port ${port}`)), 5_000);
+    });
+    try {
+      const [data] = await Promise.race([socket.receive(), timeout]);
+      return new TextDecoder().decode(data);
+    } finally {
+      clearTimeout(timer);
+    }
+  } finally {
+    socket.close();
+  }
+}
+
+/** Opens a port-forward to the agent as the admin and tries a handshake with `options`. */
+async function handshakeWith(
+  namespace: string,
+  pod: string,
+  options: { token: string; protocolVersion?: number },
+): Promise<HandshakeError> {
+  const kube = loadKube({ kubeconfig: KUBECONFIG });
+  try {
+    const transport = await dialPortForward(kube, { namespace, pod, port: AGENT_PORT });
+    try {
+      const tunnel = await connectTunnel(transport, { ...options, handshakeTimeoutMs: 10_000 });
+      tunnel.close("should not have been accepted");
+      throw new Error(`the agent accepted ${JSON.stringify(options)}`);
+    } catch (error) {
+      if (!(error instanceof HandshakeError)) throw error;
+      return error;
+    }
+  } finally {
+    kube.close();
+  }
+}
+
+Deno.test({
+  name:
+    "story: the agent is no open relay — loopback only (another pod gets connection refused), a wrong or missing token and a wrong protocol version are refused on both sides and logged, and its pod is hardened",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("sec-agent");
+    await createEchoWorkloads(ns.name, ["pod"]);
+    await using relay = await startRelay(["-n", ns.name, "pod/echo-pod", ":8080"]);
+    const pod = await theAgentPod(ns.name);
+    const agentIP = pod.status.podIP!;
+
+    // Hardening, as the spec says (the local cluster runs processes as root, so the spec is
+    // what there is to check).
+    const agent = pod.spec.containers.find((c) => c.name === "agent")!;
+    assertEquals(pod.spec.automountServiceAccountToken, false);
+    assertEquals(pod.spec.enableServiceLinks, false);
+    assertEquals(pod.spec.securityContext?.runAsNonRoot, true);
+    assert((pod.spec.securityContext?.runAsUser ?? 0) > 0, "runs as a non-zero uid");
+    assertEquals(pod.spec.securityContext?.seccompProfile?.type, "RuntimeDefault");
+    assertEquals(agent.securityContext?.allowPrivilegeEscalation, false);
+    assertEquals(agent.securityContext?.readOnlyRootFilesystem, true);
+    assertEquals(agent.securityContext?.capabilities?.drop, ["ALL"]);
+    assertEquals(agent.securityContext?.capabilities?.add, undefined);
+    assert(!agent.securityContext?.privileged);
+    assert(agent.resources?.requests?.cpu && agent.resources.requests.memory, "requests");
+    assert(agent.resources?.limits?.memory, "a memory limit");
+    assert(
+      !agent.volumeMounts?.some((m) => m.mountPath.includes("serviceaccount")),
+      "no service-account token is mounted",
+    );
+    const token = agent.env?.find((e) => e.name === "RELAY_AGENT_TOKEN")?.value ?? "";
+    assert(token.length >= 32, "a per-session token of at least 128 bits");
+
+    // The agent listens on its pod's loopback and nowhere else...
+    const listening = await runCommand(
+      ["ip", "netns", "exec", await podNetns(ns.name, pod.metadata.name), "ss", "-ltnH"],
+    );
+    const agentSockets = listening.stdout.split("\n").filter((l) => l.includes(`:${AGENT_PORT} `));
+    assert(agentSockets.length > 0, listening.stdout);
+    for (const line of agentSockets) assertMatch(line, /\s127\.0\.0\.1:4646\s/);
+    // ...so another pod in the cluster, which can reach the agent pod's IP, is refused.
+    const fromOtherPod = await execInPod(ns.name, "echo-pod", [
+      "socat",
+      "-T3",
+      "-u",
+      "OPEN:/dev/null",
+      `TCP:${agentIP}:${AGENT_PORT},connect-timeout=5`,
+    ]);
+    assert(fromOtherPod.code !== 0, "a second pod could connect to the agent's port");
+    assertMatch(fromOtherPod.stderr, /Connection refused/);
+
+    // Through the port-forward (as the admin, who can reach it), a wrong token is refused...
+    const wrong = await handshakeWith(ns.name, pod.metadata.name, { token: "not-the-token" });
+    assertEquals(wrong.code, "token");
+    assertMatch(wrong.message, /refused the session token/);
+    // ...so is none at all...
+    const missing = await handshakeWith(ns.name, pod.metadata.name, { token: "" });
+    assertEquals(missing.code, "token");
+    // ...and the right token with another protocol version gets an error naming both.
+    const version = await handshakeWith(ns.name, pod.metadata.name, {
+      token,
+      protocolVersion: PROTOCOL_VERSION + 41,
+    });
+    assertEquals(version.code, "version");
+    assertMatch(
+      version.message,
+      new RegExp(
+        `${PROTOCOL_VERSION + 41}.*${PROTOCOL_VERSION}|${PROTOCOL_VERSION}.*${
+          PROTOCOL_VERSION + 41
+        }`,
+      ),
+    );
+
+    // The agent logged each refusal.
+    const log = `${RUN_DIR}/pods/${pod.metadata.uid}/agent.log`;
+    const refusals = await waitFor("three refusals in the agent's log", async () => {
+      const lines = (await Deno.readTextFile(log)).split("\n")
+        .filter((l) => l.includes("refused a tunnel"));
+      return lines.length >= 3 ? lines : undefined;
+    }, { timeoutMs: 10_000 });
+    assert(refusals.filter((l) => /token/.test(l)).length >= 2, refusals.join("\n"));
+    assert(refusals.some((l) => l.includes(String(PROTOCOL_VERSION + 41))), refusals.join("\n"));
+    assert(!refusals.join("\n").includes(token), "the agent never logs its token");
+
+    // relay's own tunnels were not disturbed.
+    assertMatch(await greeting(relay.ports[0]), /^pod=echo-pod /);
+    assertEquals(await relay.stop(), 0, relay.stderr());
+  },
+});
+
+Deno.test({
+  name: "story: --patch changes the agent's hardening deliberately, and only what it names",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("sec-patch");
+    const echo = await createEchoWorkloads(ns.name, ["pod"]);
+    const ip = (await kubectl(
+      ["get", "pod", echo.pods.pod, "-n", ns.name, "-o", "jsonpath={.status.podIP}"],
+    )).trim();
+    const patch = {
+      spec: {
+        securityContext: { runAsUser: 4321, seccompProfile: { type: "Unconfined" } },
+        automountServiceAccountToken: true,
+      },
+    };
+    await using relay = await startRelay(
+      ["-n", ns.name, "--patch", JSON.stringify(patch), `ip/${ip}`, ":8080"],
+    );
+    const pod = await theAgentPod(ns.name);
+    assertEquals(pod.spec.securityContext?.runAsUser, 4321);
+    assertEquals(pod.spec.securityContext?.seccompProfile?.type, "Unconfined");
+    assertEquals(pod.spec.automountServiceAccountToken, true);
+    // What the patch did not name keeps its hardened value.
+    assertEquals(pod.spec.securityContext?.runAsNonRoot, true);
+    assertEquals(pod.spec.enableServiceLinks, false);
+    assertEquals(pod.spec.containers[0].securityContext?.readOnlyRootFilesystem, true);
+    assertEquals(pod.spec.containers[0].securityContext?.capabilities?.drop, ["ALL"]);
+    assertMatch(await greeting(relay.ports[0]), /^pod=echo-pod /);
+    assertEquals(await relay.stop(), 0, relay.stderr());
+  },
+});
+
+// ---------------------------------------------------------------------------------------
+// RBAC
+
+interface Rule {
+  apiGroups: string[];
+  resources: string[];
+  verbs: string[];
+}
+
+/** manifests/rbac.yaml's Role rules, as shipped. */
+async function shippedRules(): Promise<Rule[]> {
+  const docs = parseAllDocuments(await Deno.readTextFile(`${REPO_DIR}/manifests/rbac.yaml`))
+    .map((d) => d.toJS());
+  const role = docs.find((d) => d?.kind === "Role");
+  const binding = docs.find((d) => d?.kind === "RoleBinding");
+  assert(role && binding, "rbac.yaml holds a Role and a RoleBinding");
+  assertEquals(binding.roleRef.name, role.metadata.name);
+  assertEquals(binding.subjects[0].name, "REPLACE-ME", "the subject is a placeholder");
+  assert(!docs.some((d) => d?.kind === "ClusterRole"), "nothing cluster-scoped");
+  return role.rules as Rule[];
+}
+
+/** The rules with one verb on one resource left out. */
+function without(rules: Rule[], resource: string, verb: string): Rule[] {
+  return rules.flatMap((rule) =>
+    rule.resources.map((res) => ({
+      apiGroups: rule.apiGroups,
+      resources: [res],
+      verbs: rule.verbs.filter((v) => !(res === resource && v === verb)),
+    }))
+  ).filter((rule) => rule.verbs.length > 0);
+}
+
+/** Grants `rules` in `namespace` to a user of its own (Role + RoleBinding), once effective. */
+async function grant(namespace: string, user: string, rules: Rule[]): Promise<void> {
+  const items = [
+    {
+      apiVersion: "rbac.authorization.k8s.io/v1",
+      kind: "Role",
+      metadata: { name: user },
+      rules,
+    },
+    {
+      apiVersion: "rbac.authorization.k8s.io/v1",
+      kind: "RoleBinding",
+      metadata: { name: user },
+      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: user },
+      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: user }],
+    },
+  ];
+  await kubectl(["apply", "-n", namespace, "-f", "-"], {
+    input: JSON.stringify({ apiVersion: "v1", kind: "List", items }),
+  });
+  // The authorizer learns of new bindings from an informer: wait until it grants the first rule.
+  const [first] = rules;
+  const resource = first.apiGroups[0]
+    ? `${first.resources[0]}.${first.apiGroups[0]}`
+    : first.resources[0];
+  await waitFor(`${user}'s Role to take effect`, async () => {
+    const result = await runCommand([
+      "/usr/lib/google-cloud-sdk/bin/kubectl.1.33",
+      `--kubeconfig=${KUBECONFIG}`,
+      "auth",
+      "can-i",
+      first.verbs[0],
+      resource,
+      "-n",
+      namespace,
+      "--as",
+      user,
+    ]);
+    return result.stdout.trim() === "yes";
+  }, { timeoutMs: 20_000 });
+}
+
+/** Runs `f` over `items`, at most `limit` at a time (the machine has two cores). */
+async function inBatches<T>(items: T[], limit: number, f: (item: T) => Promise<void>) {
+  const queue = [...items];
+  await Promise.all(Array.from({ length: limit }, async () => {
+    for (let item = queue.shift(); item !== undefined; item = queue.shift()) await f(item);
+  }));
+}
+
+Deno.test({
+  name:
+    "story: a user bound only to manifests/rbac.yaml forwards TCP and UDP; without any one of its permissions relay fails naming it and leaves no agent behind",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    const rules = await shippedRules();
+    await using ns = await createTestNamespace("sec-rbac");
+    const echo = await createEchoWorkloads(ns.name);
+    const podIP = (await kubectl(
+      ["get", "pod", echo.pods.pod, "-n", ns.name, "-o", "jsonpath={.status.podIP}"],
+    )).trim();
+
+    // Exactly the shipped Role: every target kind, TCP and UDP.
+    await grant(ns.name, "relay-test-user", rules);
+    const targets: [string, string, string][] = [
+      ["svc/echo", ":80", echo.pods.deploy],
+      ["pod/echo-pod", ":8080@tcp", echo.pods.pod],
+      ["deploy/echo", ":8080@tcp", echo.pods.deploy],
+      ["sts/echo-sts", ":8080@tcp", echo.pods.sts],
+      ["ds/echo-ds", ":8080@tcp", echo.pods.ds],
+      ["rs/echo-rs", ":8080@tcp", echo.pods.rs],
+      [`ip/${podIP}`, ":8080", echo.pods.pod],
+    ];
+    {
+      await using relay = await startRelay(
+        [
+          "--as",
+          "relay-test-user",
+          "-n",
+          ns.name,
+          ...targets.flatMap(([t, p]) => [t, p]),
+          "pod/echo-pod",
+          ":9000@udp",
+        ],
+        { readyLines: targets.length + 1 },
+      );
+      for (const [i, [target, , pod]] of targets.entries()) {
+        assertMatch(await greeting(relay.ports[i]), new RegExp(`^pod=${pod} `), target);
+      }
+      assertEquals(await udpRoundTrip(relay.ports[targets.length], "over udp"), "over udp");
+      assertEquals(await relay.stop(), 0, relay.stderr());
+      assertMatch(relay.stderr(), /deleted agent pod/);
+    }
+    await waitFor("no agent Job", async () => (await agentJobs(ns.name)).length === 0, {
+      timeoutMs: 15_000,
+    });
+
+    // Each permission left out in turn: a command that needs it, and whether it is optional.
+    const scenario: Record<string, { args: string[]; optional?: boolean }> = {
+      "get services": { args: ["svc/echo", ":80"] },
+      "get pods": { args: ["pod/echo-pod", ":8080@tcp"] },
+      "list pods": { args: ["deploy/echo", ":8080@tcp"] },
+      "delete pods": { args: [`ip/${podIP}`, ":8080"] },
+      "get pods/portforward": { args: [`ip/${podIP}`, ":8080"] },
+      "create pods/portforward": { args: [`ip/${podIP}`, ":8080"] },
+      "get deployments": { args: ["deploy/echo", ":8080@tcp"] },
+      "get statefulsets": { args: ["sts/echo-sts", ":8080@tcp"] },
+      "get daemonsets": { args: ["ds/echo-ds", ":8080@tcp"] },
+      "get replicasets": { args: ["rs/echo-rs", ":8080@tcp"] },
+      "create jobs": { args: [`ip/${podIP}`, ":8080"] },
+      "delete jobs": { args: [`ip/${podIP}`, ":8080"] },
+      // Only read to explain an agent stuck in Pending.
+      "list events": { args: [`ip/${podIP}`, ":8080"], optional: true },
+    };
+    const permissions = rules.flatMap((rule) =>
+      rule.resources.flatMap((resource) => rule.verbs.map((verb) => ({ verb, resource })))
+    );
+    for (const { verb, resource } of permissions) {
+      assert(`${verb} ${resource}` in scenario, `no scenario for ${verb} ${resource}`);
+    }
+    await inBatches(permissions.map((p, i) => ({ ...p, user: `relay-test-user-${i}` })), 3, async (
+      { verb, resource, user },
+    ) => {
+      const permission = `${verb} ${resource}`;
+      const { args, optional } = scenario[permission];
+      await grant(ns.name, user, without(rules, resource, verb));
+      if (optional) {
+        await using relay = await startRelay(["--as", user, "-n", ns.name, ...args]);
+        assertMatch(await greeting(relay.ports[0]), /^pod=/, `without ${permission}`);
+        assertEquals(await relay.stop(), 0, relay.stderr());
+        return;
+      }
+      const result = await runCommand(relayCommand(["--as", user, "-n", ns.name, ...args]), {
+        env: { KUBECONFIG },
+      });
+      assert(result.code !== 0, `relay succeeded without ${permission}:\n${result.stderr}`);
+      const lines = result.stderr.trim().split("\n");
+      const error = lines.find((l) => l.includes("forbidden"));
+      assert(error?.includes(permission), `without ${permission}:\n${result.stderr}`);
+      assert(!/^\s+at /m.test(result.stderr), `a stack trace:\n${result.stderr}`);
+    });
+    // As the admin: no agent Job or pod survived any of those runs.
+    await waitFor(
+      "no agent Job or pod",
+      async () =>
+        (await agentJobs(ns.name)).length === 0 && (await agentPods(ns.name)).length === 0,
+      {
+        timeoutMs: 15_000,
+      },
+    );
+  },
+});
