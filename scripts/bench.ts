@@ -1,0 +1,252 @@
+/**
+ * `deno task bench`: relay against `kubectl port-forward` and the direct path on the local
+ * cluster (issue 6). A measurement, not a test: it asserts nothing about the figures.
+ *
+ *   deno task bench [--quick] [--rounds N] [--json FILE] [--markdown FILE]
+ *                   [--only bulk,connrate,...] [--bulk-mib N] [--connrate-seconds S]
+ *                   [--connections N] [--udp-rates 500,1000,...]
+ *
+ * Each scenario starts a fresh instance of every forwarding tool (so one scenario's peak
+ * RSS or warm buffers never leak into the next), then runs rounds in which the tools take
+ * turns in rotated order, so the noise of a busy machine falls on all of them alike. The
+ * load comes from scripts/bench/load.ts in a process of its own.
+ */
+import { parseArgs } from "node:util";
+import {
+  applyYaml,
+  createTestNamespace,
+  ensureCluster,
+  kubectlJson,
+  podNetns,
+  waitForReadyPod,
+} from "../tests/e2e/harness.ts";
+import {
+  computeFigures,
+  formatMarkdown,
+  formatTable,
+  type RawResults,
+  summarize,
+} from "./bench/report.ts";
+import { type BenchConfig, defaultConfig, quickConfig, scenarios } from "./bench/scenarios.ts";
+import { rotate } from "./bench/stats.ts";
+import {
+  type BenchPods,
+  type Endpoint,
+  peakRssMb,
+  resetPeakRss,
+  startTool,
+  type ToolName,
+} from "./bench/tools.ts";
+
+const LOAD_SCRIPT = new URL("./bench/load.ts", import.meta.url).pathname;
+/** kwok and kube-proxy live here; see scripts/cluster/config.ts. */
+const NODE_NETNS = "relay-node";
+
+/** Why krelay has no column (the issue asks for it when it can be built). */
+const KRELAY_SKIPPED = "krelay skipped: the Go module proxy answers 403 Forbidden for " +
+  "github.com/knight42/krelay on this machine, so neither its client nor its server image " +
+  "can be built; nothing else may be downloaded";
+
+function parseFlags(): { config: BenchConfig; json?: string; markdown?: string; only?: string[] } {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      quick: { type: "boolean", default: false },
+      rounds: { type: "string" },
+      json: { type: "string" },
+      markdown: { type: "string" },
+      only: { type: "string" },
+      "bulk-mib": { type: "string" },
+      "connrate-seconds": { type: "string" },
+      connections: { type: "string" },
+      "udp-rates": { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(
+      "deno task bench [--quick] [--rounds N] [--json FILE] [--markdown FILE]\n" +
+        "  [--only bulk,connrate,latency,concurrency,hol,udp] [--bulk-mib N]\n" +
+        "  [--connrate-seconds S] [--connections N] [--udp-rates R1,R2,...]",
+    );
+    Deno.exit(0);
+  }
+  const config = { ...(values.quick ? quickConfig : defaultConfig) };
+  const num = (v: string | undefined, name: string) => {
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name}: not a positive number: ${v}`);
+    return n;
+  };
+  if (values.rounds) config.rounds = num(values.rounds, "rounds");
+  if (values["bulk-mib"]) config.bulkBytes = num(values["bulk-mib"], "bulk-mib") * (1 << 20);
+  if (values["connrate-seconds"]) {
+    config.connrateSeconds = num(values["connrate-seconds"], "connrate-seconds");
+  }
+  if (values.connections) config.concurrencyConnections = num(values.connections, "connections");
+  if (values["udp-rates"]) {
+    config.udpRates = values["udp-rates"].split(",").map((r) => num(r, "udp-rates"));
+  }
+  return {
+    config,
+    json: values.json,
+    markdown: values.markdown,
+    only: values.only?.split(","),
+  };
+}
+
+/** The echo pod everything forwards to, and a second pod whose namespace hosts "direct". */
+async function createPods(namespace: string): Promise<BenchPods> {
+  const pod = (name: string) => ({
+    apiVersion: "v1",
+    kind: "Pod",
+    metadata: { name, labels: { app: name } },
+    spec: { containers: [{ name: "echo", image: "relay-test/echo:latest" }] },
+  });
+  await applyYaml(
+    JSON.stringify({
+      apiVersion: "v1",
+      kind: "List",
+      items: [pod("bench-echo"), pod("bench-client")],
+    }),
+    namespace,
+  );
+  await waitForReadyPod(namespace, "app=bench-echo");
+  await waitForReadyPod(namespace, "app=bench-client");
+  const echo = await kubectlJson<{ status: { podIP: string } }>(
+    ["get", "pod", "bench-echo", "-n", namespace],
+  );
+  return {
+    namespace,
+    echoPod: "bench-echo",
+    echoIP: echo.status.podIP,
+    clientNetns: await podNetns(namespace, "bench-client"),
+    nodeNetns: NODE_NETNS,
+  };
+}
+
+/** Runs the load client once against `endpoint`; its JSON result, or throws. */
+async function runLoad(endpoint: Endpoint, request: unknown): Promise<Record<string, unknown>> {
+  const deno = [Deno.execPath(), "run", "--allow-all", "--unstable-net", LOAD_SCRIPT];
+  const argv = endpoint.netns ? ["ip", "netns", "exec", endpoint.netns, ...deno] : deno;
+  const out = await new Deno.Command(argv[0], {
+    args: [...argv.slice(1), JSON.stringify(request)],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(600_000),
+  }).output();
+  const text = new TextDecoder();
+  if (out.code !== 0) {
+    throw new Error(text.decode(out.stderr).trim().split("\n").pop() || `exit ${out.code}`);
+  }
+  return JSON.parse(text.decode(out.stdout).trim().split("\n").pop()!);
+}
+
+function brief(result: Record<string, unknown>, keys: string[]): string {
+  return keys.map((k) =>
+    `${k}=${typeof result[k] === "number" ? (result[k] as number).toPrecision(4) : result[k]}`
+  )
+    .join(" ");
+}
+
+async function main(): Promise<void> {
+  const { config, json, markdown, only } = parseFlags();
+  const chosen = scenarios.filter((s) => !only || only.includes(s.name));
+  const started = new Date();
+  console.error(`bench: ${chosen.map((s) => s.name).join(", ")}; ${config.rounds} round(s) each`);
+  console.error(`bench: ${KRELAY_SKIPPED}`);
+  await ensureCluster();
+  await using ns = await createTestNamespace("relay-bench");
+  const pods = await createPods(ns.name);
+  const raw: RawResults = { rounds: {}, skipped: {} };
+
+  for (const scenario of chosen) {
+    // Another `deno task test` on the machine ends with `cluster down`: stop with the reason
+    // instead of printing a table of failures.
+    const alive = await kubectlJson(["get", "pod", pods.echoPod, "-n", pods.namespace])
+      .then(() => true, () => false);
+    if (!alive) {
+      throw new Error(
+        `the echo pod is gone before "${scenario.name}": the cluster was brought down or ` +
+          "restarted during the run (is another `deno task test` running?); run again",
+      );
+    }
+    raw.rounds[scenario.name] = {};
+    raw.skipped[scenario.name] = {};
+    const endpoints = new Map<ToolName, Endpoint>();
+    try {
+      for (const tool of scenario.tools) {
+        try {
+          endpoints.set(
+            tool,
+            await startTool(tool, pods, scenario.ports, { tunnels: scenario.tunnels }),
+          );
+        } catch (error) {
+          raw.skipped[scenario.name][tool] = String(error instanceof Error ? error.message : error);
+          console.error(
+            `bench: ${scenario.name}/${tool} skipped: ${raw.skipped[scenario.name][tool]}`,
+          );
+        }
+      }
+      const tools = scenario.tools.filter((t) => endpoints.has(t));
+      for (let round = 0; round < config.rounds; round++) {
+        for (const tool of rotate(tools, round)) {
+          const endpoint = endpoints.get(tool)!;
+          const rounds = (raw.rounds[scenario.name][tool] ??= []);
+          if (scenario.measureRss && endpoint.pid) await resetPeakRss(endpoint.pid);
+          try {
+            const result = await runLoad(endpoint, scenario.request(endpoint, config));
+            if (scenario.measureRss && endpoint.pid) result.rss_mb = await peakRssMb(endpoint.pid);
+            rounds.push(result);
+            const keys = scenario.figures.map((f) => f.key);
+            console.error(
+              `bench: ${scenario.name} round ${round + 1} ${tool}: ${brief(result, keys)}`,
+            );
+          } catch (error) {
+            rounds.push(null);
+            console.error(`bench: ${scenario.name} round ${round + 1} ${tool} failed: ${error}`);
+          }
+        }
+      }
+    } finally {
+      for (const endpoint of endpoints.values()) await endpoint.stop().catch(() => {});
+    }
+  }
+
+  const figures = computeFigures(chosen, raw);
+  const summary = summarize(figures);
+  const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1];
+  const machine = `${navigator.hardwareConcurrency} cores, ${cpu ?? "unknown CPU"}`;
+  console.log(`\nrelay benchmark, ${started.toISOString().slice(0, 10)}, ${machine}`);
+  console.log(`${config.rounds} round(s) per scenario, medians; tools alternated round by round\n`);
+  console.log(formatTable(chosen, figures));
+  console.log(`\n${KRELAY_SKIPPED}.`);
+  console.log(
+    `kubelet shim's per-connection path (node-path: kwok's dial into the pod, DNAT to its ` +
+      `localhost) vs direct: connection rate ${summary.node_path_connrate_vs_direct ?? "-"}×, ` +
+      `p50 latency ${summary.node_path_latency_p50_vs_direct ?? "-"}×`,
+  );
+  console.log(`\nsummary: ${JSON.stringify(summary)}`);
+  if (markdown) await Deno.writeTextFile(markdown, formatMarkdown(chosen, figures) + "\n");
+  if (json) {
+    await Deno.writeTextFile(
+      json,
+      JSON.stringify(
+        {
+          date: started.toISOString(),
+          machine,
+          config,
+          krelay: KRELAY_SKIPPED,
+          summary,
+          figures,
+          skipped: raw.skipped,
+          rounds: raw.rounds,
+        },
+        (_key, value) => typeof value === "number" && !Number.isFinite(value) ? null : value,
+        2,
+      ) + "\n",
+    );
+  }
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,156 @@
+/**
+ * From raw rounds to what the benchmark prints: one figure per (scenario, tool), the table
+ * on stdout, and the JSON `summary` the issue names.
+ */
+import type { Aggregate, Scenario } from "./scenarios.ts";
+import { median, ratio, round } from "./stats.ts";
+import type { ToolName } from "./tools.ts";
+
+/** Every round's result of one tool in one scenario (null: that round failed). */
+export type Rounds = Array<Record<string, unknown> | null>;
+
+/** Raw results: scenario → tool → rounds; plus why a tool did not run. */
+export interface RawResults {
+  rounds: Record<string, Partial<Record<ToolName, Rounds>>>;
+  /** scenario → tool → the reason it has no figures. */
+  skipped: Record<string, Partial<Record<ToolName, string>>>;
+}
+
+/** scenario → tool → figure key → the aggregated value (NaN when nothing was measured). */
+export type Figures = Record<string, Partial<Record<ToolName, Record<string, number>>>>;
+
+/** Combines a figure's rounds as the scenario says. */
+export function aggregate(values: number[], how: Aggregate): number {
+  const finite = values.filter((v) => Number.isFinite(v));
+  if (finite.length === 0) return NaN;
+  if (how === "max") return Math.max(...finite);
+  if (how === "sum") return finite.reduce((a, b) => a + b, 0);
+  return median(finite);
+}
+
+/** Aggregates every scenario's rounds into its figures. */
+export function computeFigures(scenarios: Scenario[], raw: RawResults): Figures {
+  const out: Figures = {};
+  for (const s of scenarios) {
+    out[s.name] = {};
+    for (const tool of s.tools) {
+      const rounds = raw.rounds[s.name]?.[tool];
+      if (!rounds) continue;
+      const figures: Record<string, number> = {};
+      for (const f of s.figures) {
+        const values = rounds.map((r) => r === null ? NaN : Number(r[f.key] ?? NaN));
+        // A failed round is an error in the error counts, not a hole in them.
+        const failed = rounds.filter((r) => r === null).length;
+        figures[f.key] = aggregate(values, f.aggregate) + (f.key === "errors" ? failed : 0);
+      }
+      out[s.name][tool] = figures;
+    }
+  }
+  return out;
+}
+
+/** The issue's summary (relay/kubectl and relay/direct ratios; relay's own figures). */
+export interface Summary {
+  throughput_vs_kubectl: number | null;
+  throughput_vs_direct: number | null;
+  connrate_vs_kubectl: number | null;
+  latency_p50_vs_kubectl: number | null;
+  hol_fraction: number | null;
+  concurrency_errors: number | null;
+  client_rss_mb: number | null;
+  udp_max_qps_no_loss: number | null;
+  /** The kubelet shim's per-connection path against direct (≈1 means it adds nothing). */
+  node_path_connrate_vs_direct: number | null;
+  node_path_latency_p50_vs_direct: number | null;
+}
+
+/** The summary object of `--json`. */
+export function summarize(figures: Figures): Summary {
+  const get = (scenario: string, tool: ToolName, key: string) => figures[scenario]?.[tool]?.[key];
+  const relay = (scenario: string, key: string, digits = 2) => {
+    const v = get(scenario, "relay", key);
+    return v === undefined ? null : round(v, digits);
+  };
+  return {
+    throughput_vs_kubectl: ratio(get("bulk", "relay", "mbps"), get("bulk", "kubectl", "mbps")),
+    throughput_vs_direct: ratio(get("bulk", "relay", "mbps"), get("bulk", "direct", "mbps")),
+    connrate_vs_kubectl: ratio(
+      get("connrate", "relay", "per_second"),
+      get("connrate", "kubectl", "per_second"),
+    ),
+    latency_p50_vs_kubectl: ratio(
+      get("latency", "relay", "p50_us"),
+      get("latency", "kubectl", "p50_us"),
+    ),
+    hol_fraction: relay("hol", "hol_fraction", 3),
+    concurrency_errors: relay("concurrency", "errors", 0),
+    client_rss_mb: relay("concurrency", "rss_mb", 1),
+    udp_max_qps_no_loss: relay("udp", "max_qps_no_loss", 0),
+    node_path_connrate_vs_direct: ratio(
+      get("connrate", "node-path", "per_second"),
+      get("connrate", "direct", "per_second"),
+    ),
+    node_path_latency_p50_vs_direct: ratio(
+      get("latency", "node-path", "p50_us"),
+      get("latency", "direct", "p50_us"),
+    ),
+  };
+}
+
+const COLUMNS: ToolName[] = ["relay", "kubectl", "direct", "node-path"];
+
+/** The table's cells: a header, then a row per figure, a column per tool, then the ratios. */
+export function tableRows(scenarios: Scenario[], figures: Figures): string[][] {
+  const rows: string[][] = [["scenario", "figure", ...COLUMNS, "relay/kubectl", "relay/direct"]];
+  for (const s of scenarios) {
+    const byTool = figures[s.name] ?? {};
+    for (const f of s.figures) {
+      const value = (tool: ToolName) => byTool[tool]?.[f.key];
+      rows.push([
+        s.name,
+        `${f.label}${f.unit ? ` (${f.unit})` : ""}`,
+        ...COLUMNS.map((tool) => formatNumber(value(tool))),
+        ratioCell(value("relay"), value("kubectl"), f.key),
+        ratioCell(value("relay"), value("direct"), f.key),
+      ]);
+    }
+  }
+  return rows;
+}
+
+/** The table in fixed-width text, for stdout. */
+export function formatTable(scenarios: Scenario[], figures: Figures): string {
+  const rows = tableRows(scenarios, figures);
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  const line = (r: string[]) =>
+    r.map((cell, i) => i < 2 ? cell.padEnd(widths[i]) : cell.padStart(widths[i])).join("  ")
+      .trimEnd();
+  return [line(rows[0]), widths.map((w) => "-".repeat(w)).join("  "), ...rows.slice(1).map(line)]
+    .join("\n");
+}
+
+/** The table as Markdown, for the README's Performance section. */
+export function formatMarkdown(scenarios: Scenario[], figures: Figures): string {
+  const [header, ...body] = tableRows(scenarios, figures);
+  return [
+    `| ${header.join(" | ")} |`,
+    `|${header.map((_, i) => i < 2 ? "---" : "---:").join("|")}|`,
+    ...body.map((r) => `| ${r.join(" | ")} |`),
+  ].join("\n");
+}
+
+function ratioCell(a: number | undefined, b: number | undefined, key: string): string {
+  // Ratios of error counts or of a fraction say nothing useful.
+  if (key === "errors" || key === "hol_fraction") return "";
+  const r = ratio(a, b);
+  return r === null ? "" : `${r.toFixed(2)}×`;
+}
+
+/** A figure with as many digits as its size deserves; `-` for none. */
+export function formatNumber(value: number | undefined): string {
+  if (value === undefined || !Number.isFinite(value)) return "-";
+  if (Math.abs(value) >= 100) return String(Math.round(value));
+  if (Math.abs(value) >= 10) return value.toFixed(1);
+  if (Number.isInteger(value)) return String(value);
+  return value.toFixed(2);
+}

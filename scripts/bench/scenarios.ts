@@ -1,0 +1,200 @@
+/**
+ * The six scenarios of the benchmark (issue 6): which tools each runs, which echo ports it
+ * needs, the load-client request for one round, and the figures it reports.
+ */
+import type { LoadRequest } from "./load.ts";
+import type { Endpoint, PortSpec, ToolName } from "./tools.ts";
+
+/** Sizes and durations; {@link defaultConfig} and {@link quickConfig} are the presets. */
+export interface BenchConfig {
+  rounds: number;
+  bulkBytes: number;
+  connrateSeconds: number;
+  connrateConcurrency: number;
+  latencyCount: number;
+  concurrencyConnections: number;
+  concurrencyBytes: number;
+  holBytes: number;
+  holPauseMs: number;
+  udpRates: number[];
+  udpStepSeconds: number;
+}
+
+/** The issue's sizes, in about ten minutes on a 2-core machine (two rounds; `--rounds` for more). */
+export const defaultConfig: BenchConfig = {
+  rounds: 2,
+  bulkBytes: 1 << 30,
+  connrateSeconds: 20,
+  connrateConcurrency: 16,
+  latencyCount: 5_000,
+  concurrencyConnections: 1_000,
+  concurrencyBytes: 1 << 20,
+  holBytes: 128 << 20,
+  holPauseMs: 1_000,
+  udpRates: [500, 1_000, 2_000, 4_000, 8_000],
+  udpStepSeconds: 2,
+};
+
+/** Every scenario, shortened, in under two minutes: a smoke run for CI. */
+export const quickConfig: BenchConfig = {
+  rounds: 1,
+  bulkBytes: 64 << 20,
+  connrateSeconds: 2,
+  connrateConcurrency: 16,
+  latencyCount: 500,
+  concurrencyConnections: 200,
+  concurrencyBytes: 256 << 10,
+  holBytes: 16 << 20,
+  holPauseMs: 500,
+  udpRates: [500, 1_000, 2_000],
+  udpStepSeconds: 1,
+};
+
+/** How the rounds of one figure combine into the reported one. */
+export type Aggregate = "median" | "max" | "sum";
+
+/** One reported number of a scenario. */
+export interface Figure {
+  /** Key in the load client's result (or `rss_mb`, measured by the bench). */
+  key: string;
+  label: string;
+  unit: string;
+  aggregate: Aggregate;
+  /** Whether more is better; decides nothing but the table's hint. */
+  higherIsBetter: boolean;
+}
+
+/** One scenario. */
+export interface Scenario {
+  name: "bulk" | "connrate" | "latency" | "concurrency" | "hol" | "udp";
+  title: string;
+  tools: ToolName[];
+  ports: PortSpec[];
+  /** Tunnels relay keeps for this scenario (default: relay's own default). */
+  tunnels?: number;
+  /** Whether the forwarding client's peak RSS is a figure of this scenario. */
+  measureRss?: boolean;
+  figures: Figure[];
+  request(endpoint: Endpoint, config: BenchConfig): LoadRequest;
+}
+
+const TCP_ECHO = 9000;
+const TCP_SOURCE = 9002;
+
+/** The scenarios in the order they run. */
+export const scenarios: Scenario[] = [
+  {
+    name: "bulk",
+    title: "Bulk throughput, one connection, each way",
+    tools: ["relay", "kubectl", "direct"],
+    ports: [TCP_ECHO],
+    figures: [fig("mbps", "throughput", "MB/s", "median", true)],
+    request: (ep, c) => ({
+      scenario: "bulk",
+      host: ep.host,
+      port: ep.ports[TCP_ECHO],
+      bytes: c.bulkBytes,
+    }),
+  },
+  {
+    name: "connrate",
+    title: "New connections (open, 100 B echo, close)",
+    tools: ["relay", "kubectl", "direct", "node-path"],
+    ports: [TCP_ECHO],
+    figures: [
+      fig("per_second", "rate", "conn/s", "median", true),
+      fig("p50_ms", "p50", "ms", "median", false),
+      fig("p99_ms", "p99", "ms", "median", false),
+      fig("errors", "errors", "", "sum", false),
+    ],
+    request: (ep, c) => ({
+      scenario: "connrate",
+      host: ep.host,
+      port: ep.ports[TCP_ECHO],
+      seconds: c.connrateSeconds,
+      concurrency: c.connrateConcurrency,
+    }),
+  },
+  {
+    name: "latency",
+    title: "64-byte ping-pong on an established connection",
+    tools: ["relay", "kubectl", "direct", "node-path"],
+    ports: [TCP_ECHO],
+    figures: [
+      fig("p50_us", "p50", "µs", "median", false),
+      fig("p99_us", "p99", "µs", "median", false),
+    ],
+    request: (ep, c) => ({
+      scenario: "latency",
+      host: ep.host,
+      port: ep.ports[TCP_ECHO],
+      count: c.latencyCount,
+      size: 64,
+    }),
+  },
+  {
+    name: "concurrency",
+    title: "Simultaneous connections, each echoing",
+    tools: ["relay", "kubectl", "direct"],
+    ports: [TCP_ECHO],
+    measureRss: true,
+    figures: [
+      fig("errors", "errors", "", "sum", false),
+      fig("seconds", "time", "s", "median", false),
+      fig("rss_mb", "client peak RSS", "MB", "max", false),
+    ],
+    request: (ep, c) => ({
+      scenario: "concurrency",
+      host: ep.host,
+      port: ep.ports[TCP_ECHO],
+      connections: c.concurrencyConnections,
+      bytes: c.concurrencyBytes,
+    }),
+  },
+  {
+    name: "hol",
+    title: "Head-of-line: B's throughput while A's reader is paused, one tunnel",
+    tools: ["relay", "kubectl", "direct"],
+    ports: [TCP_SOURCE],
+    tunnels: 1,
+    figures: [
+      fig("hol_fraction", "hol_fraction", "", "median", true),
+      fig("alone_mbps", "B alone", "MB/s", "median", true),
+    ],
+    request: (ep, c) => ({
+      scenario: "hol",
+      host: ep.host,
+      port: ep.ports[TCP_SOURCE],
+      bytes: c.holBytes,
+      pauseMs: c.holPauseMs,
+    }),
+  },
+  {
+    name: "udp",
+    title: "UDP, DNS-sized (64 B) queries at rising rates",
+    tools: ["relay", "direct"],
+    ports: [`${TCP_ECHO}/udp`],
+    figures: [
+      fig("max_qps_no_loss", "max rate, 0 loss", "q/s", "median", true),
+      fig("p50_ms", "p50 at that rate", "ms", "median", false),
+    ],
+    request: (ep, c) => ({
+      scenario: "udp",
+      host: ep.host,
+      port: ep.ports[`${TCP_ECHO}/udp`],
+      rates: c.udpRates,
+      stepSeconds: c.udpStepSeconds,
+      size: 64,
+    }),
+  },
+];
+
+function fig(
+  key: string,
+  label: string,
+  unit: string,
+  aggregate: Aggregate,
+  higherIsBetter: boolean,
+): Figure {
+  return { key, label, unit, aggregate, higherIsBetter };
+}

@@ -1,0 +1,83 @@
+/** The benchmark's arithmetic and report (scripts/bench/): no cluster, no timing. */
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import {
+  aggregate,
+  computeFigures,
+  formatMarkdown,
+  formatTable,
+  summarize,
+} from "../scripts/bench/report.ts";
+import { scenarios } from "../scripts/bench/scenarios.ts";
+import { maxRateWithoutLoss, median, percentile, ratio, rotate } from "../scripts/bench/stats.ts";
+
+Deno.test("percentile is nearest-rank and median averages the middle two", () => {
+  const values = [5, 1, 4, 2, 3];
+  assertEquals(percentile(values, 50), 3);
+  assertEquals(percentile(values, 99), 5);
+  assertEquals(percentile(values, 0), 1);
+  assert(Number.isNaN(percentile([], 50)));
+  assertEquals(median([4, 1, 3, 2]), 2.5);
+  assertEquals(median([NaN, 7]), 7);
+  assert(Number.isNaN(median([])));
+});
+
+Deno.test("ratio is null when a side is missing or zero", () => {
+  assertEquals(ratio(3, 2), 1.5);
+  assertEquals(ratio(3, 0), null);
+  assertEquals(ratio(undefined, 2), null);
+  assertEquals(ratio(NaN, 2), null);
+});
+
+Deno.test("rotate gives every tool every position across rounds", () => {
+  assertEquals(rotate(["a", "b", "c"], 0), ["a", "b", "c"]);
+  assertEquals(rotate(["a", "b", "c"], 1), ["b", "c", "a"]);
+  assertEquals(rotate(["a", "b", "c"], 4), ["b", "c", "a"]);
+  assertEquals(rotate([], 3), []);
+});
+
+Deno.test("the UDP maximum stops at the first lossy step", () => {
+  assertEquals(
+    maxRateWithoutLoss([{ rate: 500, lost: 0 }, { rate: 1000, lost: 2 }, { rate: 2000, lost: 0 }]),
+    500,
+  );
+  assertEquals(maxRateWithoutLoss([{ rate: 500, lost: 1 }]), 0);
+});
+
+Deno.test("aggregate: median, max, sum over finite values", () => {
+  assertEquals(aggregate([3, 1, 2], "median"), 2);
+  assertEquals(aggregate([3, NaN, 2], "max"), 3);
+  assertEquals(aggregate([1, 2], "sum"), 3);
+  assert(Number.isNaN(aggregate([NaN], "median")));
+});
+
+Deno.test("figures, summary and table from raw rounds", () => {
+  const figures = computeFigures(scenarios, {
+    rounds: {
+      bulk: {
+        relay: [{ mbps: 300 }, { mbps: 200 }],
+        kubectl: [{ mbps: 100 }, { mbps: 100 }],
+        direct: [{ mbps: 500 }, null],
+      },
+      concurrency: {
+        relay: [{ errors: 0, seconds: 2, rss_mb: 90 }, null],
+      },
+      latency: { relay: [{ p50_us: 400, p99_us: 900 }], kubectl: [{ p50_us: 800, p99_us: 2000 }] },
+    },
+    skipped: {},
+  });
+  assertEquals(figures.bulk.relay?.mbps, 250);
+  // A failed round counts as an error.
+  assertEquals(figures.concurrency.relay?.errors, 1);
+  const summary = summarize(figures);
+  assertEquals(summary.throughput_vs_kubectl, 2.5);
+  assertEquals(summary.throughput_vs_direct, 0.5);
+  assertEquals(summary.latency_p50_vs_kubectl, 0.5);
+  assertEquals(summary.concurrency_errors, 1);
+  assertEquals(summary.client_rss_mb, 90);
+  assertEquals(summary.hol_fraction, null);
+  const table = formatTable(scenarios, figures);
+  assert(table.includes("2.50×"), table);
+  const markdown = formatMarkdown(scenarios, figures).split("\n");
+  assert(markdown.every((line) => line.startsWith("|") && line.endsWith("|")));
+  assertEquals(new Set(markdown.map((line) => line.split("|").length)).size, 1);
+});
