@@ -6,8 +6,9 @@
  * Exit codes: 0 stopped by a signal, 1 runtime failure, 2 bad input.
  */
 import { runAgent } from "./agent/mod.ts";
-import { parseCommandLine } from "./lib/cli/program.ts";
-import { describeError, exitCodeOf } from "./lib/errors.ts";
+import { createProgram, parseCommandLine } from "./lib/cli/program.ts";
+import { COMPLETION_SHELLS, isCompletionRequest, runCompletion } from "./lib/completion.ts";
+import { describeError, exitCodeOf, UsageError } from "./lib/errors.ts";
 import { runForwards } from "./lib/forward/run.ts";
 import { bindForwards } from "./lib/listen/bind.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
@@ -17,6 +18,17 @@ import type { Plan } from "./lib/plan.ts";
 export async function main(argv: readonly string[]): Promise<number> {
   const logger = createLogger();
   try {
+    // `completion <shell>` and the scripts' hidden `complete -- words` walk the same flags.
+    if (isCompletionRequest(argv)) {
+      const shell = argv[1] ?? "";
+      if (argv[0] === "completion" && !(COMPLETION_SHELLS as readonly string[]).includes(shell)) {
+        throw new UsageError(
+          `relay completion: unknown shell "${shell}": expected ${COMPLETION_SHELLS.join(", ")}`,
+        );
+      }
+      await runCompletion(createProgram(), argv);
+      return 0;
+    }
     const invocation = await parseCommandLine(argv);
     switch (invocation.command) {
       case "print":

@@ -75,3 +75,31 @@ Deno.test("the bash completion completes subcommands and their options", async (
     assertStringIncludes(r.stdout, "options: --port\n");
   });
 });
+
+Deno.test("relay completion <shell> through the real CLI: a script for bash, exit 2 for an unknown shell", async () => {
+  const run = async (args: string[]) => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "--unstable-net",
+        new URL("../main.ts", import.meta.url).pathname,
+        ...args,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const text = new TextDecoder();
+    return { code: out.code, stdout: text.decode(out.stdout), stderr: text.decode(out.stderr) };
+  };
+  const bash = await run(["completion", "bash"]);
+  if (bash.code !== 0 || !bash.stdout.includes("relay")) {
+    throw new Error(`completion bash: ${bash.code} ${bash.stderr}`);
+  }
+  const bad = await run(["completion", "tcsh"]);
+  if (
+    bad.code !== 2 || bad.stderr.trim().split("\n").length !== 1 || !bad.stderr.includes("tcsh")
+  ) {
+    throw new Error(`completion tcsh: ${bad.code} ${bad.stderr}`);
+  }
+});
