@@ -5,7 +5,7 @@
 import { VERSION } from "../lib/version.ts";
 import { acceptTunnel, HandshakeError } from "../lib/tunnel/handshake.ts";
 import { connDuplex } from "../lib/tunnel/duplex.ts";
-import type { Duplex, OpenRequest, Tunnel } from "../lib/tunnel/types.ts";
+import type { Duplex, OpenRequest, Tunnel, TunnelStream } from "../lib/tunnel/types.ts";
 import { denoConnector, type Dialer, dialTcp, systemResolver } from "./dial.ts";
 import { dialUdp } from "./udp.ts";
 
@@ -16,6 +16,15 @@ export const AGENT_DEFAULTS = {
   idleExitMs: 300_000,
   connectTimeoutMs: 10_000,
 } as const;
+
+/**
+ * The agent's keep-alive interval. The client pings every 2 s of silence; the agent's own,
+ * slightly longer, interval is how it learns that a client vanished without closing (SIGKILL,
+ * a laptop lid, an API server restart that the port-forward path does not pass on): such a
+ * tunnel is dropped within about 9 s, which frees its port-forward stream and starts the
+ * idle-exit clock.
+ */
+const AGENT_KEEPALIVE_MS = 3_000;
 
 /** Everything a running agent needs; the token is required here (runAgent reads the env). */
 export interface AgentConfig {
@@ -75,12 +84,35 @@ export function startAgent(config: AgentConfig): AgentHandle {
   const onOpen = async (request: OpenRequest): Promise<Duplex> => {
     try {
       return request.protocol === "udp"
-        ? await dialUdp(request.host, request.port, { resolve: dialer.resolve, idleMs: udpIdleMs })
+        ? await dialUdp(request.host, request.port, {
+          resolve: dialer.resolve,
+          idleMs: udpIdleMs,
+          onDrops: (dropped) => {
+            if (dropped > 0) {
+              log(
+                `relay agent: ${
+                  describe(request)
+                } session ended; ${dropped} datagrams dropped (socket buffer full)`,
+              );
+            }
+          },
+        })
         : await dialTcp(request.host, request.port, dialer);
     } catch (e) {
       const code = (e as { code?: string }).code ?? "error";
       log(`relay agent: open ${describe(request)} failed (${code}): ${(e as Error).message}`);
       throw e;
+    }
+  };
+
+  // Drops are a UDP session's normal answer to overload; they are reported, never hidden.
+  const onStreamEnd = (stream: TunnelStream) => {
+    if (stream.request.protocol === "udp" && stream.dropped > 0) {
+      log(
+        `relay agent: ${
+          describe(stream.request)
+        } session ended; ${stream.dropped} datagrams dropped (tunnel full)`,
+      );
     }
   };
 
@@ -107,7 +139,8 @@ export function startAgent(config: AgentConfig): AgentHandle {
       tunnel = await acceptTunnel(transport, {
         token: config.token,
         onOpen,
-        keepAliveMs: config.keepAliveMs,
+        onStreamEnd,
+        keepAliveMs: config.keepAliveMs ?? AGENT_KEEPALIVE_MS,
       });
     } catch (e) {
       const why = e instanceof HandshakeError ? e.message : String(e);

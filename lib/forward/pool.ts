@@ -3,16 +3,17 @@
  * connection's head-of-line blocking and one WebSocket's throughput are not the ceiling;
  * a tunnel that closes is replaced in the background, with backoff.
  */
-import type { Duplex, OpenRequest, Tunnel, TunnelStream } from "../tunnel/types.ts";
+import type { OpenRequest, Tunnel, TunnelStream } from "../tunnel/types.ts";
 
 /** How the pool reaches its agent and speaks to it. */
 export interface TunnelPoolOptions {
   /** How many tunnels to keep open. */
   size: number;
-  /** Opens one transport to the agent (a port-forward WebSocket in practice). */
-  dial: () => Promise<Duplex>;
-  /** Runs the handshake on a fresh transport. */
-  handshake: (transport: Duplex) => Promise<Tunnel>;
+  /**
+   * Opens one tunnel to the agent (a port-forward WebSocket plus the handshake in practice;
+   * the agent supervisor's connect, which may move the pool to a new agent).
+   */
+  connect: () => Promise<Tunnel>;
   /** Called with one line whenever the pool changes state worth telling the user. */
   log?: (line: string) => void;
   /** How long `open` waits for a tunnel when none is up, in milliseconds. */
@@ -20,7 +21,11 @@ export interface TunnelPoolOptions {
 }
 
 const BACKOFF_MIN_MS = 100;
-const BACKOFF_MAX_MS = 5_000;
+/**
+ * Kept short: while the API server restarts, the first retry after it is back should come
+ * within a couple of seconds, and a few dozen failed dials a minute cost it nothing.
+ */
+const BACKOFF_MAX_MS = 2_000;
 
 /** Keeps `size` tunnels to one agent and opens streams on the least loaded one. */
 export class TunnelPool {
@@ -41,10 +46,10 @@ export class TunnelPool {
     let delay = BACKOFF_MIN_MS;
     for (;;) {
       try {
-        this.#add(await this.#connect());
+        this.#add(await this.options.connect());
         break;
       } catch (err) {
-        if (Date.now() + delay > until) throw err;
+        if (this.#stopped || Date.now() + delay > until) throw err;
         await sleep(delay);
         delay = Math.min(delay * 2, 1_000);
       }
@@ -76,17 +81,6 @@ export class TunnelPool {
     for (const wake of this.#waiters.splice(0)) wake();
   }
 
-  async #connect(): Promise<Tunnel> {
-    const transport = await this.options.dial();
-    try {
-      return await this.options.handshake(transport);
-    } catch (err) {
-      await transport.writable.abort(err).catch(() => {});
-      await transport.readable.cancel(err).catch(() => {});
-      throw err;
-    }
-  }
-
   #add(tunnel: Tunnel): void {
     if (this.#stopped) {
       tunnel.close("relay is stopping");
@@ -98,7 +92,8 @@ export class TunnelPool {
     tunnel.closed.finally(() => {
       this.#tunnels = this.#tunnels.filter((t) => t !== tunnel);
       if (!this.#stopped) {
-        this.options.log?.("tunnel to the agent closed; reconnecting");
+        const why = (tunnel as { closeReason?: string | null }).closeReason;
+        this.options.log?.(`tunnel to the agent closed${why ? ` (${why})` : ""}; reconnecting`);
         this.#refill();
       }
     });
@@ -109,7 +104,7 @@ export class TunnelPool {
     let delay = BACKOFF_MIN_MS;
     while (!this.#stopped && this.#tunnels.length < this.options.size) {
       try {
-        this.#add(await this.#connect());
+        this.#add(await this.options.connect());
         return;
       } catch (err) {
         this.#lastError = err;

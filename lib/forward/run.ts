@@ -6,7 +6,14 @@
  * once the agent exists, every exit path deletes it.
  */
 import { UsageError } from "../errors.ts";
-import { type AgentPod, startAgentPod } from "../kube/agent_pod.ts";
+import { parseDuration } from "../cli/duration.ts";
+import {
+  AGENT_IDLE_EXIT_ENV,
+  agentGoneReason,
+  type AgentPod,
+  startAgentPod,
+} from "../kube/agent_pod.ts";
+import { checkAgentAccess } from "../kube/access.ts";
 import { type Kube, loadKube } from "../kube/config.ts";
 import { dialPortForward } from "../kube/portforward.ts";
 import { type ResolvedForward, resolveTarget } from "../kube/resolve.ts";
@@ -22,7 +29,9 @@ import type { Logger } from "../log.ts";
 import type { Plan } from "../plan.ts";
 import { connectTunnel } from "../tunnel/handshake.ts";
 import { splice } from "../tunnel/session.ts";
-import { OpenError } from "../tunnel/types.ts";
+import { OpenError, type Tunnel } from "../tunnel/types.ts";
+import { AgentSupervisor } from "./agent_supervisor.ts";
+import { withDeadline } from "./deadline.ts";
 import { TunnelPool } from "./pool.ts";
 
 /** What {@link runForwards} is given by main.ts. */
@@ -67,46 +76,121 @@ export async function runForwards(options: RunForwardsOptions): Promise<void> {
     asGroups: run.asGroups,
     requestTimeoutMs: run.requestTimeoutMs,
   });
-  let agent: AgentPod | undefined;
+  // Aborted by the user's signal, or by a failure that ends the run (the agent could not be
+  // replaced): either way serving stops and the agent is deleted.
+  const stop = new AbortController();
+  let fatal: unknown;
+  const onSignal = () => stop.abort();
+  signal.addEventListener("abort", onSignal, { once: true });
+  if (signal.aborted) stop.abort();
   let pool: TunnelPool | undefined;
-  const stopAgent = () => agent?.stop().catch(() => {});
-  signal.addEventListener("abort", () => void stopAgent(), { once: true });
+  stop.signal.addEventListener("abort", () => pool?.close(), { once: true });
+  const supervisor = new AgentSupervisor({
+    start: () =>
+      startAgentPod(kube, {
+        namespace: run.agentNamespace ?? kube.namespace,
+        image: run.agentImage,
+        patch: run.patch,
+        podRunningTimeoutMs: run.podRunningTimeoutMs,
+        signal: stop.signal,
+        idleExit: agentIdleExit(),
+        // The agent ends a silent UDP session when relay does, not at its own default.
+        udpIdleTimeout: `${plan.udpIdleTimeoutMs}ms`,
+      }),
+    connect: (agent) => openTunnel(kube, agent),
+    goneReason: (agent) =>
+      withDeadline(agentGoneReason(kube, agent), DIAL_TIMEOUT_MS, "reading the agent pod"),
+    log: (line) => logger.info(line),
+    onFailure: (error) => {
+      fatal ??= error;
+      stop.abort();
+    },
+  });
+  let started = false;
   try {
     const routes = await resolveRoutes(kube, plan, listeners);
-    if (signal.aborted) return;
-    agent = await startAgentPod(kube, {
-      namespace: run.agentNamespace ?? kube.namespace,
-      image: run.agentImage,
-      patch: run.patch,
-      podRunningTimeoutMs: run.podRunningTimeoutMs,
-      signal,
-    });
+    // A withheld permission fails here, naming it, before a Job exists that relay could not
+    // reach or delete.
+    await checkAgentAccess(kube, run.agentNamespace ?? kube.namespace);
+    if (stop.signal.aborted) return;
+    started = true;
+    const agent = await supervisor.start();
     logger.debug(`agent pod ${agent.namespace}/${agent.podName} is running`);
-    if (signal.aborted) return;
-    const started = agent;
+    if (stop.signal.aborted) return;
     pool = new TunnelPool({
       size: run.tunnels,
-      dial: () =>
-        dialPortForward(kube, {
-          namespace: started.namespace,
-          pod: started.podName,
-          port: started.port,
-        }),
-      handshake: (transport) => connectTunnel(transport, { token: started.token }),
+      connect: () => supervisor.connect(),
       log: (line) => logger.debug(line),
     });
     await pool.start(run.podRunningTimeoutMs);
     logger.debug(`connected to relay agent ${pool.peerVersion}`);
-    if (signal.aborted) return;
-    await serve(routes, pool, logger, signal);
+    if (stop.signal.aborted) return;
+    await serve(routes, pool, logger, stop.signal);
   } catch (error) {
     // Whatever was in progress when the user stopped relay failed because of the stop.
-    if (!signal.aborted) throw error;
+    if (!stop.signal.aborted) throw error;
   } finally {
+    signal.removeEventListener("abort", onSignal);
     pool?.close();
-    await stopAgent();
+    if (started) await stopAgent(supervisor, logger);
     kube.close();
   }
+  if (fatal) throw fatal;
+}
+
+/**
+ * Deletes the agent and says so, so a user who stopped relay knows nothing is left running;
+ * a failed delete is an error line, not a failed exit (the agent still exits when idle).
+ */
+async function stopAgent(supervisor: AgentSupervisor, logger: Logger): Promise<void> {
+  try {
+    const agent = await supervisor.stop();
+    if (agent) logger.info(`deleted agent pod ${agent.namespace}/${agent.podName}`);
+  } catch (error) {
+    logger.error(`could not delete the agent: ${reason(error)}`);
+  }
+}
+
+/**
+ * Keep-alive interval of the client's tunnels. A ping goes out after one to two intervals of
+ * silence, so 2 s keeps an idle tunnel alive through anything that cuts connections idle for
+ * 5 s or more (haproxy's `timeout tunnel`, cloud load balancers at 60 s, the kubelet's
+ * streaming idle timeout at 4 h), and a tunnel whose agent stopped answering is replaced
+ * within about 6 s. A ping is a few bytes: the cost is nothing.
+ */
+export const TUNNEL_KEEPALIVE_MS = 2_000;
+
+/** How long one port-forward upgrade may take. */
+const DIAL_TIMEOUT_MS = 15_000;
+
+/** One tunnel to `agent`: its port-forward, then the handshake with its token. */
+async function openTunnel(kube: Kube, agent: AgentPod): Promise<Tunnel> {
+  // An API server that is still starting may accept the upgrade and never answer it; a
+  // dial that hangs would stall the pool's reconnect loop for good.
+  const transport = await withDeadline(
+    dialPortForward(kube, { namespace: agent.namespace, pod: agent.podName, port: agent.port }),
+    DIAL_TIMEOUT_MS,
+    `port-forward to pod/${agent.podName}`,
+    (late) => void late.readable.cancel().catch(() => {}),
+  );
+  try {
+    return await connectTunnel(transport, {
+      token: agent.token,
+      keepAliveMs: TUNNEL_KEEPALIVE_MS,
+    });
+  } catch (err) {
+    await transport.writable.abort(err).catch(() => {});
+    await transport.readable.cancel(err).catch(() => {});
+    throw err;
+  }
+}
+
+/** The hidden `RELAY_AGENT_IDLE_EXIT` knob, checked here so a typo fails before any Job. */
+function agentIdleExit(): string | undefined {
+  const value = Deno.env.get(AGENT_IDLE_EXIT_ENV);
+  if (!value) return undefined;
+  parseDuration(value, AGENT_IDLE_EXIT_ENV);
+  return value;
 }
 
 /** Resolves every binding's target and settles its listeners on the resolved protocol. */
@@ -156,19 +240,36 @@ async function serve(
       ));
     }
     for (const listener of binding.udp) {
-      serving.push(listener.serve(async (session) => {
-        try {
-          const destination = await forward.destination();
-          const stream = await pool.open({ protocol: "udp", ...destination });
-          splice(stream, session);
-          await Promise.race([stream.closed, session.closed]);
-          stream.reset("session ended");
-          session.close();
-        } catch (error) {
-          logger.error(`${forward.label}/udp: ${reason(error)}`);
-          session.close();
-        }
-      }));
+      serving.push(
+        listener.serve(async (session) => {
+          const source = `${session.remote.hostname}:${session.remote.port}`;
+          try {
+            const destination = await forward.destination();
+            const stream = await pool.open({ protocol: "udp", ...destination });
+            logger.debug(`udp session ${source} -> ${forward.label} opened`);
+            splice(stream, session);
+            // Either end may finish first: the local idle timer, or the agent's (a FIN).
+            await Promise.race([stream.closed, session.closed]);
+            stream.reset("session ended");
+            session.close();
+            // Drops are how UDP sessions shed overload; say how many, never hide them.
+            const dropped = session.dropped + stream.dropped;
+            logger.debug(`udp session ${source} -> ${forward.label} ended; ${dropped} dropped`);
+          } catch (error) {
+            logger.error(`${forward.label}/udp: ${reason(error)}`);
+            session.close();
+          }
+        }).then(() => {
+          // Datagrams lost before relay could read them belong to no session; report them once.
+          const lost = listener.kernelDropped;
+          if (lost > 0) {
+            logger.info(
+              `udp ${listener.hostname}:${listener.port}: ${lost} datagrams dropped before relay ` +
+                `read them (receive buffer full)`,
+            );
+          }
+        }),
+      );
     }
   }
   await new Promise<void>((resolve) => {

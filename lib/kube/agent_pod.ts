@@ -22,6 +22,13 @@ export const AGENT_PORT = 4646;
 export const AGENT_TOKEN_ENV = "RELAY_AGENT_TOKEN";
 /** The agent's arguments; a --patch may not change them. */
 export const AGENT_ARGS: readonly string[] = ["agent", "--port", String(AGENT_PORT)];
+/**
+ * Hidden knob: how long an agent with no tunnel waits before exiting (`--idle-exit`), as a
+ * duration (`20s`). Tests set it short to show a SIGKILLed client leaves nothing behind; users
+ * keep the agent's default (a few minutes: long enough to ride out a laptop lid or a network
+ * change, short enough that an abandoned agent does not linger).
+ */
+export const AGENT_IDLE_EXIT_ENV = "RELAY_AGENT_IDLE_EXIT";
 /** Labels every agent Job and pod carries. */
 export const AGENT_NAME_LABEL = "app.kubernetes.io/name";
 export const SESSION_LABEL = "relay.dev/session";
@@ -59,6 +66,10 @@ export interface AgentPodOptions {
   token?: string;
   /** Aborting stops the wait: the Job is deleted and the call rejects with the reason. */
   signal?: AbortSignal;
+  /** The agent's `--idle-exit` (e.g. `20s`); default: the agent's own default. */
+  idleExit?: string;
+  /** The agent's `--udp-idle-timeout` (e.g. `60s`): relay's own, so both ends agree. */
+  udpIdleTimeout?: string;
 }
 
 /** A running agent pod. */
@@ -91,12 +102,15 @@ export function agentJobManifest(opts: {
   sessionId: string;
   token: string;
   patch?: Record<string, unknown>;
+  idleExit?: string;
+  udpIdleTimeout?: string;
 }): V1Job {
+  const args = agentArgs(opts.idleExit, opts.udpIdleTimeout);
   const labels = { [AGENT_NAME_LABEL]: "relay-agent", [SESSION_LABEL]: opts.sessionId };
   const container: V1Container = {
     name: CONTAINER_NAME,
     image: opts.image,
-    args: [...AGENT_ARGS],
+    args,
     env: [{ name: AGENT_TOKEN_ENV, value: opts.token }],
     // Declared so the kubelet (and the test cluster's shim) know the port-forward target.
     ports: [{ name: "relay", containerPort: AGENT_PORT, protocol: "TCP" }],
@@ -134,7 +148,7 @@ export function agentJobManifest(opts: {
     metadata?: Record<string, unknown> & { namespace?: string; generateName?: string };
     spec?: V1PodTemplateSpec["spec"];
   };
-  checkPatchKeptAgent(patched.spec, opts.token);
+  checkPatchKeptAgent(patched.spec, opts.token, args);
 
   const { namespace, generateName, ...templateMetadata } = patched.metadata ?? {};
   // The session labels find the pod again; a patch may add labels, not take these away.
@@ -161,12 +175,23 @@ export function agentJobManifest(opts: {
   };
 }
 
-function checkPatchKeptAgent(spec: V1PodTemplateSpec["spec"], token: string): void {
+/** The agent container's arguments: the fixed ones, plus the optional flags asked for. */
+function agentArgs(idleExit: string | undefined, udpIdleTimeout?: string): string[] {
+  const args = idleExit ? [...AGENT_ARGS, "--idle-exit", idleExit] : [...AGENT_ARGS];
+  if (udpIdleTimeout) args.push("--udp-idle-timeout", udpIdleTimeout);
+  return args;
+}
+
+function checkPatchKeptAgent(
+  spec: V1PodTemplateSpec["spec"],
+  token: string,
+  args: string[],
+): void {
   const agent = spec?.containers?.find((c) => c.name === CONTAINER_NAME);
   const hint = "(a JSON merge patch replaces lists such as spec.containers whole;" +
     " patch other fields, e.g. spec.nodeSelector or spec.tolerations)";
   if (!agent) throw new UsageError(`--patch removes the "${CONTAINER_NAME}" container ${hint}`);
-  if (JSON.stringify(agent.args) !== JSON.stringify(AGENT_ARGS) || agent.command) {
+  if (JSON.stringify(agent.args) !== JSON.stringify(args) || agent.command) {
     throw new UsageError(`--patch changes the agent's command or arguments ${hint}`);
   }
   if (!agent.env?.some((e) => e.name === AGENT_TOKEN_ENV && e.value === token)) {
@@ -187,6 +212,8 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
     sessionId,
     token,
     patch: opts.patch,
+    idleExit: opts.idleExit,
+    udpIdleTimeout: opts.udpIdleTimeout,
   });
   const namespace = manifest.metadata!.namespace!;
   let job: V1Job;
@@ -223,6 +250,37 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
     await stopWith();
     throw error;
   }
+}
+
+/**
+ * Why a started agent can no longer serve tunnels — its pod was deleted, is being deleted, or
+ * its process exited — or undefined while the pod is still Running (a failed dial then was the
+ * network or the API server, not the agent). Throws when the API server cannot be asked.
+ */
+export async function agentGoneReason(
+  api: { core: Pick<CoreV1Api, "readNamespacedPod"> },
+  agent: Pick<AgentPod, "namespace" | "podName">,
+): Promise<string | undefined> {
+  let pod: V1Pod;
+  try {
+    pod = await api.core.readNamespacedPod({ name: agent.podName, namespace: agent.namespace });
+  } catch (error) {
+    if (statusOf(error) === 404) return "was deleted";
+    throw error;
+  }
+  if (pod.metadata?.deletionTimestamp) return "is being deleted";
+  const terminated = pod.status?.containerStatuses?.find((c) => c.name === CONTAINER_NAME)?.state
+    ?.terminated;
+  if (terminated) {
+    return `exited (${terminated.reason ?? "code"} ${terminated.exitCode}${
+      terminated.message ? `: ${terminated.message}` : ""
+    })`;
+  }
+  const phase = pod.status?.phase;
+  if (phase === "Failed" || phase === "Succeeded") {
+    return `is ${phase}${pod.status?.reason ? ` (${pod.status.reason})` : ""}`;
+  }
+  return undefined;
 }
 
 function createError(error: unknown, namespace: string): Error {
