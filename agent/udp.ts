@@ -4,6 +4,7 @@
  */
 import { parseIPv4, parseIPv6 } from "../lib/tunnel/frame.ts";
 import type { Duplex } from "../lib/tunnel/types.ts";
+import { kernelDrops } from "../lib/listen/udp_drops.ts";
 import { resolveHost, type Resolver } from "./dial.ts";
 
 /** What a UDP session needs. */
@@ -11,6 +12,12 @@ export interface UdpSessionOptions {
   resolve: Resolver;
   /** Close the session after this long with no datagram either way (ms). */
   idleMs: number;
+  /**
+   * Told once, as the session ends, how many datagrams from the destination the kernel
+   * dropped because the session's socket buffer was full (the session was sending faster
+   * than the tunnel carried it); unknown (not called) where /proc/net/udp is unreadable.
+   */
+  onDrops?: (dropped: number) => void;
 }
 
 /** Datagrams smaller than this are copied out of the 64 KiB receive buffer. */
@@ -33,6 +40,7 @@ export async function dialUdp(
     hostname: address.includes(":") ? "::" : "0.0.0.0",
     port: 0,
   });
+  const localPort = (socket.addr as Deno.NetAddr).port;
   let closed = false;
   let lastActive = Date.now();
   let idleTimer: ReturnType<typeof setTimeout> | undefined;
@@ -40,6 +48,11 @@ export async function dialUdp(
     if (closed) return;
     closed = true;
     clearTimeout(idleTimer);
+    // Read before closing: the kernel forgets a socket's counters with the socket.
+    if (options.onDrops) {
+      const dropped = kernelDrops(localPort, address.includes(":"));
+      if (dropped !== undefined) options.onDrops(dropped);
+    }
     try {
       socket.close();
     } catch {

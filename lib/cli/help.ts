@@ -16,7 +16,14 @@ export const DESCRIPTION = [
   "write pods as pod/NAME.",
   "PORT is [local:]remote[@tcp|@udp]: remote is a number or a named port of the target; " +
   "local defaults to remote, and an empty local (:8080) picks a free port, which is " +
-  "printed. A named port uses its declared protocol; numbers default to tcp.",
+  "printed. A named port uses its declared protocol; a number uses the protocol the " +
+  "target declares for it (a UDP-only Service port needs no @udp), else tcp. A number " +
+  "declared for both TCP and UDP (like kube-dns 53) must say which: 53@tcp or 53@udp " +
+  "(kubectl would silently take TCP).",
+  "UDP: each local source address is a session with its own socket at the agent; " +
+  "datagrams cross whole (up to 65,507 bytes), an overloaded session drops (and, with -v, " +
+  "counts) datagrams rather than slow others, and a session ends after " +
+  "--udp-idle-timeout without datagrams. -L takes @udp too: -L 5353:kube-dns.kube-system:53@udp.",
 ].join("\n\n");
 
 /** Examples, in kubectl's style, printed after the flag list. */

@@ -304,10 +304,11 @@ function choose<T>(
   }
   const protocols = [...new Set(matching.map(proto))];
   if (protocols.length > 1) {
+    // kubectl takes TCP here without a word; relay asks, since a DNS user means UDP.
     throw new UsageError(
-      `${object} port ${spec.remote} is ambiguous: choose ${
-        protocols.map((p) => `${spec.remote}@${p}`).join(" or ")
-      }`,
+      `${object} port ${spec.remote} is ambiguous, it is declared for ${
+        protocols.map((p) => p.toUpperCase()).join(" and ")
+      }: choose ${protocols.map((p) => `${spec.remote}@${p}`).join(" or ")}`,
     );
   }
   return matching[0];

@@ -6,6 +6,7 @@ import type { Duplex } from "../tunnel/types.ts";
 import { bindError } from "./bind_error.ts";
 import type { BindAddress } from "./tcp.ts";
 import { closeQuietly } from "./splice.ts";
+import { kernelDrops } from "./udp_drops.ts";
 
 /** Tuning for a UDP listener's sessions. */
 export interface UdpListenerOptions {
@@ -39,6 +40,7 @@ export class UdpListener {
   readonly #sessions = new Map<string, Session>();
   #closed = false;
   #dropped = 0;
+  #kernelDroppedAtClose = 0;
 
   private constructor(socket: Deno.DatagramConn, options: UdpListenerOptions) {
     this.#socket = socket;
@@ -74,6 +76,15 @@ export class UdpListener {
     let total = this.#dropped;
     for (const session of this.#sessions.values()) total += session.dropped;
     return total;
+  }
+
+  /**
+   * Datagrams the kernel dropped before relay read them (the socket's receive buffer was
+   * full: relay fell behind); 0 where the system does not say (only Linux does).
+   */
+  get kernelDropped(): number {
+    if (this.#closed) return this.#kernelDroppedAtClose;
+    return kernelDrops(this.port, this.hostname.includes(":"), this.hostname) ?? 0;
   }
 
   /** Sessions currently live. */
@@ -122,6 +133,8 @@ export class UdpListener {
   /** Stops receiving, ends every session and closes the socket. */
   close(): void {
     if (this.#closed) return;
+    // The kernel's count goes with the socket: keep it for whoever reports after the close.
+    this.#kernelDroppedAtClose = this.kernelDropped;
     this.#closed = true;
     for (const session of [...this.#sessions.values()]) session.close();
     closeQuietly(this.#socket);

@@ -61,6 +61,7 @@ export class Session implements Tunnel {
     { start: number; resolve: (ms: number) => void; reject: (e: unknown) => void }
   >();
   private readonly onOpen?: OpenHandler;
+  private readonly onStreamEnd?: (stream: TunnelStream) => void;
   private readonly limits: StreamLimits;
   private nextId: number;
   private lastPeerId = 0;
@@ -78,6 +79,7 @@ export class Session implements Tunnel {
     this.reader = init.reader;
     this.decoder = init.decoder;
     this.onOpen = init.options.onOpen;
+    this.onStreamEnd = init.options.onStreamEnd;
     this.writer = init.frameWriter;
     this.writer.onError = (e) => this.shutdown(`transport write failed: ${e}`);
     this.limits = {
@@ -290,6 +292,11 @@ export class Session implements Tunnel {
 
   private streamDone(id: number, stream: MuxStream): void {
     if (this.streams.get(id) === stream) this.streams.delete(id);
+    try {
+      this.onStreamEnd?.(stream);
+    } catch {
+      // an observer's failure must not disturb the tunnel
+    }
     if (this.streams.size === 0) {
       const waiters = this.emptyWaiters;
       this.emptyWaiters = [];

@@ -75,6 +75,8 @@ export interface TunnelOptions {
   streamWindow?: number;
   /** Send a ping after this much silence (ms); 0 turns keep-alive off. */
   keepAliveMs?: number;
+  /** Told once per stream, in either direction, when it has ended (e.g. to report UDP drops). */
+  onStreamEnd?: (stream: TunnelStream) => void;
 }
 
 /** A live tunnel, as either end sees it. */

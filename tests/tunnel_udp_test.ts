@@ -1,0 +1,102 @@
+/**
+ * UDP streams on a tunnel: credit bounds what one session has in flight, a session out of
+ * credit waits alone (its source sheds the excess), and the kernel's drop counter is read.
+ */
+import { assert, assertEquals } from "./tunnel_assert.ts";
+import {
+  acceptTunnel,
+  connectTunnel,
+  duplexPair,
+  type OpenHandler,
+  type Tunnel,
+} from "../lib/tunnel/mod.ts";
+import { UDP_WINDOW } from "../lib/tunnel/stream.ts";
+import { kernelDrops } from "../lib/listen/udp_drops.ts";
+
+const TOKEN = "t0ken";
+
+async function tunnelPair(
+  onOpen: OpenHandler,
+): Promise<{ client: Tunnel; close(): Promise<void> }> {
+  const [a, b] = duplexPair();
+  const [client, agent] = await Promise.all([
+    connectTunnel(a, { token: TOKEN }),
+    acceptTunnel(b, { token: TOKEN, onOpen }),
+  ]);
+  return {
+    client,
+    close: async () => {
+      client.close();
+      agent.close();
+      await Promise.all([client.closed, agent.closed]);
+    },
+  };
+}
+
+Deno.test("udp stream: a session whose far end stops reading holds only its credit in flight, and another session keeps flowing", async () => {
+  let stalledTook = 0;
+  const handler: OpenHandler = (request) => {
+    if (request.port === 1) {
+      // A destination that takes the first datagrams, then never reads again.
+      const stalled = new WritableStream<Uint8Array>({
+        write: (d) => {
+          stalledTook += d.length;
+          return stalledTook >= UDP_WINDOW ? new Promise(() => {}) : undefined;
+        },
+      }, { highWaterMark: 1 });
+      return Promise.resolve({ readable: new ReadableStream(), writable: stalled });
+    }
+    return Promise.resolve(new TransformStream<Uint8Array, Uint8Array>());
+  };
+  const { client, close } = await tunnelPair(handler);
+  const flooded = await client.open({ protocol: "udp", host: "10.0.0.1", port: 1 });
+  const other = await client.open({ protocol: "udp", host: "10.0.0.1", port: 2 });
+
+  // The flooded session's writes stop completing once its credit is spent: its source (the
+  // listener's per-session queue) is where the excess is then dropped.
+  const writer = flooded.writable.getWriter();
+  let written = 0;
+  const writing = (async () => {
+    for (let i = 0; i < 1_000; i++) {
+      await writer.write(new Uint8Array(1_000));
+      written++;
+    }
+  })();
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert(written < 1_000, "a session without credit kept sending");
+  assert(written * 1_000 <= 2 * UDP_WINDOW, `${written} KB in flight, more than its credit`);
+
+  // Meanwhile the other session echoes datagrams of every size, whole.
+  const otherWriter = other.writable.getWriter();
+  const reader = other.readable.getReader();
+  for (const size of [1, 1_400, 65_507]) {
+    const datagram = new Uint8Array(size).fill(size & 0xff);
+    await otherWriter.write(datagram);
+    const { value } = await reader.read();
+    assertEquals(value?.length, size);
+    assertEquals(value, datagram);
+  }
+  flooded.reset("done");
+  await writing.catch(() => {});
+  await close();
+});
+
+Deno.test("udp drops: the kernel's count of datagrams a full socket buffer discarded is read", async () => {
+  const sink = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
+  const source = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
+  const port = (sink.addr as Deno.NetAddr).port;
+  try {
+    assertEquals(kernelDrops(port, false, "127.0.0.1"), 0);
+    // Nobody reads the sink: far more than its receive buffer holds is discarded, and counted.
+    const datagram = new Uint8Array(8_000);
+    for (let i = 0; i < 2_000; i++) {
+      await source.send(datagram, { transport: "udp", hostname: "127.0.0.1", port });
+    }
+    const dropped = kernelDrops(port, false, "127.0.0.1");
+    assert(dropped !== undefined && dropped > 0, `kernel drops: ${dropped}`);
+    assertEquals(kernelDrops(port, false, "127.0.0.2"), undefined);
+  } finally {
+    sink.close();
+    source.close();
+  }
+});
