@@ -16,7 +16,13 @@ function podTemplate(app: string) {
   return {
     metadata: { labels: { app } },
     spec: {
-      containers: [{ name: "echo", image: "relay-test/echo:latest", ports: ECHO_PORTS }],
+      containers: [{
+        name: "echo",
+        image: "relay-test/echo:latest",
+        ports: ECHO_PORTS,
+        // Ready means serving: the process takes a moment to listen after it starts.
+        readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 1 },
+      }],
     },
   };
 }
