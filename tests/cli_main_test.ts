@@ -64,6 +64,7 @@ Deno.test("relay -V and relay version print the version, exit 0", async () => {
     const { code, stdout, stderr } = await relay(...args);
     strictEqual(code, 0);
     strictEqual(stderr, "");
-    ok(/^relay \d+\.\d+\.\d+\S*\n$/.test(stdout), stdout);
+    const agentLine = args[0] === "version" ? "agent image \\S+relay-agent:\\S+\\n" : "";
+    ok(new RegExp(`^relay \\d+\\.\\d+\\.\\d+\\S*\\n${agentLine}$`).test(stdout), stdout);
   }
 });

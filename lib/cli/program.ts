@@ -180,7 +180,9 @@ export async function parseCommandLine(
     if (argv.length > 1) {
       throw new UsageError(`"relay version" takes no arguments, got "${argv[1]}"`);
     }
-    return { command: "print", text: `relay ${VERSION}\n` };
+    // The agent is always the client's own version; a forward reports the one it reached (-v),
+    // and warns if a custom --agent-image runs another.
+    return { command: "print", text: `relay ${VERSION}\nagent image ${DEFAULT_AGENT_IMAGE}\n` };
   }
   if (argv[0] === "help" && argv.length === 1) argv = ["--help"];
   let printed = "";

@@ -33,6 +33,7 @@ import { OpenError, type Tunnel } from "../tunnel/types.ts";
 import { AgentSupervisor } from "./agent_supervisor.ts";
 import { withDeadline } from "./deadline.ts";
 import { TunnelPool } from "./pool.ts";
+import { VERSION } from "../version.ts";
 
 /** What {@link runForwards} is given by main.ts. */
 export interface RunForwardsOptions {
@@ -124,6 +125,9 @@ export async function runForwards(options: RunForwardsOptions): Promise<void> {
     });
     await pool.start(run.podRunningTimeoutMs);
     logger.debug(`connected to relay agent ${pool.peerVersion}`);
+    if (pool.peerVersion !== VERSION) {
+      logger.info(`warning: the agent runs relay ${pool.peerVersion}, this is relay ${VERSION}`);
+    }
     if (stop.signal.aborted) return;
     await serve(routes, pool, logger, stop.signal);
   } catch (error) {
