@@ -22,6 +22,7 @@ import {
   readLine,
   runCommand,
 } from "./harness.ts";
+import { inBatches } from "./agents.ts";
 import { relayCommand, startRelay } from "./relay_process.ts";
 import { createEchoWorkloads } from "./workloads.ts";
 
@@ -345,14 +346,6 @@ async function leftovers(namespace: string): Promise<string[]> {
     item.metadata.labels?.[AGENT_LABEL] === "relay-agent" ||
     (item.spec?.ephemeralContainers?.length ?? 0) > 0
   ).map((item) => `${item.kind}/${item.metadata.name}`);
-}
-
-/** Runs `f` over `items`, at most `limit` at a time. */
-async function inBatches<T>(items: T[], limit: number, f: (item: T) => Promise<void>) {
-  const queue = [...items];
-  await Promise.all(Array.from({ length: limit }, async () => {
-    for (let item = queue.shift(); item !== undefined; item = queue.shift()) await f(item);
-  }));
 }
 
 Deno.test({

@@ -18,6 +18,7 @@ import {
   RUN_DIR,
   waitFor,
 } from "./harness.ts";
+import { agentPodNames } from "./agents.ts";
 import { startRelay } from "./relay_process.ts";
 import { createEchoWorkloads } from "./workloads.ts";
 
@@ -73,20 +74,6 @@ async function portForwardRequests(pod: string): Promise<number> {
   ).length;
 }
 
-async function agentPods(namespace: string): Promise<string[]> {
-  const out = await kubectl([
-    "get",
-    "pods",
-    "-n",
-    namespace,
-    "-l",
-    "app.kubernetes.io/name=relay-agent",
-    "-o",
-    "jsonpath={.items[*].metadata.name}",
-  ]);
-  return out.split(/\s+/).filter(Boolean);
-}
-
 Deno.test({
   name:
     "story: one relay forwards to a pod, Service, headless and ExternalName Service, every workload kind, a host name and an IP at once; each reply names the pod that served it",
@@ -128,9 +115,13 @@ Deno.test({
       assertEquals(await relay.stop("SIGTERM"), 0, relay.stderr());
     }
     // A clean stop deletes the agent.
-    await waitFor("the agent pod to be gone", async () => (await agentPods(ns.name)).length === 0, {
-      timeoutMs: 15_000,
-    });
+    await waitFor(
+      "the agent pod to be gone",
+      async () => (await agentPodNames(ns.name)).length === 0,
+      {
+        timeoutMs: 15_000,
+      },
+    );
   },
 });
 
@@ -149,7 +140,7 @@ Deno.test({
     );
     try {
       const [echoPort, hashPort] = relay.ports;
-      const [agent] = await agentPods(ns.name);
+      const [agent] = await agentPodNames(ns.name);
       const before = await portForwardRequests(agent);
       assert(before >= 1 && before <= 2 + 20, `port-forward requests at start: ${before}`);
 

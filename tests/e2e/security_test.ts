@@ -27,10 +27,10 @@ import {
   runCommand,
   waitFor,
 } from "./harness.ts";
+import { AGENT_SELECTOR, inBatches } from "./agents.ts";
 import { relayCommand, startRelay } from "./relay_process.ts";
 import { createEchoWorkloads } from "./workloads.ts";
 
-const AGENT_SELECTOR = "app.kubernetes.io/name=relay-agent";
 const AGENT_PORT = 4646;
 
 /** The parts of the agent's Pod and Job the hardening checks read. */
@@ -345,14 +345,6 @@ async function grant(namespace: string, user: string, rules: Rule[]): Promise<vo
   }, { timeoutMs: 20_000 });
 }
 
-/** Runs `f` over `items`, at most `limit` at a time (the machine has two cores). */
-async function inBatches<T>(items: T[], limit: number, f: (item: T) => Promise<void>) {
-  const queue = [...items];
-  await Promise.all(Array.from({ length: limit }, async () => {
-    for (let item = queue.shift(); item !== undefined; item = queue.shift()) await f(item);
-  }));
-}
-
 Deno.test({
   name:
     "story: a user bound only to manifests/rbac.yaml forwards TCP and UDP; without any one of its permissions relay fails naming it and leaves no agent behind",
@@ -407,6 +399,7 @@ Deno.test({
       "get services": { args: ["svc/echo", ":80"] },
       "get pods": { args: ["pod/echo-pod", ":8080@tcp"] },
       "list pods": { args: ["deploy/echo", ":8080@tcp"] },
+      "watch pods": { args: ["deploy/echo", ":8080@tcp"] },
       "delete pods": { args: [`ip/${podIP}`, ":8080"] },
       "get pods/portforward": { args: [`ip/${podIP}`, ":8080"] },
       "create pods/portforward": { args: [`ip/${podIP}`, ":8080"] },

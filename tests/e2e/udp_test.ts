@@ -21,6 +21,7 @@ import {
   waitFor,
   waitForReadyPod,
 } from "./harness.ts";
+import { agentPodNames } from "./agents.ts";
 import { startRelay } from "./relay_process.ts";
 
 const KUBE_DNS_IP = "198.19.0.10";
@@ -122,20 +123,6 @@ function dnsAnswer(datagram: Uint8Array): { id: number; addresses: string[] } {
   const packet = dnsPacket.decode(Buffer.from(datagram));
   const addresses = (packet.answers ?? []).flatMap((a) => a.type === "A" ? [a.data] : []);
   return { id: packet.id ?? -1, addresses };
-}
-
-async function agentPods(namespace: string): Promise<string[]> {
-  const out = await kubectl([
-    "get",
-    "pods",
-    "-n",
-    namespace,
-    "-l",
-    "app.kubernetes.io/name=relay-agent",
-    "-o",
-    "jsonpath={.items[*].metadata.name}",
-  ]);
-  return out.split(/\s+/).filter(Boolean);
 }
 
 /** UDP sockets open in a pod's network namespace (`ss -u` there), listening or not. */
@@ -312,9 +299,13 @@ Deno.test({
     } finally {
       assertEquals(await relay.stop("SIGTERM"), 0, relay.stderr());
     }
-    await waitFor("the agent pod to be gone", async () => (await agentPods(ns.name)).length === 0, {
-      timeoutMs: 20_000,
-    });
+    await waitFor(
+      "the agent pod to be gone",
+      async () => (await agentPodNames(ns.name)).length === 0,
+      {
+        timeoutMs: 20_000,
+      },
+    );
   },
 });
 
@@ -392,7 +383,7 @@ Deno.test({
     assertMatch(error.message, /exited with 2 /);
     assertMatch(error.message, /svc\/echo-both port 9000 is ambiguous/);
     assertMatch(error.message, /9000@tcp or 9000@udp/);
-    assertEquals(await agentPods(ns.name), []);
+    assertEquals(await agentPodNames(ns.name), []);
   },
 });
 
@@ -500,7 +491,7 @@ spec:
       assert(received < count, "the whole flood arrived: it did not overload the tunnel");
 
       // Once the flood's session idles out, relay and its agent report what they dropped.
-      const [agent] = await agentPods(ns.name);
+      const [agent] = await agentPodNames(ns.name);
       const sessionEnd = new RegExp(
         `udp session 127\\.0\\.0\\.1:${flooded.port} -> pod/udp-echo:9003 ended; (\\d+) dropped`,
       );
@@ -547,7 +538,7 @@ Deno.test({
     ]);
     const clients = Array.from({ length: 5 }, () => new UdpClient());
     try {
-      const [agent] = await agentPods(ns.name);
+      const [agent] = await agentPodNames(ns.name);
       assert(agent, "no agent pod");
       // The agent is told relay's timeout, so a session ends at both ends at the same time.
       const args = await kubectl([
