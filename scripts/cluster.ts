@@ -82,20 +82,32 @@ async function up(): Promise<void> {
     console.log(`export KUBECONFIG=${PATHS.adminKubeconfig}`);
     return;
   }
-  await down({ quiet: true });
   await ensurePackages(log);
   const bin = await ensureBinaries();
-  // A fresh cluster each time: no pods or objects from an earlier run come back.
-  for (const stale of [PATHS.etcdData, PATHS.pods, PATHS.auditLog, PATHS.logs, PATHS.pids]) {
-    await Deno.remove(stale, { recursive: true }).catch(() => {});
+  const unusable = await unusableReason();
+  if (unusable) {
+    // Only here is a fresh cluster made: nothing worth keeping survived.
+    log(`${unusable}: building a fresh cluster`);
+    await down({ quiet: true });
+    for (const stale of [PATHS.etcdData, PATHS.pods, PATHS.auditLog, PATHS.logs, PATHS.pids]) {
+      await Deno.remove(stale, { recursive: true }).catch(() => {});
+    }
+  } else {
+    // Partly up (a daemon died or was killed): other people's objects live in etcd and
+    // their pods in the namespaces, so restart only what is dead.
+    const dead = DAEMONS.filter((name) => !daemonsAlive([name]));
+    log(`restarting ${dead.join(", ") || "nothing"} (keeping etcd data and pods)`);
+    for (const name of dead) await stopStrays(bin, name);
   }
   for (const dir of [RUN_DIR, PATHS.logs, PATHS.pids, PATHS.pods]) {
     await Deno.mkdir(dir, { recursive: true });
   }
   await ensureCerts();
   await writeConfigs();
-  await createNodeNetwork();
+  if (unusable) await createNodeNetwork();
 
+  // startDaemonOnce leaves a live daemon alone, so these steps serve a fresh start and a
+  // partial restart alike; every apply below is idempotent.
   const specs = new Map(daemonSpecs(bin).map((spec) => [spec.name, spec]));
   const start = (name: string) => startDaemonOnce(specs.get(name)!);
   start("etcd");
@@ -170,6 +182,38 @@ async function waitForDns(): Promise<void> {
     60_000,
     500,
   );
+}
+
+/**
+ * Why the cluster's state cannot be restarted in place (so `up` must build afresh), or
+ * undefined when restarting the dead daemons is enough: etcd's data, the certificates and the
+ * node namespace (which holds every pod's link) must all have survived.
+ */
+async function unusableReason(): Promise<string | undefined> {
+  const exists = (path: string) => Deno.stat(path).then(() => true, () => false);
+  if (!await exists(`${PATHS.etcdData}/member`)) return "no etcd data";
+  if (!await exists(certFile("ca", "crt"))) return "no cluster CA";
+  if (!await nodeNetworkExists()) return `no node namespace ${NODE_NETNS}`;
+  return undefined;
+}
+
+/**
+ * Stops processes of the daemon `name` that its pid file does not name (an `up` that crashed,
+ * a lost pid file), so the restarted one does not find its ports taken.
+ */
+async function stopStrays(bin: string, name: string): Promise<void> {
+  const shim = `${REPO_DIR}/scripts/cluster/shim/main.ts`;
+  for (const pid of await strayProcesses(bin)) {
+    try {
+      const cmdline = (await Deno.readTextFile(`/proc/${pid}/cmdline`)).split("\0");
+      const isIt = name === "kubelet-shim"
+        ? cmdline.includes(shim)
+        : cmdline[0] === `${bin}/${name}`;
+      if (isIt) await stopProcess(pid, 2000);
+    } catch {
+      // gone meanwhile
+    }
+  }
 }
 
 /** Processes of this cluster that no pid file names any more (a crashed `up`, a lost pid). */

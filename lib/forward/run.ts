@@ -5,6 +5,7 @@
  * listener settled) before the agent pod exists, so a typo creates nothing in the cluster;
  * once the agent exists, every exit path deletes it.
  */
+import { Watch } from "@kubernetes/client-node";
 import { UsageError } from "../errors.ts";
 import { parseDuration } from "../cli/duration.ts";
 import {
@@ -16,6 +17,7 @@ import {
 import { checkAgentAccess } from "../kube/access.ts";
 import { type Kube, loadKube } from "../kube/config.ts";
 import { dialPortForward } from "../kube/portforward.ts";
+import { type FollowPods, followPods } from "../kube/ready_pods.ts";
 import { type ResolvedForward, resolveTarget } from "../kube/resolve.ts";
 import {
   bindPort,
@@ -109,7 +111,15 @@ export async function runForwards(options: RunForwardsOptions): Promise<void> {
   });
   let started = false;
   try {
-    const routes = await resolveRoutes(kube, plan, listeners);
+    // Workload and headless-Service targets watch their pods until relay stops (stop.signal
+    // ends every watch before kube.close() below).
+    const follow = followPods({
+      watch: new Watch(kube.config),
+      core: kube.core,
+      signal: stop.signal,
+      onError: (line) => logger.debug(line),
+    });
+    const routes = await resolveRoutes(kube, plan, listeners, follow);
     // A withheld permission fails here, naming it, before a Job exists that relay could not
     // reach or delete.
     await checkAgentAccess(kube, run.agentNamespace ?? kube.namespace);
@@ -137,6 +147,8 @@ export async function runForwards(options: RunForwardsOptions): Promise<void> {
     signal.removeEventListener("abort", onSignal);
     pool?.close();
     if (started) await stopAgent(supervisor, logger);
+    // Ends the pod watches on every exit path, an error before serving included.
+    stop.abort();
     kube.close();
   }
   if (fatal) throw fatal;
@@ -198,7 +210,12 @@ function agentIdleExit(): string | undefined {
 }
 
 /** Resolves every binding's target and settles its listeners on the resolved protocol. */
-async function resolveRoutes(kube: Kube, plan: Plan, listeners: ListenerSet): Promise<Route[]> {
+async function resolveRoutes(
+  kube: Kube,
+  plan: Plan,
+  listeners: ListenerSet,
+  follow: FollowPods,
+): Promise<Route[]> {
   const routes: Route[] = [];
   const bindOptions = {
     addresses: plan.options.addresses,
@@ -206,7 +223,12 @@ async function resolveRoutes(kube: Kube, plan: Plan, listeners: ListenerSet): Pr
   };
   for (const forward of plan.forwards) {
     const bindings = listeners.bindings.filter((b) => b.forward === forward);
-    const resolved = await resolveTarget(kube, forward.target, bindings.map((b) => b.port));
+    const resolved = await resolveTarget(
+      kube,
+      forward.target,
+      bindings.map((b) => b.port),
+      follow,
+    );
     bindings.forEach((binding, i) => {
       const target = resolved[i];
       const want = target.protocol;

@@ -17,6 +17,7 @@ import type { PortSpec, TargetKind, TargetRef } from "../plan.ts";
 import type { Protocol } from "../tunnel/types.ts";
 import { apiError, KubeError, UsageError } from "./errors.ts";
 import { pickReadyPod, selectorString } from "./pods.ts";
+import type { FollowPods, PodFollower } from "./ready_pods.ts";
 
 /** The API calls resolution makes; a loaded {@link Kube} has them, tests pass stubs. */
 export interface ResolveApi {
@@ -62,6 +63,8 @@ export async function resolveTarget(
   api: ResolveApi,
   target: TargetRef,
   ports: readonly PortSpec[],
+  /** Follows a selector's pods by watch; without it every new connection lists them. */
+  follow?: FollowPods,
 ): Promise<ResolvedForward[]> {
   const namespace = target.namespace ?? api.namespace;
   const object = `${target.kind}/${target.name}`;
@@ -87,7 +90,11 @@ export async function resolveTarget(
 
   if (target.kind === "svc") {
     const service = await readService(api, namespace, target.name);
-    return ports.map((spec) => resolveServicePort(api, service, object, namespace, spec));
+    const selector = service.spec?.selector;
+    const follower = follow && isHeadless(service) && selector && Object.keys(selector).length > 0
+      ? await follow(namespace, selectorString({ matchLabels: selector }))
+      : undefined;
+    return ports.map((spec) => resolveServicePort(api, service, object, namespace, spec, follower));
   }
 
   if (target.kind === "pod") {
@@ -122,6 +129,7 @@ export async function resolveTarget(
   if (WORKLOADS.has(target.kind)) {
     const { selector, template } = await readWorkload(api, target.kind, namespace, target.name);
     const selectorText = selectorString(selector);
+    const follower = await follow?.(namespace, selectorText);
     return ports.map((spec) => {
       const templatePort = pickContainerPort(template, spec, object);
       return {
@@ -132,7 +140,7 @@ export async function resolveTarget(
           ? protocolOf(templatePort.protocol, object, spec)
           : spec.protocol ?? "tcp",
         destination: async () => {
-          const pod = await readyPod(api, namespace, selectorText, object);
+          const pod = await readyPod(api, namespace, selectorText, object, follower);
           // Named ports are looked up on the chosen pod: a rollout may renumber them.
           const port = typeof spec.remote === "number"
             ? spec.remote
@@ -192,6 +200,7 @@ function resolveServicePort(
   object: string,
   namespace: string,
   spec: PortSpec,
+  follower: PodFollower | undefined,
 ): ResolvedForward {
   const label = `${object}:${spec.remote}`;
   const servicePort = pickServicePort(service, spec, object);
@@ -227,7 +236,7 @@ function resolveServicePort(
     spec,
     protocol,
     destination: async () => {
-      const pod = await readyPod(api, namespace, selectorText, object);
+      const pod = await readyPod(api, namespace, selectorText, object, follower);
       const port = typeof targetPort === "number" || /^\d+$/.test(targetPort)
         ? Number(targetPort)
         : namedContainerPort(pod, targetPort, object);
@@ -356,18 +365,30 @@ async function readPod(api: ResolveApi, namespace: string, name: string): Promis
   }
 }
 
-/** The newest Ready pod matching `selector`, or an error saying there is none. */
+/** Whether a Service is headless: its Ready pods are the destinations, not a clusterIP. */
+function isHeadless(service: V1Service): boolean {
+  return service.spec?.type !== "ExternalName" &&
+    (!service.spec?.clusterIP || service.spec.clusterIP === "None");
+}
+
+/**
+ * The newest Ready pod matching `selector`, or an error saying there is none: from the
+ * follower's watched set when it is current, else from a list.
+ */
 async function readyPod(
   api: ResolveApi,
   namespace: string,
   selector: string,
   object: string,
+  follower?: PodFollower,
 ): Promise<V1Pod> {
-  let pods: V1Pod[];
-  try {
-    pods = (await api.core.listNamespacedPod({ namespace, labelSelector: selector })).items;
-  } catch (error) {
-    throw apiError(error, { verb: "list", resource: "pods", namespace });
+  let pods = follower?.pods();
+  if (!pods) {
+    try {
+      pods = (await api.core.listNamespacedPod({ namespace, labelSelector: selector })).items;
+    } catch (error) {
+      throw apiError(error, { verb: "list", resource: "pods", namespace });
+    }
   }
   const pod = pickReadyPod(pods);
   if (!pod) {

@@ -323,7 +323,9 @@ Deno.test({
 // ----- an idle-cutting proxy between the client and the API server ----------------------
 
 /** A haproxy in TCP mode (TLS passes through) that cuts connections idle for 5 s. */
-async function startIdleCuttingProxy(): Promise<{ port: number; stop(): Promise<void> }> {
+async function startIdleCuttingProxy(): Promise<
+  { port: number; pid: number; stop(): Promise<void> }
+> {
   const server = new URL(
     (JSON.parse(await Deno.readTextFile(KUBECONFIG)) as {
       clusters: { cluster: { server: string } }[];
@@ -366,8 +368,11 @@ async function startIdleCuttingProxy(): Promise<{ port: number; stop(): Promise<
   }, { timeoutMs: 10_000, intervalMs: 100 });
   return {
     port,
+    pid: child.pid,
     async stop() {
       try {
+        // A stopped proxy ignores SIGTERM until it runs again.
+        child.kill("SIGCONT");
         child.kill("SIGTERM");
       } catch {
         // exited already
@@ -484,6 +489,52 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "story: a second Ctrl-C while deleting the agent hangs exits at once with 130",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("res-int2");
+    await createEchoWorkloads(ns.name, ["pod"]);
+    const proxy = await startIdleCuttingProxy();
+    const kubeconfig = await proxiedKubeconfig(proxy.port);
+    let relay: Awaited<ReturnType<typeof startRelay>> | undefined;
+    try {
+      relay = await startRelay(["-n", ns.name, "pod/echo-pod", ":8080"], {
+        env: { KUBECONFIG: kubeconfig },
+      });
+      assertEquals(await greet(relay.ports[0]), "echo-pod");
+      await onlyAgentPod(ns.name);
+      // relay's only way to the API server is frozen: deleting the agent cannot finish.
+      Deno.kill(proxy.pid, "SIGSTOP");
+      const exit = relay.exited.then((code) => ({ code, at: Date.now() }));
+      Deno.kill(relay.pid, "SIGINT");
+      const stillCleaning = await Promise.race([
+        exit.then(() => false),
+        new Promise<true>((resolve) => setTimeout(() => resolve(true), 3_000)),
+      ]);
+      assert(
+        stillCleaning,
+        `relay exited on the first SIGINT, the test shows nothing:\n${relay.stderr()}`,
+      );
+      const secondAt = Date.now();
+      Deno.kill(relay.pid, "SIGINT");
+      const { code, at } = await within(2_000, "relay to exit on the second SIGINT", exit);
+      assertEquals(code, 130, relay.stderr());
+      console.log(`exited ${at - secondAt} ms after the second SIGINT`);
+    } finally {
+      // The proxy runs again before anything else, so no cleanup below can hang on it.
+      Deno.kill(proxy.pid, "SIGCONT");
+      await relay?.stop("SIGKILL");
+      await proxy.stop();
+      await Deno.remove(kubeconfig);
+      // relay gave up on it: the admin removes the agent, as a user would.
+      await kubectl(["delete", "jobs,pods", "-n", ns.name, "-l", AGENT_SELECTOR, "--wait=false"]);
+    }
+  },
+});
+
 // ----- last: the API server restarts --------------------------------------------------------
 
 /**
@@ -509,8 +560,8 @@ async function killApiServer(): Promise<string[]> {
 
 /**
  * Starts kube-apiserver again with the same command line, log and pid file, and waits for
- * /readyz. Not `cluster up`: that rebuilds a fresh cluster when a daemon is down, which
- * would wipe every other test's objects.
+ * /readyz. Not `cluster up`: that would restart it too (keeping etcd), but the test wants
+ * the exact command line back and no other daemon touched.
  */
 async function restartApiServer(argv: string[]): Promise<void> {
   startDaemonOnce({ name: "kube-apiserver", argv });
