@@ -32,9 +32,16 @@ export const systemResolver: Resolver = async (hostname) => {
   return found.map((a) => a.address);
 };
 
-/** Deno's TCP connect, with no further name resolution (it is only given IP literals). */
-export const denoConnector: TcpConnector = ({ hostname, port, signal }) =>
-  Deno.connect({ hostname, port, signal, transport: "tcp" });
+/**
+ * Deno's TCP connect, with no further name resolution (it is only given IP literals). Nagle
+ * off: the tunnel already batches, and a small reply held back for an ACK would add a
+ * delayed-ACK wait to every request/response round trip through the agent.
+ */
+export const denoConnector: TcpConnector = async ({ hostname, port, signal }) => {
+  const conn = await Deno.connect({ hostname, port, signal, transport: "tcp" });
+  conn.setNoDelay(true);
+  return conn;
+};
 
 /** True for an IPv4 or IPv6 literal, which needs no resolver. */
 export function isIpLiteral(host: string): boolean {

@@ -2,6 +2,7 @@ import { assert, assertEquals, assertRejects } from "./kube_assert.ts";
 import { dialPortForward, PORT_FORWARD_PROTOCOL, portForwardUrl } from "../lib/kube/portforward.ts";
 import { loadKube } from "../lib/kube/config.ts";
 import { KubeError } from "../lib/kube/errors.ts";
+import { withHeadroom } from "../lib/tunnel/duplex.ts";
 import { UsageError } from "../lib/errors.ts";
 import {
   type FakeApiServer,
@@ -114,6 +115,14 @@ Deno.test("dialPortForward: framing, headers, large messages and close", async (
     await writer.write(big.subarray(0, 65537));
     await writer.write(big.subarray(65537));
     assertEquals(await echoed, big);
+
+    // A chunk with room for the channel byte in front goes out in place, bytes unchanged.
+    assertEquals(duplex.headroom, 1);
+    const roomy = withHeadroom(1000, 1);
+    roomy.fill(7);
+    const echoedRoomy = readAll(duplex.readable, 1000);
+    await writer.write(roomy);
+    assertEquals(await echoedRoomy, new Uint8Array(1000).fill(7));
 
     await writer.close();
     const reader = duplex.readable.getReader();

@@ -12,6 +12,7 @@ import {
   parseIPv6,
   writeHeader,
 } from "../lib/tunnel/frame.ts";
+import { FrameWriter } from "../lib/tunnel/writer.ts";
 
 const bytes = (...xs: number[]) => new Uint8Array(xs);
 
@@ -306,4 +307,26 @@ Deno.test("frame: fuzz — any length field, on any frame, never allocates past 
   );
   // Bounded: thousands of hostile inputs decode in well under the CI budget.
   assertEquals(performance.now() - started < 20_000, true);
+});
+
+Deno.test("writer: window updates go out ahead of data already queued", async () => {
+  const batches: Uint8Array[] = [];
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => (release = resolve));
+  const sink = new WritableStream<Uint8Array>({
+    async write(chunk) {
+      batches.push(chunk.slice());
+      if (batches.length === 1) await held; // the transport is busy with the first batch
+    },
+  });
+  const writer = new FrameWriter(sink.getWriter());
+  writer.sendRaw(FrameType.DATA, 1, new Uint8Array(10));
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  writer.sendRaw(FrameType.DATA, 1, new Uint8Array(20));
+  writer.sendRaw(FrameType.FIN, 1, new Uint8Array(0));
+  writer.send({ type: FrameType.WINDOW, streamId: 3, increment: 4096 });
+  release();
+  await writer.drained();
+  const frames = new FrameDecoder().push(batches[1]);
+  assertEquals(frames.map((f) => f.type), [FrameType.WINDOW, FrameType.DATA, FrameType.FIN]);
 });

@@ -18,7 +18,7 @@ const MiB = 1024 * 1024;
 /** A client and an agent tunnel over an in-memory pair; the agent handles opens with `onOpen`. */
 async function tunnelPair(
   onOpen: OpenHandler,
-  extra: { streamWindow?: number; udpQueue?: number } = {},
+  extra: { streamWindow?: number; maxStreamWindow?: number; udpQueue?: number } = {},
 ): Promise<{ client: Tunnel; agent: Tunnel; close: () => Promise<void> }> {
   const [a, b] = duplexPair();
   const [client, agent] = await Promise.all([
@@ -319,6 +319,30 @@ Deno.test("session: a stalled reader on one stream does not stop another", async
   assertEquals(seen, 64 * MiB);
   assert(a.buffered > 0, "stream A received nothing");
   assert(a.buffered <= WINDOW, `stream A buffered ${a.buffered} bytes, window ${WINDOW}`);
+  a.reset("done");
+  await close();
+});
+
+Deno.test("session: a fast reader grows its window; stalled, it buffers at most that window", async () => {
+  const WINDOW = 64 * 1024;
+  const MAX = 1 * MiB;
+  const handler: OpenHandler = () =>
+    Promise.resolve({ readable: patternSource(64 * MiB), writable: new WritableStream() });
+  const { client, close } = await tunnelPair(handler, {
+    streamWindow: WINDOW,
+    maxStreamWindow: MAX,
+  });
+  const a = await client.open({ protocol: "tcp", host: "h", port: 1 }) as MuxStream;
+  assertEquals(a.receiveWindow, WINDOW);
+  const reader = a.readable.getReader();
+  let read = 0;
+  while (read < 16 * MiB) read += (await reader.read()).value!.length;
+  assert(a.receiveWindow > WINDOW, `window did not grow from ${WINDOW}`);
+  assert(a.receiveWindow <= MAX, `window ${a.receiveWindow} grew past ${MAX}`);
+  // The reader stops: the sender fills what it was granted, and no more.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert(a.buffered > 0, "nothing arrived after the reader stopped");
+  assert(a.buffered <= a.receiveWindow, `buffered ${a.buffered}, window ${a.receiveWindow}`);
   a.reset("done");
   await close();
 });

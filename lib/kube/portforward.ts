@@ -6,6 +6,7 @@
  * message on each channel carries the port, two bytes little-endian, which is checked and
  * stripped. Outgoing data is `[0, ...bytes]`. Text on the error channel fails the readable.
  */
+import { claimHeadroom } from "../tunnel/duplex.ts";
 import type { Duplex } from "../tunnel/types.ts";
 import type { RawConnection } from "./config.ts";
 import { KubeError, UsageError } from "./errors.ts";
@@ -136,6 +137,8 @@ function statusMessage(body: string): string | undefined {
 class PortForwardDuplex implements Duplex {
   readonly readable: ReadableStream<Uint8Array>;
   readonly writable: WritableStream<Uint8Array>;
+  /** Room for the channel byte, so the tunnel's batches are sent without another copy. */
+  readonly headroom = 1;
   readonly #socket: WebSocket;
   readonly #target: PortForwardTarget;
   readonly #maxBuffered: number;
@@ -217,10 +220,14 @@ class PortForwardDuplex implements Duplex {
     if (this.#socket.readyState !== WebSocket.OPEN) {
       throw new KubeError(`port-forward to pod/${this.#target.pod} is closed`);
     }
-    // The one copy per chunk: the channel byte must precede the payload in one message.
-    const message = new Uint8Array(chunk.length + 1);
+    // The channel byte must precede the payload in one message: in the chunk's headroom
+    // when it has some (the tunnel's batches do), else in a copy.
+    let message = claimHeadroom(chunk, 1);
+    if (message === null) {
+      message = new Uint8Array(chunk.length + 1);
+      message.set(chunk, 1);
+    }
     message[0] = DATA_CHANNEL;
-    message.set(chunk, 1);
     this.#socket.send(message);
     // Deno's WebSocket has no "drain" event; poll only while above the mark.
     while (this.#socket.bufferedAmount > this.#maxBuffered) {

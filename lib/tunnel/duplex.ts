@@ -4,6 +4,26 @@
  */
 import type { Duplex } from "./types.ts";
 
+/** Buffers made by withHeadroom whose spare front bytes no one has claimed yet. */
+const spareFront = new WeakSet<ArrayBufferLike>();
+
+/** A fresh `size`-byte chunk with `headroom` spare bytes in front that claimHeadroom may use. */
+export function withHeadroom(size: number, headroom: number): Uint8Array {
+  const buffer = new ArrayBuffer(headroom + size);
+  if (headroom > 0) spareFront.add(buffer);
+  return new Uint8Array(buffer, headroom, size);
+}
+
+/**
+ * `chunk` widened by its `headroom` spare front bytes, if withHeadroom made it and they are
+ * unclaimed (else null): only then may they be overwritten without touching anyone's data.
+ */
+export function claimHeadroom(chunk: Uint8Array, headroom: number): Uint8Array | null {
+  if (chunk.byteOffset !== headroom || !spareFront.has(chunk.buffer)) return null;
+  spareFront.delete(chunk.buffer);
+  return new Uint8Array(chunk.buffer, 0, headroom + chunk.length);
+}
+
 /** Two connected duplexes: bytes written to one's writable come out of the other's readable. */
 export function duplexPair(): [Duplex, Duplex] {
   const aToB = new TransformStream<Uint8Array, Uint8Array>();
@@ -14,9 +34,13 @@ export function duplexPair(): [Duplex, Duplex] {
   ];
 }
 
-/** Reads smaller than this are copied out so a large read buffer is not pinned by a few bytes. */
-const COPY_BELOW = 16 * 1024;
-const READ_SIZE = 64 * 1024;
+/**
+ * Read buffer sizes. Every open connection holds one buffer in its pending read, so an idle
+ * one gets a small buffer (1,000 idle connections: 4 MiB instead of 64 MiB); a read that
+ * fills it switches to the large one, which bulk transfers need (frames of up to 64 KiB).
+ */
+const SMALL_READ = 4 * 1024;
+const LARGE_READ = 64 * 1024;
 
 /**
  * A connection as a Duplex whose writable's close() sends a FIN (closeWrite) instead of
@@ -42,9 +66,10 @@ export function connDuplex(conn: Deno.Conn): Duplex {
     if (readDone && writeDone) closeConn();
   };
 
+  let readSize = SMALL_READ;
   const readable = new ReadableStream<Uint8Array>({
     async pull(controller) {
-      const buf = new Uint8Array(READ_SIZE);
+      const buf = new Uint8Array(readSize);
       let n: number | null;
       try {
         n = await conn.read(buf);
@@ -59,7 +84,12 @@ export function connDuplex(conn: Deno.Conn): Duplex {
         finishOne();
         return;
       }
-      controller.enqueue(n < COPY_BELOW ? buf.slice(0, n) : buf.subarray(0, n));
+      // A full read means more is waiting: read big. One that would have fit the small
+      // buffer means the burst is over: back to small.
+      if (n === buf.length) readSize = LARGE_READ;
+      else if (n <= SMALL_READ) readSize = SMALL_READ;
+      // Copy a short read out, so a few bytes do not pin a large buffer while they wait.
+      controller.enqueue(n * 4 < buf.length ? buf.slice(0, n) : buf.subarray(0, n));
     },
     cancel() {
       readDone = true;

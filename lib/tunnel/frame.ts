@@ -102,7 +102,7 @@ export interface DataFrame {
   payload: Uint8Array;
 }
 
-/** Credit: the receiver consumed `increment` more bytes of the stream. */
+/** Credit: the receiver consumed `increment` more bytes of the stream, or grew its window by them. */
 export interface WindowFrame {
   type: typeof FrameType.WINDOW;
   streamId: number;

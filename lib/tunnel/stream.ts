@@ -21,6 +21,20 @@ export const MAX_DATA = 64 * 1024;
  */
 export const UDP_WINDOW = 64 * 1024;
 
+/**
+ * Receive-window auto-tuning (as HTTP/2 and QUIC stacks do): a TCP stream starts with the
+ * handshake's window, so an idle, slow or short stream costs little memory, and doubles it
+ * (up to limits.maxReceiveWindow) each time its reader takes a whole window in less than
+ * this long — a stream that fast is held back by the credit round trip (which, under load,
+ * includes the tunnel's queues), not by its reader. A stalled reader takes nothing, grants
+ * nothing and never grows, so what a stream buffers stays within its current window. Growth
+ * is sent as extra WINDOW credit: the wire protocol is unchanged and the sender needs no
+ * part in it. On the test cluster's bulk echo, 25 ms did not grow the window; 50 ms grows
+ * it to 8 MiB within the first MiBs, and bulk went from ~25–35 to ~50–60 MB/s (a fixed
+ * 2 MiB window: ~58) on a busy 2-core machine.
+ */
+const GROW_WITHIN_MS = 50;
+
 /** What a stream needs from its session. */
 export interface StreamHost {
   readonly writer: FrameWriter;
@@ -30,8 +44,10 @@ export interface StreamHost {
 
 /** Tunables for one stream. */
 export interface StreamLimits {
-  /** Bytes we let the peer have in flight toward us (TCP). */
+  /** Bytes we let the peer have in flight toward us at first (TCP). */
   receiveWindow: number;
+  /** Most a stream's receive window may grow to while its reader keeps up (TCP). */
+  maxReceiveWindow: number;
   /** Bytes the peer lets us have in flight toward it (TCP). */
   sendWindow: number;
   /** Datagrams queued for a slow reader before new ones are dropped (UDP). */
@@ -66,6 +82,11 @@ export class MuxStream implements TunnelStream {
   private remoteFin = false;
   private readDone = false;
   private unacked = 0;
+  /** The current receive window: starts at limits.receiveWindow, grows while read fast. */
+  private window: number;
+  /** Bytes read since epochStart: how fast the reader takes a window decides growth. */
+  private readSinceGrowth = 0;
+  private epochStart = performance.now();
 
   // send side
   private sendCredit: number;
@@ -83,6 +104,7 @@ export class MuxStream implements TunnelStream {
   ) {
     this.udp = request.protocol === "udp";
     this.sendCredit = this.udp ? Math.min(limits.sendWindow, UDP_WINDOW) : limits.sendWindow;
+    this.window = this.udp ? Math.min(limits.receiveWindow, UDP_WINDOW) : limits.receiveWindow;
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     this.readable = new ReadableStream<Uint8Array>({
       start: (c) => void (this.readController = c),
@@ -100,6 +122,11 @@ export class MuxStream implements TunnelStream {
   /** Bytes received and not yet read (for TCP never more than the receive window). */
   get buffered(): number {
     return this.queuedBytes;
+  }
+
+  /** The current receive window (TCP: grows from the initial one while the reader keeps up). */
+  get receiveWindow(): number {
+    return this.window;
   }
 
   /** Abandons both directions and tells the peer. */
@@ -122,7 +149,7 @@ export class MuxStream implements TunnelStream {
         this.consumed(payload.length);
         return true;
       }
-    } else if (this.queuedBytes + payload.length > this.limits.receiveWindow) {
+    } else if (this.queuedBytes + payload.length > this.window) {
       return false;
     }
     if (this.pendingPull) {
@@ -230,15 +257,25 @@ export class MuxStream implements TunnelStream {
   private consumed(n: number): void {
     if (this.remoteFin) return;
     this.unacked += n;
-    const window = this.udp
-      ? Math.min(this.limits.receiveWindow, UDP_WINDOW)
-      : this.limits.receiveWindow;
-    if (this.unacked >= window / 4) {
-      const payload = new Uint8Array(4);
-      new DataView(payload.buffer).setUint32(0, this.unacked);
-      this.unacked = 0;
-      this.host.writer.sendRaw(FrameType.WINDOW, this.id, payload);
+    if (this.unacked < this.window / 4) return;
+    let increment = this.unacked;
+    this.unacked = 0;
+    if (!this.udp && this.window < this.limits.maxReceiveWindow) {
+      this.readSinceGrowth += increment;
+      if (this.readSinceGrowth >= this.window) {
+        const now = performance.now();
+        if (now - this.epochStart < GROW_WITHIN_MS) {
+          const growth = Math.min(this.window, this.limits.maxReceiveWindow - this.window);
+          this.window += growth;
+          increment += growth;
+        }
+        this.readSinceGrowth = 0;
+        this.epochStart = now;
+      }
     }
+    const payload = new Uint8Array(4);
+    new DataView(payload.buffer).setUint32(0, increment);
+    this.host.writer.sendRaw(FrameType.WINDOW, this.id, payload);
   }
 
   private onReadCancel(): void {

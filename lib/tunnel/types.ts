@@ -12,6 +12,12 @@
 export interface Duplex {
   readonly readable: ReadableStream<Uint8Array>;
   readonly writable: WritableStream<Uint8Array>;
+  /**
+   * Bytes a message-framed writable (the port-forward WebSocket: a channel byte) would put in
+   * front of each chunk. A writer that allocates its chunks with `withHeadroom` (duplex.ts)
+   * lets the transport write its header there instead of copying the chunk.
+   */
+  readonly headroom?: number;
 }
 
 /** The transport protocol a stream carries to its destination. */
@@ -73,6 +79,8 @@ export interface TunnelOptions {
   onOpen?: OpenHandler;
   /** Bytes a stream may have in flight before its reader must catch up. */
   streamWindow?: number;
+  /** Most a stream's window grows to while its reader keeps up (default 8 MiB). */
+  maxStreamWindow?: number;
   /** Send a ping after this much silence (ms); 0 turns keep-alive off. */
   keepAliveMs?: number;
   /** Told once per stream, in either direction, when it has ended (e.g. to report UDP drops). */

@@ -3,7 +3,8 @@
  * back to back into one buffer per batch and written with one call, so many small frames
  * (window updates, pongs, small data) cost one transport write.
  */
-import { encodePayload, type Frame, HEADER_SIZE, writeHeader } from "./frame.ts";
+import { withHeadroom } from "./duplex.ts";
+import { encodePayload, type Frame, FrameType, HEADER_SIZE, writeHeader } from "./frame.ts";
 
 /** Bytes queued beyond which data senders wait (control frames are never refused). */
 const HIGH_WATER = 1024 * 1024;
@@ -19,6 +20,12 @@ interface Queued {
 /** Serializes frames onto a transport's writable. */
 export class FrameWriter {
   private queue: Queued[] = [];
+  /**
+   * Credit and keep-alive frames, which go out ahead of queued data: a WINDOW frame stuck
+   * behind a MiB of the other direction's data stretches every stream's credit round trip,
+   * and with it what a window can carry. Their order relative to DATA/FIN does not matter.
+   */
+  private urgent: Queued[] = [];
   private head = 0;
   private queued = 0;
   private flushing = false;
@@ -29,7 +36,11 @@ export class FrameWriter {
   /** Told once if the transport refuses a write. */
   onError: (error: unknown) => void = () => {};
 
-  constructor(private readonly writer: WritableStreamDefaultWriter<Uint8Array>) {}
+  /** `headroom`: the transport's (Duplex.headroom), left free before each batch. */
+  constructor(
+    private readonly writer: WritableStreamDefaultWriter<Uint8Array>,
+    private readonly headroom = 0,
+  ) {}
 
   /** Bytes waiting to be written. */
   get queuedBytes(): number {
@@ -49,7 +60,9 @@ export class FrameWriter {
   /** Queues a frame from its parts. */
   sendRaw(type: number, streamId: number, payload: Uint8Array): void {
     if (this.failure !== null) return;
-    this.queue.push({ type, streamId, payload });
+    const urgent = type === FrameType.WINDOW || type === FrameType.PING ||
+      type === FrameType.PONG;
+    (urgent ? this.urgent : this.queue).push({ type, streamId, payload });
     this.queued += HEADER_SIZE + payload.length;
     if (!this.flushing) {
       this.flushing = true;
@@ -76,6 +89,7 @@ export class FrameWriter {
     const failed = this.failure !== null;
     this.failure ??= new Error("tunnel writer closed");
     this.queue = [];
+    this.urgent = [];
     this.wake();
     try {
       if (abort || failed) await this.writer.abort();
@@ -87,7 +101,9 @@ export class FrameWriter {
 
   private async flush(): Promise<void> {
     try {
-      while (this.head < this.queue.length && this.failure === null) {
+      while (
+        (this.urgent.length > 0 || this.head < this.queue.length) && this.failure === null
+      ) {
         const batch = this.cutBatch();
         await this.writer.write(batch);
         if (this.queued < HIGH_WATER) this.wakeRoom();
@@ -106,7 +122,10 @@ export class FrameWriter {
   }
 
   private cutBatch(): Uint8Array {
+    const urgent = this.urgent;
+    this.urgent = [];
     let size = 0;
+    for (const f of urgent) size += HEADER_SIZE + f.payload.length;
     let end = this.head;
     while (end < this.queue.length) {
       const n = HEADER_SIZE + this.queue[end].payload.length;
@@ -114,8 +133,14 @@ export class FrameWriter {
       size += n;
       end++;
     }
-    const out = new Uint8Array(size);
+    // The one copy on the way out: the transport frames this batch in place (headroom).
+    const out = withHeadroom(size, this.headroom);
     let at = 0;
+    for (const { type, streamId, payload } of urgent) {
+      writeHeader(out, at, type, streamId, payload.length);
+      out.set(payload, at + HEADER_SIZE);
+      at += HEADER_SIZE + payload.length;
+    }
     for (let i = this.head; i < end; i++) {
       const { type, streamId, payload } = this.queue[i];
       writeHeader(out, at, type, streamId, payload.length);
