@@ -186,7 +186,7 @@ Deno.test({
     await using ns = await createTestNamespace("res-roll");
     const echo = await createEchoWorkloads(ns.name, ["deploy"]);
     const oldPod = echo.pods.deploy;
-    await using relay = await startRelay(["-n", ns.name, "deploy/echo", ":8080"]);
+    await using relay = await startRelay(["-v", "-n", ns.name, "deploy/echo", ":8080"]);
     const port = relay.ports[0];
     assertEquals(await greet(port), oldPod);
 
@@ -233,7 +233,11 @@ Deno.test({
       const after = results.filter((r) => r.at > readyAt);
       assert(after.length >= 20, `only ${after.length} connections after the new pod was Ready`);
       const failed = after.filter((r) => r.error);
-      assertEquals(failed, [], `connections failed after ${newPod} was Ready`);
+      assertEquals(
+        failed,
+        [],
+        `connections failed after ${newPod} was Ready; relay said:\n${relay.stderr()}`,
+      );
       assertEquals([...new Set(after.map((r) => r.pod))], [newPod]);
       console.log(
         `${results.length} connections, ${results.filter((r) => r.error).length} failed ` +
