@@ -39,13 +39,15 @@ export interface ListWatchOptions<T extends KubernetesObject> {
 const MIN_RETRY_MS = 250;
 const MAX_RETRY_MS = 4000;
 /**
- * How long the API server keeps one watch open before the loop lists again: less than
- * client-node's 30 s inactivity abort, which under Deno can leave a watch hung without ever
- * calling `done`.
+ * How long the loop keeps one watch before it lists and watches again. It ends each watch
+ * itself, before the server's end (WATCH_SECONDS) and before client-node's 30 s inactivity
+ * abort: under Deno, a watch the server ended may never call `done`, so waiting for either
+ * would leave the set blind to changes until a later deadline (a rolling update in that gap
+ * went unseen).
  */
-const WATCH_SECONDS = 20;
-/** The backstop for a watch that the server was asked to end but never did. */
-const WATCH_DEADLINE_MS = (WATCH_SECONDS + 10) * 1000;
+const WATCH_DEADLINE_MS = 15_000;
+/** The server ends a watch after this long even if the loop somehow did not. */
+const WATCH_SECONDS = 25;
 
 /** A watch's failure as relay's errors read it: client-node puts the HTTP status elsewhere. */
 function watchFailure(error: unknown): unknown {

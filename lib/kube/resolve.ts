@@ -382,7 +382,10 @@ async function readyPod(
   object: string,
   follower?: PodFollower,
 ): Promise<V1Pod> {
-  let pods = follower?.pods();
+  const watched = follower?.pods();
+  // A watched set can lag a moment behind the cluster; before a connection fails for want
+  // of a Ready pod, a list has the last word.
+  let pods = watched && pickReadyPod(watched) ? watched : undefined;
   if (!pods) {
     try {
       pods = (await api.core.listNamespacedPod({ namespace, labelSelector: selector })).items;
