@@ -5,6 +5,7 @@
 import { parseIPv4, parseIPv6 } from "../lib/tunnel/frame.ts";
 import type { Duplex } from "../lib/tunnel/types.ts";
 import { kernelDrops } from "../lib/listen/udp_drops.ts";
+import { MAX_DATAGRAM } from "../lib/listen/udp.ts";
 import { resolveHost, type Resolver } from "./dial.ts";
 
 /** What a UDP session needs. */
@@ -19,9 +20,6 @@ export interface UdpSessionOptions {
    */
   onDrops?: (dropped: number) => void;
 }
-
-/** Datagrams smaller than this are copied out of the 64 KiB receive buffer. */
-const COPY_BELOW = 16 * 1024;
 
 /**
  * Opens a UDP "connection" to host:port: each chunk written is sent as one datagram, each
@@ -41,6 +39,7 @@ export async function dialUdp(
     port: 0,
   });
   const localPort = (socket.addr as Deno.NetAddr).port;
+  const buffer = new Uint8Array(MAX_DATAGRAM);
   let closed = false;
   let lastActive = Date.now();
   let idleTimer: ReturnType<typeof setTimeout> | undefined;
@@ -74,14 +73,14 @@ export async function dialUdp(
       while (!closed) {
         let datagram: Uint8Array, from: Deno.Addr;
         try {
-          [datagram, from] = await socket.receive();
+          [datagram, from] = await socket.receive(buffer);
         } catch {
           break; // the socket was closed (idle, or the client ended the session)
         }
         const peer = from as Deno.NetAddr;
         if (peer.port !== port || !sameAddress(addressBytes(peer.hostname), target)) continue;
         lastActive = Date.now();
-        controller.enqueue(datagram.length < COPY_BELOW ? datagram.slice() : datagram);
+        controller.enqueue(datagram.slice());
         return;
       }
       close();
