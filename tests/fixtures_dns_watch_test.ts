@@ -13,10 +13,15 @@ const SERVER = new URL("./fixtures/dns_server.ts", import.meta.url).pathname;
 
 type WatchEvent = { type: "ADDED" | "MODIFIED" | "DELETED"; object: Record<string, unknown> };
 
-/** One collection of the fake API: its current items and its open watch streams. */
+/**
+ * One collection of the fake API: its current items, every event so far and its open watch
+ * streams.
+ */
 class FakeCollection {
   items = new Map<string, Record<string, unknown>>();
   watchers = new Set<ReadableStreamDefaultController<Uint8Array>>();
+  /** Each pushed event, encoded, with the resourceVersion it created. */
+  history: { version: number; line: Uint8Array }[] = [];
   version = 1;
 
   constructor(readonly kind: string, initial: Record<string, unknown>[] = []) {
@@ -37,11 +42,20 @@ class FakeCollection {
     });
   }
 
-  watch(): Response {
+  /**
+   * Like a real API server, a watch from a resourceVersion first gets every event after it: a
+   * client's watch request reaches us some time after its list, and an event pushed in between
+   * must not be lost until the client happens to list again.
+   */
+  watch(resourceVersion: string | null): Response {
+    const since = Number(resourceVersion ?? this.version);
     let self: ReadableStreamDefaultController<Uint8Array>;
     const body = new ReadableStream<Uint8Array>({
       start: (controller) => {
         self = controller;
+        for (const { version, line } of this.history) {
+          if (version > since) controller.enqueue(line);
+        }
         this.watchers.add(controller);
       },
       cancel: () => {
@@ -58,6 +72,7 @@ class FakeCollection {
     if (type === "DELETED") this.items.delete(FakeCollection.key(object));
     else this.items.set(FakeCollection.key(object), object);
     const line = new TextEncoder().encode(JSON.stringify({ type, object }) + "\n");
+    this.history.push({ version: this.version, line });
     for (const watcher of this.watchers) watcher.enqueue(line);
   }
 
@@ -76,7 +91,9 @@ function startFakeApi(collections: Record<string, FakeCollection>) {
     const url = new URL(request.url);
     const collection = collections[url.pathname];
     if (!collection) return new Response("not found", { status: 404 });
-    return url.searchParams.get("watch") === "true" ? collection.watch() : collection.list();
+    return url.searchParams.get("watch") === "true"
+      ? collection.watch(url.searchParams.get("resourceVersion"))
+      : collection.list();
   });
 }
 
