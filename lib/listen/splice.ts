@@ -1,7 +1,9 @@
 /** Joins a local TCP connection to a tunnel stream, both ways. */
 import type { Duplex } from "../tunnel/types.ts";
 // The tunnel's own socket adapter: reads to EOF without closing, closes by closeWrite (FIN).
-import { connDuplex } from "../tunnel/duplex.ts";
+import { closeQuietly, connDuplex } from "../tunnel/duplex.ts";
+
+export { closeQuietly };
 
 /** A duplex that can also be reset, like a TunnelStream. */
 export type Peer = Duplex & { reset?(reason?: string): void };
@@ -28,13 +30,4 @@ export async function spliceConn(conn: Deno.Conn, peer: Peer): Promise<void> {
   const downstream = peer.readable.pipeTo(socket.writable, { signal }).catch(fail);
   await Promise.all([upstream, downstream]);
   closeQuietly(conn);
-}
-
-/** Closes a socket that may already be closed. */
-export function closeQuietly(closer: { close(): void }): void {
-  try {
-    closer.close();
-  } catch {
-    // Already closed: the goal is reached.
-  }
 }
