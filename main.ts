@@ -9,7 +9,6 @@ import { runAgent } from "./agent/mod.ts";
 import { createProgram, parseCommandLine } from "./lib/cli/program.ts";
 import { COMPLETION_SHELLS, isCompletionRequest, runCompletion } from "./lib/completion.ts";
 import { describeError, exitCodeOf, UsageError } from "./lib/errors.ts";
-import { runForwards } from "./lib/forward/run.ts";
 import { bindForwards } from "./lib/listen/bind.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
 import type { Plan } from "./lib/plan.ts";
@@ -57,6 +56,9 @@ async function forward(plan: Plan, logger: Logger): Promise<number> {
   const stop = new AbortController();
   const removeSignals = onStopSignals(stop);
   try {
+    // Loaded here, not at the top: the forwarding side brings @kubernetes/client-node
+    // (~90 MB resident), which `relay agent` in its pod has no use for.
+    const { runForwards } = await import("./lib/forward/run.ts");
     await runForwards({ plan, listeners, logger, signal: stop.signal });
     return 0;
   } finally {

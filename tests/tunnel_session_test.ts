@@ -18,7 +18,12 @@ const MiB = 1024 * 1024;
 /** A client and an agent tunnel over an in-memory pair; the agent handles opens with `onOpen`. */
 async function tunnelPair(
   onOpen: OpenHandler,
-  extra: { streamWindow?: number; maxStreamWindow?: number; udpQueue?: number } = {},
+  extra: {
+    streamWindow?: number;
+    maxStreamWindow?: number;
+    maxSessionGrowth?: number;
+    udpQueue?: number;
+  } = {},
 ): Promise<{ client: Tunnel; agent: Tunnel; close: () => Promise<void> }> {
   const [a, b] = duplexPair();
   const [client, agent] = await Promise.all([
@@ -344,6 +349,42 @@ Deno.test("session: a fast reader grows its window; stalled, it buffers at most 
   assert(a.buffered > 0, "nothing arrived after the reader stopped");
   assert(a.buffered <= a.receiveWindow, `buffered ${a.buffered}, window ${a.receiveWindow}`);
   a.reset("done");
+  await close();
+});
+
+Deno.test("session: fast streams share one growth budget, and give it back when they end", async () => {
+  const WINDOW = 64 * 1024;
+  const MAX = 4 * MiB;
+  const GROWTH = 1 * MiB;
+  const handler: OpenHandler = () =>
+    Promise.resolve({ readable: patternSource(8 * MiB), writable: new WritableStream() });
+  const { client, close } = await tunnelPair(handler, {
+    streamWindow: WINDOW,
+    maxStreamWindow: MAX,
+    maxSessionGrowth: GROWTH,
+  });
+  const drain = async (stream: MuxStream) => {
+    let read = 0;
+    for await (const chunk of stream.readable) read += chunk.length;
+    return read;
+  };
+  const streams = await Promise.all(
+    [1, 2, 3, 4].map((port) => client.open({ protocol: "tcp", host: "h", port })),
+  ) as MuxStream[];
+  const reads = await Promise.all(streams.map(drain));
+  // A window never shrinks, so the sum at the end is the most they held together.
+  const grown = streams.reduce((n, s) => n + s.receiveWindow - WINDOW, 0);
+  assertEquals(reads, [8 * MiB, 8 * MiB, 8 * MiB, 8 * MiB]);
+  assert(grown > 0, "no stream grew");
+  assert(grown <= GROWTH, `the streams grew by ${grown} together, more than ${GROWTH}`);
+  // With the others ended, one stream may take the whole budget again.
+  await Promise.all(streams.map(async (s) => {
+    await s.writable.close();
+    await s.closed;
+  }));
+  const next = await client.open({ protocol: "tcp", host: "h", port: 5 }) as MuxStream;
+  assertEquals(await drain(next), 8 * MiB);
+  assert(next.receiveWindow > WINDOW + GROWTH / 2, `grew only to ${next.receiveWindow}`);
   await close();
 });
 

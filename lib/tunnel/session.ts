@@ -16,14 +16,23 @@ import {
   type TunnelStream,
 } from "./types.ts";
 
-/** Default per-stream receive window a stream starts with. */
-export const DEFAULT_STREAM_WINDOW = 256 * 1024;
+/**
+ * Default per-stream receive window a stream starts with. Every open stream may have this
+ * much in flight toward us, so it is what 1,000 connections cost before any grows: 64 KiB
+ * (64 MiB for 1,000); a busy stream's window grows within a few round trips.
+ */
+export const DEFAULT_STREAM_WINDOW = 64 * 1024;
 /**
  * Default most a stream's receive window grows to while its reader keeps up (see stream.ts):
  * a fixed 2 MiB window took bulk from ~43 to ~129 MB/s on the test cluster; growing only
  * busy streams keeps that memory off idle and slow ones.
  */
 export const DEFAULT_MAX_STREAM_WINDOW = 8 * 1024 * 1024;
+/**
+ * Default growth all of a session's streams may share beyond their initial windows: room
+ * for two streams at the full per-stream maximum.
+ */
+export const DEFAULT_SESSION_GROWTH = 16 * 1024 * 1024;
 /** Default silence before a keep-alive ping. */
 export const DEFAULT_KEEPALIVE_MS = 10_000;
 /** Default datagrams queued per UDP stream before drops. */
@@ -96,6 +105,7 @@ export class Session implements Tunnel {
       ),
       sendWindow: init.sendWindow,
       udpQueue: init.options.udpQueue ?? DEFAULT_UDP_QUEUE,
+      growth: { left: init.options.maxSessionGrowth ?? DEFAULT_SESSION_GROWTH },
     };
     this.nextId = init.role === "client" ? 1 : 2;
     this.peerParity = init.role === "client" ? 0 : 1;

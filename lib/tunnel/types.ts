@@ -81,6 +81,8 @@ export interface TunnelOptions {
   streamWindow?: number;
   /** Most a stream's window grows to while its reader keeps up (default 8 MiB). */
   maxStreamWindow?: number;
+  /** Most all streams' windows grow beyond their initial size, together (default 16 MiB). */
+  maxSessionGrowth?: number;
   /** Send a ping after this much silence (ms); 0 turns keep-alive off. */
   keepAliveMs?: number;
   /** Told once per stream, in either direction, when it has ended (e.g. to report UDP drops). */
