@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertRejects } from "./tunnel_assert.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { type AgentConfig, type AgentHandle, runAgent, startAgent } from "../agent/mod.ts";
 import {
   connDuplex,
@@ -146,17 +146,17 @@ Deno.test("agent: open failures map to OpenError codes and one log line each", a
   const { agent: a, lines } = agent({ dialer: { resolve } });
   const tunnel = await tunnelTo(a.port);
   const refused = await assertRejects(
-    tunnel.open({ protocol: "tcp", host: "127.0.0.1", port: deadPort }),
+    () => tunnel.open({ protocol: "tcp", host: "127.0.0.1", port: deadPort }),
     OpenError,
   );
   assertEquals(refused.code, "refused");
   const noHost = await assertRejects(
-    tunnel.open({ protocol: "tcp", host: "nope.invalid", port: 80 }),
+    () => tunnel.open({ protocol: "tcp", host: "nope.invalid", port: 80 }),
     OpenError,
   );
   assertEquals(noHost.code, "no-such-host");
   const noHostUdp = await assertRejects(
-    tunnel.open({ protocol: "udp", host: "nope.invalid", port: 53 }),
+    () => tunnel.open({ protocol: "udp", host: "nope.invalid", port: 53 }),
     OpenError,
   );
   assertEquals(noHostUdp.code, "no-such-host");
@@ -172,14 +172,17 @@ Deno.test("agent: a connect that hangs becomes OpenError timeout", async () => {
     );
   const { agent: a } = agent({ dialer: { connect, connectTimeoutMs: 20 } });
   const tunnel = await tunnelTo(a.port);
-  const e = await assertRejects(tunnel.open({ protocol: "tcp", host: "::1", port: 9 }), OpenError);
+  const e = await assertRejects(
+    () => tunnel.open({ protocol: "tcp", host: "::1", port: 9 }),
+    OpenError,
+  );
   assertEquals(e.code, "timeout");
   await stop(a, tunnel);
 });
 
 Deno.test("agent: a wrong token is refused and logged", async () => {
   const { agent: a, lines } = agent();
-  const e = await assertRejects(tunnelTo(a.port, { token: "guess" }), HandshakeError);
+  const e = await assertRejects(() => tunnelTo(a.port, { token: "guess" }), HandshakeError);
   assertEquals(e.code, "token");
   await stop(a);
   assert(lines.some((l) => l.includes("refused a tunnel") && l.includes("token")), lines.join());
@@ -188,7 +191,7 @@ Deno.test("agent: a wrong token is refused and logged", async () => {
 Deno.test("agent: a protocol version mismatch names both versions", async () => {
   const { agent: a } = agent();
   const e = await assertRejects(
-    tunnelTo(a.port, { protocolVersion: 99, version: "9.9.9" }),
+    () => tunnelTo(a.port, { protocolVersion: 99, version: "9.9.9" }),
     HandshakeError,
   );
   assertEquals(e.code, "version");

@@ -2,7 +2,8 @@
  * lib/completion.ts: `relay completion <shell>` prints a script, and the bash script, sourced
  * into a real bash, completes relay's subcommands and options by asking the program.
  */
-import { assert, assertEquals, assertStringIncludes, ROOT, run } from "./distribution_helpers.ts";
+import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
+import { ROOT, run } from "./distribution_helpers.ts";
 import { COMPLETION_SHELLS, isCompletionRequest } from "../lib/completion.ts";
 
 // A stand-in for relay's program: its own commands and options, completed by lib/completion.ts.

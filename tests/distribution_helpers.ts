@@ -3,33 +3,9 @@
  * archives, a loopback HTTP server for it, the linters from scripts/tools.sh, and running
  * commands.
  */
-import { deepStrictEqual, match, ok } from "node:assert/strict";
 import { type ArchiveEntry, tarGz, zip } from "../scripts/release/archive.ts";
 import { formatChecksums, sha256Hex } from "../scripts/release/checksums.ts";
 import { archiveName, binaryName, type ReleaseTarget } from "../scripts/release/targets.ts";
-
-/** Fails unless `actual` deeply equals `expected`. */
-export function assertEquals<T>(actual: unknown, expected: T, message?: string): void {
-  if (message === undefined) deepStrictEqual(actual, expected);
-  else deepStrictEqual(actual, expected, message);
-}
-
-/** Fails unless `value` is truthy. */
-export function assert(value: unknown, message?: string): asserts value {
-  if (message === undefined) ok(value);
-  else ok(value, message);
-}
-
-/** Fails unless `text` matches `pattern`. */
-export function assertMatch(text: string, pattern: RegExp, message?: string): void {
-  if (message === undefined) match(text, pattern);
-  else match(text, pattern, message);
-}
-
-/** Fails unless `text` contains `part`, showing `text` when it does not. */
-export function assertStringIncludes(text: string, part: string): void {
-  ok(text.includes(part), `expected to find ${JSON.stringify(part)} in:\n${text}`);
-}
 
 /** The repository root. */
 export const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");

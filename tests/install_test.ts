@@ -2,10 +2,8 @@
  * scripts/install.sh against a fake release served on loopback: real archives, real checksums,
  * run by the machine's POSIX sh into temporary directories.
  */
+import { assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
 import {
-  assertEquals,
-  assertMatch,
-  assertStringIncludes,
   listDir,
   ROOT,
   run,

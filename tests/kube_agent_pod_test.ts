@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertRejects, assertThrows } from "./kube_assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows } from "./assert.ts";
 import {
   AGENT_PORT,
   agentJobManifest,

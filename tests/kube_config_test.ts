@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertThrows } from "./kube_assert.ts";
+import { assert, assertEquals, assertThrows } from "./assert.ts";
 import { loadKube } from "../lib/kube/config.ts";
 import { UsageError } from "../lib/errors.ts";
 import {

@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertRejects } from "./kube_assert.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { dialPortForward, PORT_FORWARD_PROTOCOL, portForwardUrl } from "../lib/kube/portforward.ts";
 import { loadKube } from "../lib/kube/config.ts";
 import { KubeError } from "../lib/kube/errors.ts";

@@ -1,4 +1,4 @@
-import { assertEquals, assertRejects } from "./kube_assert.ts";
+import { assertEquals, assertRejects } from "./assert.ts";
 import type { V1Pod } from "@kubernetes/client-node";
 import { followPods } from "../lib/kube/ready_pods.ts";
 import { resolveTarget } from "../lib/kube/resolve.ts";

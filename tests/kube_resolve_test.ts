@@ -1,4 +1,4 @@
-import { assertEquals, assertRejects } from "./kube_assert.ts";
+import { assertEquals, assertRejects } from "./assert.ts";
 import { pickTargetPod, type ResolveApi, resolveTarget } from "../lib/kube/resolve.ts";
 import { selectorString } from "../lib/kube/pods.ts";
 import { KubeError } from "../lib/kube/errors.ts";

@@ -3,17 +3,8 @@
  * the krew manifest (krew's own validator, installing every platform from a loopback server),
  * the Homebrew formula and the agent image's Dockerfile.
  */
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  assertStringIncludes,
-  ROOT,
-  run,
-  serveDirectory,
-  tool,
-  writeFakeRelease,
-} from "./distribution_helpers.ts";
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
+import { ROOT, run, serveDirectory, tool, writeFakeRelease } from "./distribution_helpers.ts";
 import { DEFAULT_AGENT_IMAGE, VERSION } from "../lib/version.ts";
 import {
   KREW_PLUGIN_NAME,

@@ -2,14 +2,8 @@
  * The release build: the `deno compile` commands it runs (checked through --dry-run), how it
  * reports a runtime it cannot download, and the archives and SHA256SUMS it packages.
  */
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  assertStringIncludes,
-  ROOT,
-  run,
-} from "./distribution_helpers.ts";
+import { assert, assertEquals, assertMatch, assertStringIncludes } from "./assert.ts";
+import { ROOT, run } from "./distribution_helpers.ts";
 import { VERSION } from "../lib/version.ts";
 import { parseChecksums } from "../scripts/release/checksums.ts";
 import { explainCompileFailure } from "../scripts/release/compile.ts";

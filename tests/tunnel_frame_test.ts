@@ -1,4 +1,4 @@
-import { assertEquals, assertInstanceOf, assertThrows } from "./tunnel_assert.ts";
+import { assertEquals, assertInstanceOf, assertThrows } from "./assert.ts";
 import fc from "fast-check";
 import {
   decodePayload,

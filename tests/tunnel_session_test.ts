@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertInstanceOf, assertRejects } from "./tunnel_assert.ts";
+import { assert, assertEquals, assertInstanceOf, assertRejects } from "./assert.ts";
 import {
   acceptTunnel,
   connectTunnel,
@@ -113,8 +113,7 @@ Deno.test("session: a wrong token is refused on both ends", async () => {
     acceptTunnel(b, { token: TOKEN }),
   ]);
   assert(client.status === "rejected" && agent.status === "rejected");
-  assertInstanceOf(client.reason, HandshakeError);
-  assertEquals(client.reason.code, "token");
+  assertEquals(assertInstanceOf(client.reason, HandshakeError).code, "token");
   assertEquals(agent.reason.code, "token");
 });
 
@@ -125,9 +124,9 @@ Deno.test("session: a protocol version mismatch names both versions", async () =
     acceptTunnel(b, { token: TOKEN, version: "0.9.0", protocolVersion: 2 }),
   ]);
   assert(client.status === "rejected");
-  assertInstanceOf(client.reason, HandshakeError);
-  assertEquals(client.reason.code, "version");
-  const message: string = client.reason.message;
+  const reason = assertInstanceOf(client.reason, HandshakeError);
+  assertEquals(reason.code, "version");
+  const message: string = reason.message;
   assert(message.includes("0.1.0") && message.includes("0.9.0"), message);
   assert(message.includes("protocol 1") && message.includes("protocol 2"), message);
 });
@@ -137,7 +136,7 @@ Deno.test("session: something that is not a relay peer is a clean handshake erro
   b.readable.pipeTo(new WritableStream()).catch(() => {});
   const junk = b.writable.getWriter();
   junk.write(text("HTTP/1.1 400 Bad Request\r\n\r\n")).catch(() => {});
-  const e = await assertRejects(connectTunnel(a, { token: TOKEN }), HandshakeError);
+  const e = await assertRejects(() => connectTunnel(a, { token: TOKEN }), HandshakeError);
   assertEquals(e.code, "protocol");
 });
 
@@ -229,17 +228,17 @@ Deno.test("session: reset aborts both sides, from either end", async () => {
   const stream = await client.open({ protocol: "tcp", host: "h", port: 1 });
   const reading = stream.readable.getReader().read();
   stream.reset("client gave up");
-  await assertRejects(reading, StreamResetError);
+  await assertRejects(() => reading, StreamResetError);
   await stream.closed;
   // the far end sees its input error (the agent aborted the duplex's writable)
-  await assertRejects(farEnd!.readable.getReader().read(), Error);
+  await assertRejects(() => farEnd!.readable.getReader().read(), Error);
 
   // reset from the agent side: the far end's source errors, the client stream errors
   const s2 = await client.open({ protocol: "tcp", host: "h", port: 2 });
   const far2 = farEnd! as Duplex;
   far2.writable.abort(new Error("backend died"));
-  await assertRejects(s2.readable.getReader().read(), StreamResetError);
-  await assertRejects(s2.writable.getWriter().write(text("x")), StreamResetError);
+  await assertRejects(() => s2.readable.getReader().read(), StreamResetError);
+  await assertRejects(() => s2.writable.getWriter().write(text("x")), StreamResetError);
   await s2.closed;
   await close();
 });
@@ -250,9 +249,15 @@ Deno.test("session: open failures arrive as OpenError with their code", async ()
       req.port === 1 ? new OpenError("refused", "connection refused") : new Error("boom"),
     );
   const { client, close } = await tunnelPair(refuse);
-  const e = await assertRejects(client.open({ protocol: "tcp", host: "h", port: 1 }), OpenError);
+  const e = await assertRejects(
+    () => client.open({ protocol: "tcp", host: "h", port: 1 }),
+    OpenError,
+  );
   assertEquals(e.code, "refused");
-  const e2 = await assertRejects(client.open({ protocol: "tcp", host: "h", port: 2 }), OpenError);
+  const e2 = await assertRejects(
+    () => client.open({ protocol: "tcp", host: "h", port: 2 }),
+    OpenError,
+  );
   assertEquals(e2.code, "error");
   assertEquals(client.streamCount, 0);
   await close();
@@ -399,19 +404,19 @@ Deno.test("session: a transport that closes ends every stream promptly", async (
   );
   const reads = streams.map((s) => s.readable.getReader().read());
   agent.close("agent going down");
-  for (const read of reads) await assertRejects(read, StreamResetError);
+  for (const read of reads) await assertRejects(() => read, StreamResetError);
   await Promise.all(streams.map((s) => s.closed));
   await client.closed;
   await agent.closed;
   assertEquals(client.streamCount, 0);
-  await assertRejects(client.open({ protocol: "tcp", host: "h", port: 4 }), Error);
+  await assertRejects(() => client.open({ protocol: "tcp", host: "h", port: 4 }), Error);
 });
 
 Deno.test("session: goAway lets open streams finish, refuses new ones, then closes", async () => {
   const { client, agent, close } = await tunnelPair(echo);
   const stream = await client.open({ protocol: "tcp", host: "h", port: 1 });
   const leaving = client.goAway();
-  await assertRejects(client.open({ protocol: "tcp", host: "h", port: 2 }), Error);
+  await assertRejects(() => client.open({ protocol: "tcp", host: "h", port: 2 }), Error);
   const w = stream.writable.getWriter();
   await w.write(text("last words"));
   await w.close();

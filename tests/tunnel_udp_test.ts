@@ -2,7 +2,7 @@
  * UDP streams on a tunnel: credit bounds what one session has in flight, a session out of
  * credit waits alone (its source sheds the excess), and the kernel's drop counter is read.
  */
-import { assert, assertEquals } from "./tunnel_assert.ts";
+import { assert, assertEquals } from "./assert.ts";
 import {
   acceptTunnel,
   connectTunnel,

@@ -2,7 +2,7 @@
  * lib/kube against the real API server of the local test cluster, below the CLI.
  * Works in a namespace of its own and deletes it afterwards.
  */
-import { assert, assertEquals, assertRejects } from "../kube_assert.ts";
+import { assert, assertEquals, assertRejects } from "../assert.ts";
 import { loadKube } from "../../lib/kube/config.ts";
 import { dialPortForward } from "../../lib/kube/portforward.ts";
 import { resolveTarget } from "../../lib/kube/resolve.ts";
