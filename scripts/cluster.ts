@@ -26,6 +26,7 @@ import {
 import { ensurePackages } from "./cluster/packages.ts";
 import { isAlive, run, stopProcess, waitUntil } from "./cluster/proc.ts";
 import { KubeClient } from "./cluster/shim/kube.ts";
+import { removeShimCgroups } from "./cluster/shim/cgroups.ts";
 
 const log = (message: string) => console.error(`cluster: ${message}`);
 
@@ -238,6 +239,7 @@ async function down(options: { quiet?: boolean } = {}): Promise<void> {
   await stopDaemons(DAEMONS);
   const bin = await binDir();
   for (const pid of await strayProcesses(bin)) await stopProcess(pid, 2000);
+  removeShimCgroups();
   await deleteClusterNetwork();
   if (!options.quiet) log("down");
 }

@@ -270,3 +270,36 @@ Deno.test({
     assertEquals(pods.items[0]?.status?.phase, "Succeeded");
   },
 });
+
+Deno.test({
+  name: "story: a container that outgrows its memory limit is OOMKilled, as a kubelet's would be",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("e2e-limits");
+    // tail keeps a line until its end: 300 MB of zeros without a newline is one 300 MB line.
+    await applyYaml(
+      `
+apiVersion: v1
+kind: Pod
+metadata: { name: hungry }
+spec:
+  restartPolicy: Never
+  containers:
+    - name: hungry
+      image: relay-test/shell
+      command: [sh, -c, "head -c 300000000 /dev/zero | tail >/dev/null"]
+      resources: { limits: { memory: 64Mi, cpu: 500m } }
+`,
+      ns.name,
+    );
+    const terminated = await waitFor("the container to end", async () => {
+      const state = (await getPod(ns.name, "hungry")).status?.containerStatuses?.[0]?.state;
+      return state?.terminated;
+    }, { timeoutMs: 60_000 });
+    assertEquals(terminated.reason, "OOMKilled");
+    assertEquals(terminated.exitCode, 137);
+    assertEquals((await getPod(ns.name, "hungry")).status?.phase, "Failed");
+  },
+});

@@ -207,7 +207,7 @@ export interface PodLike {
       name: string;
       restartCount: number;
       ready: boolean;
-      state: Record<string, { reason?: string; message?: string }>;
+      state: Record<string, { reason?: string; message?: string; exitCode?: number }>;
     }[];
   };
 }

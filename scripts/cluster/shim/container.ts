@@ -4,6 +4,7 @@
  * probed for readiness, and stopped on request.
  */
 import { isAlive, stopProcess } from "../proc.ts";
+import { ContainerCgroup } from "./cgroups.ts";
 import { containerArgv, type ImageEntry } from "./images.ts";
 import { runProbe } from "./probes.ts";
 import type { ContainerSpec, ContainerState, ContainerStatus } from "./types.ts";
@@ -135,7 +136,7 @@ export class Container {
       const terminated = {
         exitCode: exit.code,
         ...(exit.signal ? { signal: exit.signal } : {}),
-        reason: exit.code === 0 ? "Completed" : "Error",
+        reason: exit.oomKilled ? "OOMKilled" : exit.code === 0 ? "Completed" : "Error",
         startedAt: startedAt.toISOString(),
         finishedAt: new Date().toISOString(),
       };
@@ -163,23 +164,34 @@ export class Container {
   async #runOnce(
     image: ImageEntry,
     startedAt: Date,
-  ): Promise<{ code: number; signal?: number } | undefined> {
+  ): Promise<{ code: number; signal?: number; oomKilled: boolean } | undefined> {
     const argv = containerArgv(image, this.#o.spec);
     const log = `${this.#o.stateDir}/${this.name}.log`;
+    const cgroup = ContainerCgroup.create(
+      `${this.#o.stateDir.split("/").pop()}-${this.name}`,
+      this.#o.spec.resources?.limits,
+    );
     // setsid makes the process a group leader so stop() reaches its children too;
     // ip netns exec, setsid and `sh -c exec` all exec in place, so the pid is the container's.
-    const child = new Deno.Command("ip", {
-      args: [
-        "netns",
-        "exec",
-        this.#o.netns,
-        "setsid",
-        "sh",
-        "-c",
-        `exec "$@" </dev/null >>'${log}' 2>&1`,
-        "sh",
-        ...argv,
-      ],
+    const inPod = [
+      "ip",
+      "netns",
+      "exec",
+      this.#o.netns,
+      "setsid",
+      "sh",
+      "-c",
+      `exec "$@" </dev/null >>'${log}' 2>&1`,
+      "sh",
+      ...argv,
+    ];
+    // The cgroup is entered first, by a shell that then execs all of that: inside `ip netns
+    // exec`, /sys is the namespace's own and has no cgroup tree.
+    const full = cgroup
+      ? ["sh", "-c", `${cgroup.enterCommand} && exec "$@"`, "sh", ...inPod]
+      : inPod;
+    const child = new Deno.Command(full[0], {
+      args: full.slice(1),
       env: this.#o.env,
       clearEnv: true,
       cwd: this.#o.workingDir,
@@ -192,7 +204,13 @@ export class Container {
     this.#o.onEvent("Normal", "Started", `Started container ${this.name} (pid ${child.pid})`);
     if (!this.#o.spec.readinessProbe) this.#ready = true;
     this.#set({ running: { startedAt: startedAt.toISOString() } });
-    return exitOf(await child.status);
+    const exit = exitOf(await child.status);
+    const oomKilled = cgroup?.oomKilled() ?? false;
+    cgroup?.remove();
+    if (oomKilled) {
+      this.#o.onEvent("Warning", "OOMKilling", `${this.name} went over its memory limit`);
+    }
+    return { ...exit, oomKilled };
   }
 
   async #probeLoop(): Promise<void> {

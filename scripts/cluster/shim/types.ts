@@ -10,6 +10,7 @@ export interface ContainerSpec {
   env?: EnvVar[];
   ports?: { name?: string; containerPort: number; protocol?: string }[];
   readinessProbe?: Probe;
+  resources?: { limits?: { memory?: string; cpu?: string } };
 }
 
 /** One `env` entry; `valueFrom.fieldRef` is honoured for the usual downward-API fields. */
