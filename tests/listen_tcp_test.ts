@@ -137,7 +137,7 @@ Deno.test("protocols: @udp binds UDP only; a named port without @ binds both, ke
   } finally {
     set.close();
   }
-  const busyUdp = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
+  const busyUdp = udpPortWithFreeTcp();
   const busyPort = (busyUdp.addr as Deno.NetAddr).port;
   const named = bindForwards(
     [forward("web", { localPort: busyPort, remote: "http" })],
@@ -183,3 +183,19 @@ Deno.test("ready lines for a random port on both loopbacks name the chosen port"
     set.close();
   }
 });
+
+/**
+ * A bound UDP socket whose port number is free for TCP too: the kernel picks UDP ports without
+ * regard to TCP, and on a busy machine the same TCP port may be taken.
+ */
+function udpPortWithFreeTcp(): Deno.DatagramConn {
+  for (;;) {
+    const udp = Deno.listenDatagram({ hostname: "127.0.0.1", port: 0, transport: "udp" });
+    try {
+      Deno.listen({ hostname: "127.0.0.1", port: (udp.addr as Deno.NetAddr).port }).close();
+      return udp;
+    } catch {
+      udp.close();
+    }
+  }
+}
