@@ -12,6 +12,7 @@ import {
 import {
   createTestNamespace,
   ensureCluster,
+  execInPod,
   kubectl,
   readAll,
   readLine,
@@ -276,6 +277,13 @@ Deno.test({
         `-n ${other.name} pod/echo-pod :8080`,
       ].join("\n"),
     );
+    // The -L target is a Service name, which the agent resolves through cluster DNS: wait, as
+    // a user of a fresh Service would, until cluster DNS knows it.
+    const service = `echo.${ns.name}.svc.cluster.local`;
+    await waitFor(`cluster DNS to know ${service}`, async () => {
+      const dig = ["dig", "+short", "+time=1", "+tries=1", service];
+      return (await execInPod(ns.name, echo.pods.deploy, dig)).stdout.trim() !== "";
+    }, { timeoutMs: 30_000 });
     const relay = await startRelay(
       [
         "-n",
