@@ -19,20 +19,18 @@ export interface ResourceLimits {
   cpu?: string;
 }
 
-/** Where a controller's hierarchy is: one unified tree (v2), or a tree per controller (v1). */
-type Layout = { version: 2 } | { version: 1 };
-
 let warned = false;
 
-function layout(): Layout | undefined {
+/** The cgroup version here: one unified tree (2), a tree per controller (1), or none. */
+function cgroupVersion(): 1 | 2 | undefined {
   try {
     Deno.statSync(`${ROOT}/cgroup.controllers`);
-    return { version: 2 };
+    return 2;
   } catch { /* not v2 */ }
   try {
     Deno.statSync(`${ROOT}/memory/memory.limit_in_bytes`);
     Deno.statSync(`${ROOT}/cpu/cpu.cfs_quota_us`);
-    return { version: 1 };
+    return 1;
   } catch {
     return undefined;
   }
@@ -54,14 +52,14 @@ export class ContainerCgroup {
    */
   static create(id: string, limits: ResourceLimits | undefined): ContainerCgroup | undefined {
     if (!limits?.memory && !limits?.cpu) return undefined;
-    const found = layout();
+    const version = cgroupVersion();
     try {
-      if (!found) throw new Error(`no writable cgroup hierarchy under ${ROOT}`);
+      if (!version) throw new Error(`no writable cgroup hierarchy under ${ROOT}`);
       const memory = limits.memory ? String(quantityToScalar(limits.memory)) : undefined;
       const quota = limits.cpu
         ? String(Math.max(1000, Math.round(Number(quantityToScalar(limits.cpu)) * CPU_PERIOD_US)))
         : undefined;
-      if (found.version === 2) {
+      if (version === 2) {
         const dir = `${ROOT}/${SHIM_CGROUP}/${id}`;
         Deno.mkdirSync(`${ROOT}/${SHIM_CGROUP}`, { recursive: true });
         Deno.writeTextFileSync(`${ROOT}/${SHIM_CGROUP}/cgroup.subtree_control`, "+memory +cpu");
