@@ -44,6 +44,8 @@ export const NET = {
   hostVeth: "relay-host0",
   nodeVeth: "relay-node0",
   bridge: "relay-br0",
+  /** Fixed, locally administered (the 02 prefix), so no pod's gateway entry ever goes stale. */
+  bridgeMac: "02:72:65:6c:61:79",
 } as const;
 
 /** Ports, all on the addresses above or on loopback. */

@@ -42,7 +42,10 @@ export async function createNodeNetwork(): Promise<void> {
       NET.nodeVeth,
     ],
     ["ip", "-n", NODE_NETNS, "link", "set", NET.nodeVeth, "up"],
-    ["ip", "-n", NODE_NETNS, "link", "add", NET.bridge, "type", "bridge"],
+    // A bridge without an address of its own takes the lowest MAC among its ports, so it
+    // changed whenever a pod came or went, and every pod that had the old gateway MAC in its
+    // neighbour cache went dark for seconds: open tunnels missed keep-alives, watches failed.
+    ["ip", "-n", NODE_NETNS, "link", "add", NET.bridge, "address", NET.bridgeMac, "type", "bridge"],
     [
       "ip",
       "-n",
