@@ -22,6 +22,7 @@ import {
   deleteClusterNetwork,
   listClusterNetns,
   nodeNetworkExists,
+  pinBridgeMac,
 } from "./cluster/network.ts";
 import { ensurePackages } from "./cluster/packages.ts";
 import { isAlive, run, stopProcess, waitUntil } from "./cluster/proc.ts";
@@ -79,6 +80,7 @@ async function isUp(): Promise<boolean> {
 async function up(): Promise<void> {
   const started = Date.now();
   if (await isUp()) {
+    await pinBridgeMac();
     log("already up");
     console.log(`export KUBECONFIG=${PATHS.adminKubeconfig}`);
     return;
@@ -106,6 +108,7 @@ async function up(): Promise<void> {
   await ensureCerts();
   await writeConfigs();
   if (unusable) await createNodeNetwork();
+  else await pinBridgeMac();
 
   // startDaemonOnce leaves a live daemon alone, so these steps serve a fresh start and a
   // partial restart alike; every apply below is idempotent.

@@ -42,10 +42,8 @@ export async function createNodeNetwork(): Promise<void> {
       NET.nodeVeth,
     ],
     ["ip", "-n", NODE_NETNS, "link", "set", NET.nodeVeth, "up"],
-    // A bridge without an address of its own takes the lowest MAC among its ports, so it
-    // changed whenever a pod came or went, and every pod that had the old gateway MAC in its
-    // neighbour cache went dark for seconds: open tunnels missed keep-alives, watches failed.
-    ["ip", "-n", NODE_NETNS, "link", "add", NET.bridge, "address", NET.bridgeMac, "type", "bridge"],
+    ["ip", "-n", NODE_NETNS, "link", "add", NET.bridge, "type", "bridge"],
+    PIN_BRIDGE_MAC,
     [
       "ip",
       "-n",
@@ -108,6 +106,27 @@ export async function createNodeNetwork(): Promise<void> {
     ["ip", "route", "replace", "unreachable", NET.reserved],
   ];
   for (const step of steps) await must(step);
+}
+
+/**
+ * A bridge without an address of its own takes the lowest MAC among its ports, so it changed
+ * whenever a pod came or went, and every pod holding the old gateway MAC in its neighbour
+ * cache went dark for seconds: open tunnels missed keep-alives, watches failed.
+ */
+const PIN_BRIDGE_MAC = [
+  "ip",
+  "-n",
+  NODE_NETNS,
+  "link",
+  "set",
+  NET.bridge,
+  "address",
+  NET.bridgeMac,
+];
+
+/** Gives a bridge made before its MAC was pinned the fixed one (idempotent). */
+export async function pinBridgeMac(): Promise<void> {
+  await must(PIN_BRIDGE_MAC);
 }
 
 /** Whether the node namespace exists. */
