@@ -10,7 +10,7 @@ import {
   type OpenHandler,
   type Tunnel,
 } from "../lib/tunnel/mod.ts";
-import { UDP_WINDOW } from "../lib/tunnel/stream.ts";
+import { UDP_SHARED_WINDOW, UDP_WINDOW } from "../lib/tunnel/stream.ts";
 import { kernelDrops } from "../lib/listen/udp_drops.ts";
 
 const TOKEN = "t0ken";
@@ -78,6 +78,45 @@ Deno.test("udp stream: a session whose far end stops reading holds only its cred
   }
   flooded.reset("done");
   await writing.catch(() => {});
+  await close();
+});
+
+Deno.test("udp stream: alone on its tunnel a session may have UDP_WINDOW in flight, beside another only UDP_SHARED_WINDOW", async () => {
+  // Every destination takes nothing: what the sender gets out is exactly what is in flight.
+  const handler: OpenHandler = () =>
+    Promise.resolve({
+      readable: new ReadableStream(),
+      writable: new WritableStream({ write: () => new Promise(() => {}) }),
+    });
+  const { client, close } = await tunnelPair(handler);
+  /** Bytes of 1,000-byte datagrams a stream sends before its writes stop completing. */
+  const inFlight = async (stream: { writable: WritableStream<Uint8Array> }) => {
+    const writer = stream.writable.getWriter();
+    let written = 0;
+    void (async () => {
+      for (let i = 0; i < 200; i++) {
+        await writer.write(new Uint8Array(1_000));
+        written += 1_000;
+      }
+    })().catch(() => {});
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    return written;
+  };
+  const lone = await client.open({ protocol: "udp", host: "10.0.0.1", port: 1 });
+  const loneBytes = await inFlight(lone);
+  // One datagram past the cap goes while any credit is left; the pipe to the destination
+  // holds two more (the one it writes, and its queue of one).
+  assert(loneBytes >= UDP_WINDOW, `alone, only ${loneBytes} bytes in flight`);
+  assert(loneBytes <= UDP_WINDOW + 3_000, `alone, ${loneBytes} bytes in flight`);
+  lone.reset("done");
+
+  const first = await client.open({ protocol: "udp", host: "10.0.0.1", port: 2 });
+  const second = await client.open({ protocol: "udp", host: "10.0.0.1", port: 3 });
+  const sharedBytes = await inFlight(first);
+  assert(sharedBytes >= UDP_SHARED_WINDOW, `shared, only ${sharedBytes} bytes in flight`);
+  assert(sharedBytes <= UDP_SHARED_WINDOW + 3_000, `shared, ${sharedBytes} bytes in flight`);
+  first.reset("done");
+  second.reset("done");
   await close();
 });
 

@@ -106,6 +106,7 @@ export class Session implements Tunnel {
       sendWindow: init.sendWindow,
       udpQueue: init.options.udpQueue ?? DEFAULT_UDP_QUEUE,
       growth: { left: init.options.maxSessionGrowth ?? DEFAULT_SESSION_GROWTH },
+      udpStreams: { open: 0 },
     };
     this.nextId = init.role === "client" ? 1 : 2;
     this.peerParity = init.role === "client" ? 0 : 1;

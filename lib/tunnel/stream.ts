@@ -12,14 +12,29 @@ export const MAX_DATA = 64 * 1024;
 
 /**
  * Bytes of datagrams one UDP stream may have in flight (sent, not yet taken by the far end's
- * reader). This credit bounds how far a flooded session gets ahead of the tunnel, so another
- * session's datagram waits behind at most this much of it (plus one datagram: a datagram is
- * sent while any credit is left, so one of 65,507 bytes always fits), in queues and kernel
- * buffers alike. Measured on the test cluster: 128 KiB doubled the p99 delay a flood adds to
- * another session, below 64 KiB it no longer fell. Both ends use this constant, so each knows
- * the other's grant.
+ * reader) while it is the only UDP stream of its tunnel. Both ends use this constant, so each
+ * knows the other's grant.
  */
 export const UDP_WINDOW = 64 * 1024;
+
+/**
+ * In flight per UDP stream while the tunnel carries others too. Another session's datagram
+ * waits behind what a flooded session has in flight (plus one datagram: one is sent while any
+ * credit is left), in queues and kernel buffers alike, and at the few MB/s of datagrams a busy
+ * 2-core machine carries, 64 KiB is ~8 ms of it. Measured on the test cluster, the other
+ * session's p50/p99 under a flood: 64 KiB 6–9/23–42 ms, 32 KiB 5/17–19, 16 KiB 3.5–4.3/11–13,
+ * 8 KiB 2.9–3.2/6.6–8.2 (calm: ~1/2.5–3.7). A lone stream keeps UDP_WINDOW, as what it
+ * carries per round trip is all it is limited by.
+ */
+export const UDP_SHARED_WINDOW = 8 * 1024;
+
+/**
+ * A UDP receiver grants credit back every this many bytes taken, whatever the sender's
+ * current cap: at most half of UDP_SHARED_WINDOW, so a sender held at that cap is always
+ * granted more once its datagrams are taken, even if the two ends briefly count the
+ * tunnel's UDP streams differently.
+ */
+const UDP_GRANT_EVERY = UDP_SHARED_WINDOW / 2;
 
 /**
  * Receive-window auto-tuning (as HTTP/2 and QUIC stacks do): a TCP stream starts with the
@@ -54,6 +69,8 @@ export interface StreamLimits {
   udpQueue: number;
   /** What the session's streams may still grow their windows by, together. */
   growth: GrowthBudget;
+  /** The session's open UDP streams, counted together (see UDP_SHARED_WINDOW). */
+  udpStreams: { open: number };
 }
 
 /**
@@ -101,6 +118,7 @@ export class MuxStream implements TunnelStream {
   private epochStart = performance.now();
 
   // send side
+  private readonly initialCredit: number;
   private sendCredit: number;
   private creditWaiter: { resolve: () => void; reject: (e: unknown) => void } | null = null;
   private localFin = false;
@@ -115,7 +133,9 @@ export class MuxStream implements TunnelStream {
     private readonly limits: StreamLimits,
   ) {
     this.udp = request.protocol === "udp";
-    this.sendCredit = this.udp ? Math.min(limits.sendWindow, UDP_WINDOW) : limits.sendWindow;
+    this.initialCredit = this.udp ? Math.min(limits.sendWindow, UDP_WINDOW) : limits.sendWindow;
+    this.sendCredit = this.initialCredit;
+    if (this.udp) limits.udpStreams.open++;
     this.window = this.udp ? Math.min(limits.receiveWindow, UDP_WINDOW) : limits.receiveWindow;
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     this.readable = new ReadableStream<Uint8Array>({
@@ -269,7 +289,7 @@ export class MuxStream implements TunnelStream {
   private consumed(n: number): void {
     if (this.remoteFin) return;
     this.unacked += n;
-    if (this.unacked < this.window / 4) return;
+    if (this.unacked < (this.udp ? UDP_GRANT_EVERY : this.window / 4)) return;
     let increment = this.unacked;
     this.unacked = 0;
     if (!this.udp && this.window < this.limits.maxReceiveWindow) {
@@ -317,7 +337,7 @@ export class MuxStream implements TunnelStream {
       // Out of credit, this session waits, and only it: its source is a bounded queue that
       // drops (the listener's per-session queue, the agent socket's receive buffer), so a
       // flood is shed where it enters, without spending the CPU to carry it this far first.
-      while (this.sendCredit <= 0) {
+      while (this.sendCredit <= 0 || this.overSharedCap()) {
         await new Promise<void>((resolve, reject) => (this.creditWaiter = { resolve, reject }));
         if (this.failure) throw this.failure;
       }
@@ -343,6 +363,12 @@ export class MuxStream implements TunnelStream {
     }
   }
 
+  /** Whether this UDP stream has its share in flight while others share the tunnel. */
+  private overSharedCap(): boolean {
+    return this.limits.udpStreams.open > 1 &&
+      this.initialCredit - this.sendCredit >= UDP_SHARED_WINDOW;
+  }
+
   private onWriteClose(): void {
     if (this.failure) throw this.failure;
     this.localFin = true;
@@ -363,7 +389,8 @@ export class MuxStream implements TunnelStream {
   private finish(): void {
     if (this.done) return;
     this.done = true;
-    if (!this.udp) this.limits.growth.left += this.window - this.limits.receiveWindow;
+    if (this.udp) this.limits.udpStreams.open--;
+    else this.limits.growth.left += this.window - this.limits.receiveWindow;
     this.host.streamDone(this.id);
     this.resolveClosed();
   }
