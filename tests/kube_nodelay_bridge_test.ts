@@ -1,0 +1,117 @@
+/**
+ * The bridge that gives relay's API server connections TCP_NODELAY: Deno's HTTP client sends
+ * its requests through it to an HTTPS server, verified with the kubeconfig's CA, with or
+ * without a client certificate; a server it cannot reach or verify is answered with a 502
+ * naming why; closing it removes its socket.
+ */
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { makeTestPki, startFakeApiServer, type TestPki } from "./kube_fixtures.ts";
+import { type BridgeTarget, startNoDelayBridge } from "../lib/kube/nodelay_bridge.ts";
+
+let pki: TestPki | undefined;
+async function testPki(): Promise<TestPki> {
+  return pki ??= await makeTestPki();
+}
+
+/** GETs `path` on `target.server` through a bridge, as relay's HTTP client does. */
+async function getThroughBridge(
+  target: BridgeTarget,
+  path: string,
+): Promise<{ status: number; body: string }> {
+  const bridge = startNoDelayBridge(target);
+  assert(bridge, "no bridge on this platform");
+  const client = Deno.createHttpClient({ proxy: { transport: "unix", path: bridge.path } });
+  try {
+    const response = await fetch(new URL(path, target.server), { client });
+    return { status: response.status, body: await response.text() };
+  } finally {
+    client.close();
+    bridge.close();
+  }
+}
+
+Deno.test("nodelay bridge: requests reach an HTTPS API server verified with the kubeconfig's CA", async () => {
+  const pki = await testPki();
+  const server = startFakeApiServer(pki, (request) => new Response(new URL(request.url).pathname));
+  try {
+    const got = await getThroughBridge(
+      { server: new URL(server.url), ca: pki.caPem },
+      "/api/v1/namespaces/default",
+    );
+    assertEquals(got, { status: 200, body: "/api/v1/namespaces/default" });
+    assertEquals(server.seen.map((r) => r.url.pathname), ["/api/v1/namespaces/default"]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("nodelay bridge: a kubeconfig's client certificate is presented (node:tls)", async () => {
+  const pki = await testPki();
+  const server = startFakeApiServer(pki, () => new Response("ok"));
+  try {
+    const got = await getThroughBridge({
+      server: new URL(server.url),
+      ca: pki.caPem,
+      cert: await Deno.readTextFile(pki.clientCertFile),
+      key: await Deno.readTextFile(pki.clientKeyFile),
+    }, "/version");
+    assertEquals(got, { status: 200, body: "ok" });
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("nodelay bridge: an API server it cannot reach is a 502 that says so", async () => {
+  const free = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = free.addr.port;
+  free.close();
+  const got = await getThroughBridge({ server: new URL(`https://127.0.0.1:${port}`) }, "/version");
+  assertEquals(got.status, 502);
+  assertMatch(
+    got.body,
+    new RegExp(`relay cannot reach the API server at https://127\\.0\\.0\\.1:${port}: `),
+  );
+});
+
+Deno.test("nodelay bridge: a server certificate its CA did not sign is a 502, with and without a client certificate", async () => {
+  const pki = await testPki();
+  const other = await makeTestPki();
+  const server = startFakeApiServer(pki, () => new Response("should not be reached"));
+  try {
+    for (
+      const client of [{}, {
+        cert: await Deno.readTextFile(other.clientCertFile),
+        key: await Deno.readTextFile(other.clientKeyFile),
+      }]
+    ) {
+      const got = await getThroughBridge(
+        { server: new URL(server.url), ca: other.caPem, ...client },
+        "/version",
+      );
+      assertEquals(got.status, 502);
+      assertMatch(got.body, /relay cannot reach the API server/);
+    }
+    assertEquals(server.seen, []);
+  } finally {
+    await server.close();
+    await Deno.remove(other.dir, { recursive: true });
+  }
+});
+
+Deno.test("nodelay bridge: close() removes its socket", () => {
+  const bridge = startNoDelayBridge({ server: new URL("https://127.0.0.1:1") });
+  assert(bridge, "no bridge on this platform");
+  assert(Deno.statSync(bridge.path).isSocket);
+  bridge.close();
+  let gone = false;
+  try {
+    Deno.statSync(bridge.path);
+  } catch (error) {
+    gone = error instanceof Deno.errors.NotFound;
+  }
+  assert(gone, `${bridge.path} is still there`);
+});
+
+globalThis.addEventListener("unload", () => {
+  if (pki) Deno.removeSync(pki.dir, { recursive: true });
+});
