@@ -23,10 +23,11 @@ export const UDP_WINDOW = 64 * 1024;
  * credit is left), in queues and kernel buffers alike, and at the few MB/s of datagrams a busy
  * 2-core machine carries, 64 KiB is ~8 ms of it. Measured on the test cluster, the other
  * session's p50/p99 under a flood: 64 KiB 6–9/23–42 ms, 32 KiB 5/17–19, 16 KiB 3.5–4.3/11–13,
- * 8 KiB 2.9–3.2/6.6–8.2 (calm: ~1/2.5–3.7). A lone stream keeps UDP_WINDOW, as what it
- * carries per round trip is all it is limited by.
+ * 8 KiB 2.6–4.2/7–14, 4 KiB 1.9–2.4/6–9 with 1.4–2.5/3.4–6.9 calm. The price: while it shares
+ * its tunnel, one session carries at most this much per round trip. A lone stream keeps
+ * UDP_WINDOW.
  */
-export const UDP_SHARED_WINDOW = 8 * 1024;
+export const UDP_SHARED_WINDOW = 4 * 1024;
 
 /**
  * A UDP receiver grants credit back every this many bytes taken, whatever the sender's
