@@ -3,6 +3,18 @@
  * temp directory, and a fake API server on loopback TLS.
  */
 
+/** Temp directories these helpers made; removed when the test module unloads. */
+const madeDirs: string[] = [];
+globalThis.addEventListener("unload", () => {
+  for (const dir of madeDirs) {
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch {
+      // removed by its test already
+    }
+  }
+});
+
 /** PEM files of a test CA and a server certificate for 127.0.0.1 signed by it. */
 export interface TestPki {
   dir: string;
@@ -24,6 +36,7 @@ async function openssl(dir: string, ...args: string[]): Promise<void> {
 /** Make a CA and X.509 v3 server and client certificates in a new temp directory. */
 export async function makeTestPki(): Promise<TestPki> {
   const dir = await Deno.makeTempDir({ prefix: "relay-kube-pki-" });
+  madeDirs.push(dir);
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
   await openssl(
     dir,
@@ -103,6 +116,7 @@ export function startFakeApiServer(
 /** Write `text` to a file in a new temp directory and return its path. */
 export async function writeTempFile(name: string, text: string, mode?: number): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "relay-kube-" });
+  madeDirs.push(dir);
   const path = `${dir}/${name}`;
   await Deno.writeTextFile(path, text, mode === undefined ? undefined : { mode });
   return path;

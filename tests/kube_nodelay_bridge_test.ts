@@ -94,7 +94,6 @@ Deno.test("nodelay bridge: a server certificate its CA did not sign is a 502, wi
     assertEquals(server.seen, []);
   } finally {
     await server.close();
-    await Deno.remove(other.dir, { recursive: true });
   }
 });
 
@@ -110,8 +109,4 @@ Deno.test("nodelay bridge: close() removes its socket", () => {
     gone = error instanceof Deno.errors.NotFound;
   }
   assert(gone, `${bridge.path} is still there`);
-});
-
-globalThis.addEventListener("unload", () => {
-  if (pki) Deno.removeSync(pki.dir, { recursive: true });
 });
