@@ -152,7 +152,7 @@ async function copy(from: Deno.Conn, to: Deno.Conn): Promise<void> {
     for (;;) {
       const n = await from.read(buffer);
       if (n === null) return;
-      for (let at = 0; at < n;) at += await to.write(buffer.subarray(at, n));
+      await writeAll(to, buffer.subarray(0, n));
     }
   } catch {
     // either side went away; the caller closes both
