@@ -6,7 +6,8 @@
  */
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import { makeTestPki, startFakeApiServer, type TestPki } from "./kube_fixtures.ts";
-import { type BridgeTarget, startNoDelayBridge } from "../lib/kube/nodelay_bridge.ts";
+import { EventEmitter } from "node:events";
+import { type BridgeTarget, drainOrClose, startNoDelayBridge } from "../lib/kube/nodelay_bridge.ts";
 
 let pki: TestPki | undefined;
 async function testPki(): Promise<TestPki> {
@@ -109,4 +110,15 @@ Deno.test("nodelay bridge: close() removes its socket", () => {
     gone = error instanceof Deno.errors.NotFound;
   }
   assert(gone, `${bridge.path} is still there`);
+});
+
+Deno.test("nodelay bridge: waiting for drain leaves no listeners behind, however often it waits", async () => {
+  const socket = new EventEmitter();
+  for (let i = 0; i < 100; i++) {
+    const waited = drainOrClose(socket);
+    socket.emit(i % 2 === 0 ? "drain" : "close");
+    await waited;
+  }
+  assertEquals(socket.listenerCount("drain"), 0);
+  assertEquals(socket.listenerCount("close"), 0);
 });
