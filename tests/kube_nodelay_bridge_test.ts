@@ -122,3 +122,43 @@ Deno.test("nodelay bridge: waiting for drain leaves no listeners behind, however
   assertEquals(socket.listenerCount("drain"), 0);
   assertEquals(socket.listenerCount("close"), 0);
 });
+
+Deno.test("nodelay bridge: what the API server sends waits in TCP's window, not in the bridge, while the client reads nothing (node:tls)", async () => {
+  const pki = await testPki();
+  const offered = 256 * 1024 * 1024;
+  let pulled = 0;
+  const chunk = new Uint8Array(64 * 1024);
+  const server = startFakeApiServer(pki, () =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        pull(controller) {
+          if (pulled >= offered) return controller.close();
+          pulled += chunk.length;
+          controller.enqueue(chunk);
+        },
+      }, { highWaterMark: 0 }),
+    ));
+  const bridge = startNoDelayBridge({
+    server: new URL(server.url),
+    ca: pki.caPem,
+    cert: await Deno.readTextFile(pki.clientCertFile),
+    key: await Deno.readTextFile(pki.clientKeyFile),
+  });
+  assert(bridge, "no bridge on this platform");
+  const client = Deno.createHttpClient({ proxy: { transport: "unix", path: bridge.path } });
+  try {
+    const response = await fetch(new URL("/stream", server.url), { client });
+    // Read nothing, and wait until the server can send no more.
+    let last = -1;
+    while (pulled !== last && pulled < offered) {
+      last = pulled;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+    }
+    assert(pulled < 64 * 1024 * 1024, `the server sent ${pulled} bytes to a client reading none`);
+    await response.body?.cancel();
+  } finally {
+    client.close();
+    bridge.close();
+    await server.close();
+  }
+});

@@ -170,7 +170,11 @@ function spliceNode(local: Deno.Conn, remote: TLSSocket): void {
   remote.on("close", end);
   remote.on("data", (chunk: Uint8Array) => {
     remote.pause();
-    writeAll(local, chunk).then(() => remote.resume(), end);
+    holdNetworkReads(remote, true);
+    writeAll(local, chunk).then(() => {
+      holdNetworkReads(remote, false);
+      remote.resume();
+    }, end);
   });
   void (async () => {
     const buffer = new Uint8Array(64 * 1024);
@@ -186,6 +190,26 @@ function spliceNode(local: Deno.Conn, remote: TLSSocket): void {
     }
     end();
   })();
+}
+
+/**
+ * Stops (or restarts) a node:tls socket's reads from the network. Deno's node:tls (2.9) keeps
+ * reading from its TCP handle while the socket is paused: pause() and readStop() stop at its
+ * TLS layer, not at the handle beneath it. Whatever the API server sent then piled up in
+ * memory instead of in TCP's window: with 1,000 busy connections, ~200 MB more than the
+ * Deno.startTls path. Where that handle is not there (another Deno), pause() alone is what
+ * is left.
+ */
+function holdNetworkReads(socket: TLSSocket, hold: boolean): void {
+  const tcp = (socket as unknown as { _handle?: { _nativeTcpHandle?: NativeHandle } })._handle
+    ?._nativeTcpHandle;
+  if (hold) tcp?.readStop?.();
+  else tcp?.readStart?.();
+}
+
+interface NativeHandle {
+  readStop?(): void;
+  readStart?(): void;
 }
 
 /**
