@@ -12,7 +12,7 @@ import {
   parseIPv6,
   writeHeader,
 } from "../lib/tunnel/frame.ts";
-import { FrameWriter } from "../lib/tunnel/writer.ts";
+import { FrameWriter, HIGH_WATER } from "../lib/tunnel/writer.ts";
 
 const bytes = (...xs: number[]) => new Uint8Array(xs);
 
@@ -329,4 +329,32 @@ Deno.test("writer: window updates go out ahead of data already queued", async ()
   await writer.drained();
   const frames = new FrameDecoder().push(batches[1]);
   assertEquals(frames.map((f) => f.type), [FrameType.WINDOW, FrameType.DATA, FrameType.FIN]);
+});
+
+Deno.test("writer: senders waiting for room are let in only as far as the room goes", async () => {
+  // A slow transport: each batch takes a timer tick.
+  const sink = new WritableStream<Uint8Array>({
+    write: () => new Promise((resolve) => setTimeout(resolve, 0)),
+  });
+  const writer = new FrameWriter(sink.getWriter());
+  const frame = new Uint8Array(64 * 1024);
+  let mostQueued = 0;
+  const sender = async (streamId: number) => {
+    for (let i = 0; i < 4; i++) {
+      // One wait: room() resolves only for a sender the queue has room for.
+      if (writer.full) await writer.room();
+      writer.sendRaw(FrameType.DATA, streamId, frame);
+      mostQueued = Math.max(mostQueued, writer.queuedBytes);
+    }
+  };
+  // 200 streams at once, as under 1,000 busy connections: woken all together, each queued
+  // a frame, and the queue held 200 of them.
+  await Promise.all(Array.from({ length: 200 }, (_, i) => sender(2 * i + 1)));
+  await writer.drained();
+  assertEquals(writer.queuedBytes, 0);
+  assertEquals(
+    mostQueued <= HIGH_WATER + 2 * frame.length,
+    true,
+    `queued ${mostQueued} bytes at most`,
+  );
 });

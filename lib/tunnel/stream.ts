@@ -355,7 +355,7 @@ export class MuxStream implements TunnelStream {
       }
       // Wait for room before queueing, not after: with 1,000 streams each queueing a chunk
       // first, the shared queue held up to 1,000 chunks (64 MiB) instead of ~1 MiB.
-      if (writer.full) await writer.room();
+      while (writer.full && !this.failure) await writer.room();
       if (this.failure) throw this.failure;
       const n = Math.min(this.sendCredit, chunk.length - at, MAX_DATA);
       writer.sendRaw(FrameType.DATA, this.id, chunk.subarray(at, at + n));
