@@ -21,7 +21,7 @@
  */
 import type { EventEmitter } from "node:events";
 import { connect as connectNodeTls, type TLSSocket } from "node:tls";
-import { closeQuietly } from "../tunnel/duplex.ts";
+import { closeQuietly, writeAll } from "../tunnel/duplex.ts";
 
 /** Where the bridge connects, and the TLS material it connects with. */
 export interface BridgeTarget {
@@ -234,8 +234,4 @@ export function drainOrClose(socket: EventEmitter): Promise<void> {
     socket.on("drain", done);
     socket.on("close", done);
   });
-}
-
-async function writeAll(conn: Deno.Conn, chunk: Uint8Array): Promise<void> {
-  for (let at = 0; at < chunk.length;) at += await conn.write(chunk.subarray(at));
 }

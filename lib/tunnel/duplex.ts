@@ -32,6 +32,11 @@ export function claimHeadroom(chunk: Uint8Array, headroom: number): Uint8Array |
  */
 const closedResources = new WeakSet<object>();
 
+/** Writes all of `chunk`: one write may take only part of it. */
+export async function writeAll(conn: Deno.Conn, chunk: Uint8Array): Promise<void> {
+  for (let at = 0; at < chunk.length;) at += await conn.write(chunk.subarray(at));
+}
+
 /** Closes a socket or listener that may already be closed; never throws. */
 export function closeQuietly(closer: { close(): void }): void {
   if (closedResources.has(closer)) return;
@@ -113,10 +118,7 @@ export function connDuplex(conn: Deno.Conn): Duplex {
   }, { highWaterMark: 0 });
 
   const writable = new WritableStream<Uint8Array>({
-    async write(chunk) {
-      let at = 0;
-      while (at < chunk.length) at += await conn.write(chunk.subarray(at));
-    },
+    write: (chunk) => writeAll(conn, chunk),
     async close() {
       writeDone = true;
       try {
