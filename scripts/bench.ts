@@ -18,12 +18,17 @@ import {
   ensureCluster,
   kubectlJson,
   podNetns,
+  podPid,
+  runCommand,
   waitForReadyPod,
 } from "../tests/e2e/harness.ts";
+import { clusterPid, cpuUsed, snapshotCpu } from "./bench/cpu.ts";
 import {
   computeFigures,
+  cpuRows,
   formatMarkdown,
   formatTable,
+  formatText,
   type RawResults,
   summarize,
 } from "./bench/report.ts";
@@ -115,13 +120,32 @@ async function createPods(namespace: string): Promise<BenchPods> {
   const echo = await kubectlJson<{ status: { podIP: string } }>(
     ["get", "pod", "bench-echo", "-n", namespace],
   );
+  const clientNetns = await podNetns(namespace, "bench-client");
+  await setTimeWaitReuse(clientNetns, "1");
   return {
     namespace,
     echoPod: "bench-echo",
     echoIP: echo.status.podIP,
-    clientNetns: await podNetns(namespace, "bench-client"),
+    clientNetns,
     nodeNetns: NODE_NETNS,
   };
+}
+
+const TW_REUSE = "net.ipv4.tcp_tw_reuse";
+
+/**
+ * Sets tcp_tw_reuse in a network namespace and returns the value it had. The connection-rate
+ * client closes first, so each connection holds its ephemeral port for 60 s in TIME_WAIT:
+ * from a pod's namespace the 28k ports ran out a few seconds into a 20 s run and capped
+ * "direct" at ~870 conn/s (4,500 with reuse). relay's and kubectl's clients connect over
+ * loopback, where Linux reuses them already (the default, 2, means loopback only).
+ */
+async function setTimeWaitReuse(netns: string, value: string): Promise<string> {
+  const sysctl = ["ip", "netns", "exec", netns, "sysctl", "-n"];
+  const before = (await runCommand([...sysctl, TW_REUSE])).stdout.trim();
+  const set = await runCommand([...sysctl, "-w", `${TW_REUSE}=${value}`]);
+  if (set.code !== 0) throw new Error(`sysctl ${TW_REUSE} in ${netns}: ${set.stderr.trim()}`);
+  return before;
 }
 
 /** Runs the load client once against `endpoint`; its JSON result, or throws. */
@@ -158,7 +182,18 @@ async function main(): Promise<void> {
   await ensureCluster();
   await using ns = await createTestNamespace("relay-bench");
   const pods = await createPods(ns.name);
+  // The node path's client runs in the node's namespace: the same reuse there, undone after.
+  const nodeReuse = await setTimeWaitReuse(NODE_NETNS, "1");
+  await using _restoreNode = {
+    [Symbol.asyncDispose]: () => setTimeWaitReuse(NODE_NETNS, nodeReuse).then(() => {}, () => {}),
+  };
   const raw: RawResults = { rounds: {}, skipped: {} };
+  // The processes every path shares; each tool adds its client (and relay its agent).
+  const pathPids = {
+    apiserver: await clusterPid("kube-apiserver"),
+    kwok: await clusterPid("kwok"),
+    echo: await podPid(pods.namespace, pods.echoPod, "echo").catch(() => undefined),
+  };
 
   for (const scenario of chosen) {
     // Another `deno task test` on the machine ends with `cluster down`: stop with the reason
@@ -194,11 +229,23 @@ async function main(): Promise<void> {
           const endpoint = endpoints.get(tool)!;
           const rounds = (raw.rounds[scenario.name][tool] ??= []);
           if (scenario.measureRss && endpoint.pid) await resetPeakRss(endpoint.pid);
+          if (scenario.measureRss && endpoint.agentPid) await resetPeakRss(endpoint.agentPid);
+          const pids = { ...pathPids, client: endpoint.pid, agent: endpoint.agentPid };
           try {
+            const cpuBefore = await snapshotCpu(pids);
             const result = await runLoad(endpoint, scenario.request(endpoint, config));
+            if (scenario.cpuPer) {
+              const cpuAfter = await snapshotCpu(pids);
+              const loadCpu = typeof result.cpu_s === "number" ? result.cpu_s : undefined;
+              Object.assign(result, cpuUsed(cpuBefore, cpuAfter, loadCpu, scenario.cpuPer(result)));
+            }
             if (scenario.measureRss && endpoint.pid) result.rss_mb = await peakRssMb(endpoint.pid);
+            if (scenario.measureRss && endpoint.agentPid) {
+              result.agent_rss_mb = await peakRssMb(endpoint.agentPid);
+            }
             rounds.push(result);
-            const keys = scenario.figures.map((f) => f.key);
+            const keys = scenario.figures.filter((f) => !f.detail && f.key in result)
+              .map((f) => f.key);
             console.error(
               `bench: ${scenario.name} round ${round + 1} ${tool}: ${brief(result, keys)}`,
             );
@@ -220,6 +267,13 @@ async function main(): Promise<void> {
   console.log(`\nrelay benchmark, ${started.toISOString().slice(0, 10)}, ${machine}`);
   console.log(`${config.rounds} round(s) per scenario, medians; tools alternated round by round\n`);
   console.log(formatTable(chosen, figures));
+  const cpuTable = formatText(cpuRows(chosen, figures));
+  if (cpuTable) {
+    console.log(
+      "\nwhere the CPU went (user + system seconds of each process on the path, medians):\n" +
+        cpuTable,
+    );
+  }
   console.log(`\n${KRELAY_SKIPPED}.`);
   console.log(
     `kubelet shim's per-connection path (node-path: kwok's dial into the pod, DNAT to its ` +

@@ -1,8 +1,10 @@
 /** The benchmark's arithmetic and report (scripts/bench/): no cluster, no timing. */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { cpuUsed } from "../scripts/bench/cpu.ts";
 import {
   aggregate,
   computeFigures,
+  cpuRows,
   formatMarkdown,
   formatTable,
   summarize,
@@ -80,4 +82,43 @@ Deno.test("figures, summary and table from raw rounds", () => {
   const markdown = formatMarkdown(scenarios, figures).split("\n");
   assert(markdown.every((line) => line.startsWith("|") && line.endsWith("|")));
   assertEquals(new Set(markdown.map((line) => line.split("|").length)).size, 1);
+});
+
+Deno.test("CPU per unit of work: each process's share, the load client's own, and the total", () => {
+  const used = cpuUsed(
+    { client: 10, agent: 5, apiserver: 100, kwok: 50 },
+    { client: 14, agent: 7, apiserver: 101, kwok: NaN },
+    1,
+    2,
+  );
+  // kwok vanished mid-round: left out, not counted as zero or NaN.
+  assertEquals(used, {
+    cpu_client: 2,
+    cpu_agent: 1,
+    cpu_apiserver: 0.5,
+    cpu_load: 0.5,
+    cpu_total: 4,
+  });
+});
+
+Deno.test("the CPU breakdown: a row per tool that counted CPU, beside the main table", () => {
+  const figures = computeFigures(scenarios, {
+    rounds: {
+      bulk: {
+        relay: [{ mbps: 50, cpu_client: 5, cpu_agent: 3, cpu_total: 17 }],
+        kubectl: [{ mbps: 70, cpu_client: 3, cpu_total: 10 }],
+        direct: [{ mbps: 900 }],
+      },
+    },
+    skipped: {},
+  });
+  const rows = cpuRows(scenarios, figures);
+  assertEquals(rows.map((r) => r[1]), ["tool", "relay", "kubectl"]);
+  assertEquals(rows[1].slice(2, 4), ["5", "3"]);
+  assertEquals(summarize(figures).bulk_cpu_vs_kubectl, 1.7);
+  // The per-process figures stay out of the main table; the total is in it.
+  const table = formatTable(scenarios, figures);
+  assert(table.includes("CPU, all processes") && !table.includes("CPU: client"), table);
+  const markdown = formatMarkdown(scenarios, figures).split("\n\n");
+  assertEquals(markdown.length, 2);
 });

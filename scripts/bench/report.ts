@@ -2,6 +2,7 @@
  * From raw rounds to what the benchmark prints: one figure per (scenario, tool), the table
  * on stdout, and the JSON `summary` the issue names.
  */
+import { CPU_PARTS } from "./cpu.ts";
 import type { Aggregate, Scenario } from "./scenarios.ts";
 import { median, ratio, round } from "./stats.ts";
 import type { ToolName } from "./tools.ts";
@@ -59,6 +60,13 @@ export interface Summary {
   concurrency_errors: number | null;
   client_rss_mb: number | null;
   udp_max_qps_no_loss: number | null;
+  /** relay's agent's peak RSS in the concurrency scenario (its pod's memory). */
+  agent_rss_mb: number | null;
+  /**
+   * CPU of every process on the path per GiB of bulk, relay/kubectl: on a CPU-bound machine
+   * the throughput ratio is about its inverse.
+   */
+  bulk_cpu_vs_kubectl: number | null;
   /** The kubelet shim's per-connection path against direct (≈1 means it adds nothing). */
   node_path_connrate_vs_direct: number | null;
   node_path_latency_p50_vs_direct: number | null;
@@ -86,6 +94,11 @@ export function summarize(figures: Figures): Summary {
     concurrency_errors: relay("concurrency", "errors", 0),
     client_rss_mb: relay("concurrency", "rss_mb", 1),
     udp_max_qps_no_loss: relay("udp", "max_qps_no_loss", 0),
+    agent_rss_mb: relay("concurrency", "agent_rss_mb", 1),
+    bulk_cpu_vs_kubectl: ratio(
+      get("bulk", "relay", "cpu_total"),
+      get("bulk", "kubectl", "cpu_total"),
+    ),
     node_path_connrate_vs_direct: ratio(
       get("connrate", "node-path", "per_second"),
       get("connrate", "direct", "per_second"),
@@ -104,7 +117,7 @@ export function tableRows(scenarios: Scenario[], figures: Figures): string[][] {
   const rows: string[][] = [["scenario", "figure", ...COLUMNS, "relay/kubectl", "relay/direct"]];
   for (const s of scenarios) {
     const byTool = figures[s.name] ?? {};
-    for (const f of s.figures) {
+    for (const f of s.figures.filter((f) => !f.detail)) {
       const value = (tool: ToolName) => byTool[tool]?.[f.key];
       rows.push([
         s.name,
@@ -118,9 +131,31 @@ export function tableRows(scenarios: Scenario[], figures: Figures): string[][] {
   return rows;
 }
 
+/**
+ * Where each tool's CPU went, for the scenarios that count it: a row per (scenario, tool), a
+ * column per process; none when no scenario counted CPU.
+ */
+export function cpuRows(scenarios: Scenario[], figures: Figures): string[][] {
+  const rows: string[][] = [["scenario", "tool", ...CPU_PARTS, "total", "unit"]];
+  for (const s of scenarios.filter((s) => s.cpuPer)) {
+    const unit = s.figures.find((f) => f.key === "cpu_total")?.unit ?? "";
+    for (const [tool, values] of Object.entries(figures[s.name] ?? {})) {
+      if (!Number.isFinite(values?.cpu_total)) continue;
+      const cell = (key: string) => formatNumber(values?.[key]);
+      rows.push([s.name, tool, ...CPU_PARTS.map((p) => cell(`cpu_${p}`)), cell("cpu_total"), unit]);
+    }
+  }
+  return rows.length > 1 ? rows : [];
+}
+
 /** The table in fixed-width text, for stdout. */
 export function formatTable(scenarios: Scenario[], figures: Figures): string {
-  const rows = tableRows(scenarios, figures);
+  return formatText(tableRows(scenarios, figures));
+}
+
+/** Rows in fixed-width text: the first two columns left-aligned, the rest right-aligned. */
+export function formatText(rows: string[][]): string {
+  if (rows.length === 0) return "";
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   const line = (r: string[]) =>
     r.map((cell, i) => i < 2 ? cell.padEnd(widths[i]) : cell.padStart(widths[i])).join("  ")
@@ -129,9 +164,14 @@ export function formatTable(scenarios: Scenario[], figures: Figures): string {
     .join("\n");
 }
 
-/** The table as Markdown, for the README's Performance section. */
+/** The table as Markdown, for the README's Performance section; the CPU table after it. */
 export function formatMarkdown(scenarios: Scenario[], figures: Figures): string {
-  const [header, ...body] = tableRows(scenarios, figures);
+  const cpu = cpuRows(scenarios, figures);
+  return [markdownRows(tableRows(scenarios, figures)), ...(cpu.length ? [markdownRows(cpu)] : [])]
+    .join("\n\n");
+}
+
+function markdownRows([header, ...body]: string[][]): string {
   return [
     `| ${header.join(" | ")} |`,
     `|${header.map((_, i) => i < 2 ? "---" : "---:").join("|")}|`,

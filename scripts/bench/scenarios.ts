@@ -2,6 +2,7 @@
  * The six scenarios of the benchmark (issue 6): which tools each runs, which echo ports it
  * needs, the load-client request for one round, and the figures it reports.
  */
+import { CPU_PARTS } from "./cpu.ts";
 import type { LoadRequest } from "./load.ts";
 import type { Endpoint, PortSpec, ToolName } from "./tools.ts";
 
@@ -62,6 +63,8 @@ export interface Figure {
   aggregate: Aggregate;
   /** Whether more is better; decides nothing but the table's hint. */
   higherIsBetter: boolean;
+  /** Left out of the main table (the CPU breakdown has its own). */
+  detail?: boolean;
 }
 
 /** One scenario. */
@@ -72,8 +75,10 @@ export interface Scenario {
   ports: PortSpec[];
   /** Tunnels relay keeps for this scenario (default: relay's own default). */
   tunnels?: number;
-  /** Whether the forwarding client's peak RSS is a figure of this scenario. */
+  /** Whether the forwarding client's (and relay's agent's) peak RSS is a figure here. */
   measureRss?: boolean;
+  /** When set, the CPU of every process on the path is counted, per this much of the work. */
+  cpuPer?(result: Record<string, unknown>): number;
   figures: Figure[];
   request(endpoint: Endpoint, config: BenchConfig): LoadRequest;
 }
@@ -88,7 +93,9 @@ export const scenarios: Scenario[] = [
     title: "Bulk throughput, one connection, each way",
     tools: ["relay", "kubectl", "direct"],
     ports: [TCP_ECHO],
-    figures: [fig("mbps", "throughput", "MB/s", "median", true)],
+    // Per GiB each way: the echo sends back all it gets.
+    cpuPer: (r) => Number(r.bytes) / (1 << 30),
+    figures: [fig("mbps", "throughput", "MB/s", "median", true), ...cpuFigures("s/GiB")],
     request: (ep, c) => ({
       scenario: "bulk",
       host: ep.host,
@@ -101,11 +108,13 @@ export const scenarios: Scenario[] = [
     title: "New connections (open, 100 B echo, close)",
     tools: ["relay", "kubectl", "direct", "node-path"],
     ports: [TCP_ECHO],
+    cpuPer: (r) => Number(r.connections) / 1000,
     figures: [
       fig("per_second", "rate", "conn/s", "median", true),
       fig("p50_ms", "p50", "ms", "median", false),
       fig("p99_ms", "p99", "ms", "median", false),
       fig("errors", "errors", "", "sum", false),
+      ...cpuFigures("s/1k conn"),
     ],
     request: (ep, c) => ({
       scenario: "connrate",
@@ -142,6 +151,7 @@ export const scenarios: Scenario[] = [
       fig("errors", "errors", "", "sum", false),
       fig("seconds", "time", "s", "median", false),
       fig("rss_mb", "client peak RSS", "MB", "max", false),
+      fig("agent_rss_mb", "agent peak RSS", "MB", "max", false),
     ],
     request: (ep, c) => ({
       scenario: "concurrency",
@@ -188,6 +198,20 @@ export const scenarios: Scenario[] = [
     }),
   },
 ];
+
+/**
+ * CPU figures: the total in the main table, each process's share in the breakdown (keys as
+ * cpu.ts's cpuUsed writes them).
+ */
+function cpuFigures(unit: string): Figure[] {
+  return [
+    fig("cpu_total", "CPU, all processes", unit, "median", false),
+    ...CPU_PARTS.map((part) => ({
+      ...fig(`cpu_${part}`, `CPU: ${part}`, unit, "median", false),
+      detail: true,
+    })),
+  ];
+}
 
 function fig(
   key: string,

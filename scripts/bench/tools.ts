@@ -4,7 +4,7 @@
  * machine), the direct path (from another pod's network namespace), and the node path kwok
  * dials for every port-forward connection (the kubelet shim's per-connection cost).
  */
-import { KUBECONFIG, KUBECTL } from "../../tests/e2e/harness.ts";
+import { KUBECONFIG, KUBECTL, kubectlJson, podPid } from "../../tests/e2e/harness.ts";
 import { startRelay } from "../../tests/e2e/relay_process.ts";
 
 /** The tools a scenario can run against. */
@@ -17,8 +17,10 @@ export interface Endpoint {
   ports: Record<string, number>;
   /** Network namespace to run the load client in (none: this machine's). */
   netns?: string;
-  /** The forwarding client's pid, for its peak RSS. */
+  /** The forwarding client's pid, for its peak RSS and CPU. */
   pid?: number;
+  /** relay's agent's pid (its pod's process on this machine), for its peak RSS and CPU. */
+  agentPid?: number;
   stop(): Promise<void>;
 }
 
@@ -81,8 +83,21 @@ async function startRelayTool(
     host: "127.0.0.1",
     ports: local,
     pid: relay.pid,
+    agentPid: await agentPid(pods.namespace),
     stop: async () => void await relay.stop(),
   };
+}
+
+/** The process of the one live relay agent pod in `namespace` (the bench runs one relay). */
+async function agentPid(namespace: string): Promise<number | undefined> {
+  const list = await kubectlJson<{
+    items: { metadata: { name: string; deletionTimestamp?: string }; status: { phase?: string } }[];
+  }>(["get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=relay-agent"]);
+  const live = list.items.filter((p) =>
+    !p.metadata.deletionTimestamp && p.status.phase === "Running"
+  );
+  if (live.length !== 1) return undefined;
+  return await podPid(namespace, live[0].metadata.name, "agent").catch(() => undefined);
 }
 
 async function startKubectl(pods: BenchPods, ports: PortSpec[]): Promise<Endpoint> {
