@@ -162,3 +162,47 @@ Deno.test("nodelay bridge: what the API server sends waits in TCP's window, not 
     await server.close();
   }
 });
+
+Deno.test("nodelay bridge: a 32 MiB upload arrives byte for byte (node:tls, whose read buffers it reuses)", async () => {
+  const pki = await testPki();
+  const size = 32 * 1024 * 1024;
+  // Every byte says where it is, so a lost, repeated or overwritten chunk shows.
+  const byteAt = (offset: number) => (offset * 7 + (offset >>> 16)) & 0xff;
+  const server = startFakeApiServer(pki, async (request) => {
+    let offset = 0;
+    let firstBad = -1;
+    for await (const chunk of request.body!) {
+      for (let i = 0; i < chunk.length && firstBad < 0; i++) {
+        if (chunk[i] !== byteAt(offset + i)) firstBad = offset + i;
+      }
+      offset += chunk.length;
+    }
+    return Response.json({ received: offset, firstBad });
+  });
+  const bridge = startNoDelayBridge({
+    server: new URL(server.url),
+    ca: pki.caPem,
+    cert: await Deno.readTextFile(pki.clientCertFile),
+    key: await Deno.readTextFile(pki.clientKeyFile),
+  });
+  assert(bridge, "no bridge on this platform");
+  const client = Deno.createHttpClient({ proxy: { transport: "unix", path: bridge.path } });
+  let sent = 0;
+  const body = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (sent >= size) return controller.close();
+      const chunk = new Uint8Array(Math.min(100_000, size - sent));
+      for (let i = 0; i < chunk.length; i++) chunk[i] = byteAt(sent + i);
+      sent += chunk.length;
+      controller.enqueue(chunk);
+    },
+  });
+  try {
+    const response = await fetch(new URL("/upload", server.url), { method: "POST", body, client });
+    assertEquals(await response.json(), { received: size, firstBad: -1 });
+  } finally {
+    client.close();
+    bridge.close();
+    await server.close();
+  }
+});

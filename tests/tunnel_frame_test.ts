@@ -358,3 +358,33 @@ Deno.test("writer: senders waiting for room are let in only as far as the room g
     `queued ${mostQueued} bytes at most`,
   );
 });
+
+Deno.test("writer: a transport done with each chunk once written gets one buffer for all batches; others a fresh one each", async () => {
+  const run = async (chunkFreeAfterWrite: boolean) => {
+    const buffers = new Set<ArrayBufferLike>();
+    const kept: Uint8Array[] = [];
+    const sink = new WritableStream<Uint8Array>({
+      write(chunk) {
+        buffers.add(chunk.buffer);
+        // A transport that keeps chunks (like an in-memory pair) must find them unchanged.
+        kept.push(chunk);
+        return new Promise((resolve) => setTimeout(resolve, 0));
+      },
+    });
+    const writer = new FrameWriter(sink.getWriter(), { headroom: 1, chunkFreeAfterWrite });
+    for (let i = 0; i < 20; i++) {
+      writer.sendRaw(FrameType.DATA, 1, new Uint8Array(1000 * (i + 1)).fill(i));
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
+    await writer.drained();
+    return { buffers: buffers.size, kept };
+  };
+  const reused = await run(true);
+  assertEquals(reused.buffers, 1);
+  const fresh = await run(false);
+  assertEquals(fresh.buffers, fresh.kept.length);
+  const payloads = fresh.kept.flatMap((batch) => new FrameDecoder().push(batch))
+    .map((f) => f.type === FrameType.DATA ? f.payload : new Uint8Array(0));
+  assertEquals(payloads.length, 20);
+  payloads.forEach((data, i) => assertEquals(data.every((b) => b === i), true, `frame ${i}`));
+});

@@ -184,13 +184,17 @@ function spliceNode(local: Deno.Conn, remote: TLSSocket): void {
     }, end);
   });
   void (async () => {
-    const buffer = new Uint8Array(READ_SIZE);
+    // node:tls keeps what it is given until its write callback: a buffer returns here then,
+    // instead of each read being copied into a fresh one (allocation churn that drove V8
+    // into back-to-back full GCs during bulk transfers).
+    const free: Uint8Array[] = [];
     try {
       for (;;) {
+        const buffer = free.pop() ?? new Uint8Array(READ_SIZE);
         const n = await local.read(buffer);
         if (n === null) break;
-        // node:tls keeps what it is given until sent: hand it a copy.
-        if (!remote.write(buffer.slice(0, n))) await drainOrClose(remote);
+        const sent = remote.write(buffer.subarray(0, n), () => free.push(buffer));
+        if (!sent) await drainOrClose(remote);
       }
     } catch {
       // the HTTP client went away

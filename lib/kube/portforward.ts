@@ -139,6 +139,8 @@ class PortForwardDuplex implements Duplex {
   readonly writable: WritableStream<Uint8Array>;
   /** Room for the channel byte, so the tunnel's batches are sent without another copy. */
   readonly headroom = 1;
+  /** Deno's WebSocket copies a message in send(), before a write here resolves. */
+  readonly chunkFreeAfterWrite = true;
   readonly #socket: WebSocket;
   readonly #target: PortForwardTarget;
   readonly #maxBuffered: number;

@@ -7,9 +7,14 @@ import type { Duplex } from "./types.ts";
 /** Buffers made by withHeadroom whose spare front bytes no one has claimed yet. */
 const spareFront = new WeakSet<ArrayBufferLike>();
 
-/** A fresh `size`-byte chunk with `headroom` spare bytes in front that claimHeadroom may use. */
-export function withHeadroom(size: number, headroom: number): Uint8Array {
-  const buffer = new ArrayBuffer(headroom + size);
+/**
+ * A `size`-byte chunk with `headroom` spare bytes in front that claimHeadroom may use: in
+ * `reuse` when that buffer is large enough, else in a fresh one.
+ */
+export function withHeadroom(size: number, headroom: number, reuse?: ArrayBuffer): Uint8Array {
+  const buffer = reuse !== undefined && reuse.byteLength >= headroom + size
+    ? reuse
+    : new ArrayBuffer(headroom + size);
   if (headroom > 0) spareFront.add(buffer);
   return new Uint8Array(buffer, headroom, size);
 }
@@ -134,5 +139,6 @@ export function connDuplex(conn: Deno.Conn): Duplex {
     },
   });
 
-  return { readable, writable };
+  // writeAll has handed every byte to the kernel by the time a write resolves.
+  return { readable, writable, chunkFreeAfterWrite: true };
 }

@@ -174,7 +174,7 @@ interface Io {
 function openIo(transport: Duplex): Io {
   return {
     reader: transport.readable.getReader(),
-    frameWriter: new FrameWriter(transport.writable.getWriter(), transport.headroom),
+    frameWriter: new FrameWriter(transport.writable.getWriter(), transport),
     decoder: new FrameDecoder(),
   };
 }

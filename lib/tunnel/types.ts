@@ -18,6 +18,12 @@ export interface Duplex {
    * lets the transport write its header there instead of copying the chunk.
    */
   readonly headroom?: number;
+  /**
+   * True when the writable is done with a chunk's bytes once its write() resolves (it sent
+   * or copied them), so the writer may fill that buffer again: one batch buffer per tunnel
+   * instead of a fresh one per batch, whose churn drove V8 into back-to-back full GCs.
+   */
+  readonly chunkFreeAfterWrite?: boolean;
 }
 
 /** The transport protocol a stream carries to its destination. */

@@ -41,11 +41,22 @@ export class FrameWriter {
   /** Told once if the transport refuses a write. */
   onError: (error: unknown) => void = () => {};
 
-  /** `headroom`: the transport's (Duplex.headroom), left free before each batch. */
+  private readonly headroom: number;
+  /** The batch buffer, between writes (see Duplex.chunkFreeAfterWrite). */
+  private spare: ArrayBuffer | undefined;
+  private readonly reuseBatches: boolean;
+
+  /**
+   * `transport`: what the writable is (Duplex.headroom is left free before each batch;
+   * Duplex.chunkFreeAfterWrite lets one buffer carry every batch).
+   */
   constructor(
     private readonly writer: WritableStreamDefaultWriter<Uint8Array>,
-    private readonly headroom = 0,
-  ) {}
+    transport: { headroom?: number; chunkFreeAfterWrite?: boolean } = {},
+  ) {
+    this.headroom = transport.headroom ?? 0;
+    this.reuseBatches = transport.chunkFreeAfterWrite === true;
+  }
 
   /** Bytes waiting to be written. */
   get queuedBytes(): number {
@@ -115,6 +126,7 @@ export class FrameWriter {
       ) {
         const batch = this.cutBatch();
         await this.writer.write(batch);
+        if (this.reuseBatches) this.spare = batch.buffer as ArrayBuffer;
         if (this.queued < HIGH_WATER) this.wakeRoom();
       }
     } catch (e) {
@@ -142,8 +154,12 @@ export class FrameWriter {
       size += n;
       end++;
     }
-    // The one copy on the way out: the transport frames this batch in place (headroom).
-    const out = withHeadroom(size, this.headroom);
+    // The one copy on the way out: the transport frames this batch in place (headroom). A
+    // reused buffer is batch-sized from the start, so every later batch fits in it; it is
+    // lent to this batch's write and handed back in flush once that resolves.
+    if (this.reuseBatches) this.spare ??= new ArrayBuffer(this.headroom + BATCH_BYTES);
+    const out = withHeadroom(size, this.headroom, this.spare);
+    this.spare = undefined;
     let at = 0;
     for (const { type, streamId, payload } of urgent) {
       writeHeader(out, at, type, streamId, payload.length);
