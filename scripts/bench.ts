@@ -228,8 +228,11 @@ async function main(): Promise<void> {
         for (const tool of rotate(tools, round)) {
           const endpoint = endpoints.get(tool)!;
           const rounds = (raw.rounds[scenario.name][tool] ??= []);
-          if (scenario.measureRss && endpoint.pid) await resetPeakRss(endpoint.pid);
-          if (scenario.measureRss && endpoint.agentPid) await resetPeakRss(endpoint.agentPid);
+          // Peak RSS of the forwarding client and, for relay, of its agent.
+          const rssPids = scenario.measureRss
+            ? Object.entries({ rss_mb: endpoint.pid, agent_rss_mb: endpoint.agentPid })
+            : [];
+          for (const [, pid] of rssPids) if (pid) await resetPeakRss(pid);
           const pids = { ...pathPids, client: endpoint.pid, agent: endpoint.agentPid };
           try {
             const cpuBefore = await snapshotCpu(pids);
@@ -239,10 +242,7 @@ async function main(): Promise<void> {
               const loadCpu = typeof result.cpu_s === "number" ? result.cpu_s : undefined;
               Object.assign(result, cpuUsed(cpuBefore, cpuAfter, loadCpu, scenario.cpuPer(result)));
             }
-            if (scenario.measureRss && endpoint.pid) result.rss_mb = await peakRssMb(endpoint.pid);
-            if (scenario.measureRss && endpoint.agentPid) {
-              result.agent_rss_mb = await peakRssMb(endpoint.agentPid);
-            }
+            for (const [key, pid] of rssPids) if (pid) result[key] = await peakRssMb(pid);
             rounds.push(result);
             const keys = scenario.figures.filter((f) => !f.detail && f.key in result)
               .map((f) => f.key);
