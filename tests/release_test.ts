@@ -6,7 +6,7 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "./asser
 import { ROOT, run } from "./distribution_helpers.ts";
 import { VERSION } from "../lib/version.ts";
 import { parseChecksums } from "../scripts/release/checksums.ts";
-import { explainCompileFailure } from "../scripts/release/compile.ts";
+import { explainCompileFailure, RELAY_V8_FLAGS } from "../scripts/release/compile.ts";
 import { packageRelease } from "../scripts/release/package.ts";
 import {
   archiveName,
@@ -28,7 +28,8 @@ Deno.test("--dry-run prints one deno compile command per target, with every flag
     const out = `dist/build/${target.denoTarget}/${binaryName(target)}`;
     assertEquals(
       lines[i],
-      "deno compile --unstable-net --allow-all --frozen-lockfile --config deno.json " +
+      "deno compile --unstable-net --v8-flags=--initial-old-space-size=128 --allow-all " +
+        "--frozen-lockfile --config deno.json " +
         `--include deno.json --target ${target.denoTarget} --output ${out} main.ts`,
     );
   }
@@ -187,4 +188,9 @@ Deno.test("packaging makes an archive per target and a SHA256SUMS sha256sum acce
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
+});
+
+Deno.test("`deno task relay` runs main.ts with the release binary's V8 flags", async () => {
+  const config = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`));
+  assertStringIncludes(config.tasks.relay, `--v8-flags=${RELAY_V8_FLAGS} main.ts`);
 });

@@ -2,6 +2,7 @@
  * relay as a user runs it: the real CLI as a child process against the local cluster,
  * with its ready lines parsed and its stderr kept for assertions.
  */
+import { RELAY_V8_FLAGS } from "../../scripts/release/compile.ts";
 import { KUBECONFIG, REPO_DIR } from "./harness.ts";
 
 /** A running `relay …` and what it has said. */
@@ -31,7 +32,15 @@ export interface StartRelayOptions {
 
 /** The command line that runs relay from this checkout. */
 export function relayCommand(args: string[]): string[] {
-  return [Deno.execPath(), "run", "--allow-all", "--unstable-net", `${REPO_DIR}/main.ts`, ...args];
+  return [
+    Deno.execPath(),
+    "run",
+    "--allow-all",
+    "--unstable-net",
+    `--v8-flags=${RELAY_V8_FLAGS}`,
+    `${REPO_DIR}/main.ts`,
+    ...args,
+  ];
 }
 
 /** Starts relay with `args` and waits for its ready lines. */
