@@ -3,7 +3,7 @@
  * runs redis inside it under the in-cluster name `redis.example`, starts
  * `relay host/redis.example 6379` exactly as a user types it, and talks to redis through it.
  */
-import { RELAY_V8_FLAGS } from "./release/compile.ts";
+import { RELAY_RUN_FLAGS } from "./release/compile.ts";
 
 const REPO = new URL("..", import.meta.url).pathname;
 const RUN_DIR = Deno.env.get("RELAY_CLUSTER_DIR") ?? "/tmp/relay-cluster";
@@ -81,15 +81,7 @@ await run(KUBECTL, ["rollout", "status", "deployment/redis", "--timeout=120s"]);
 
 say("$ relay host/redis.example 6379");
 const relay = new Deno.Command(Deno.execPath(), {
-  args: [
-    "run",
-    "--allow-all",
-    "--unstable-net",
-    `--v8-flags=${RELAY_V8_FLAGS}`,
-    `${REPO}main.ts`,
-    "host/redis.example",
-    "6379",
-  ],
+  args: ["run", ...RELAY_RUN_FLAGS, `${REPO}main.ts`, "host/redis.example", "6379"],
   env,
   stdout: "piped",
   stderr: "inherit",

@@ -6,7 +6,11 @@ import { assert, assertEquals, assertMatch, assertStringIncludes } from "./asser
 import { ROOT, run } from "./distribution_helpers.ts";
 import { VERSION } from "../lib/version.ts";
 import { parseChecksums } from "../scripts/release/checksums.ts";
-import { explainCompileFailure, RELAY_V8_FLAGS } from "../scripts/release/compile.ts";
+import {
+  explainCompileFailure,
+  RELAY_RUN_FLAGS,
+  RELAY_V8_FLAGS,
+} from "../scripts/release/compile.ts";
 import { packageRelease } from "../scripts/release/package.ts";
 import {
   archiveName,
@@ -190,7 +194,8 @@ Deno.test("packaging makes an archive per target and a SHA256SUMS sha256sum acce
   }
 });
 
-Deno.test("`deno task relay` runs main.ts with the release binary's V8 flags", async () => {
+Deno.test("`deno task relay` runs main.ts with the release binary's runtime flags", async () => {
   const config = JSON.parse(await Deno.readTextFile(`${ROOT}/deno.json`));
-  assertStringIncludes(config.tasks.relay, `--v8-flags=${RELAY_V8_FLAGS} main.ts`);
+  assertStringIncludes(config.tasks.relay, `--v8-flags=${RELAY_V8_FLAGS}`);
+  assertEquals(config.tasks.relay, `deno run ${RELAY_RUN_FLAGS.join(" ")} main.ts`);
 });

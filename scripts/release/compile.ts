@@ -14,18 +14,7 @@ export interface CompileOptions {
 }
 
 /**
- * The flags every release binary is compiled with; `compileArgs` adds target, output and entry.
- *
- * Permissions are `--allow-all`, not a list: relay runs the exec credential plugins a kubeconfig
- * names (aws, gke-gcloud-auth-plugin, kubelogin, any path), so `--allow-run` cannot be narrowed,
- * and a process it may run unrestricted is not sandboxed by anything else we would deny. A list
- * would add only failure modes (a compiled binary cannot prompt; a missing `--allow-sys` or an
- * env var a dependency reads becomes a crash in the field) for no security gained.
- */
-/**
- * V8 flags relay runs with, as client and as agent: the release binary has them compiled in,
- * and every place that runs main.ts from source passes them too (tests, the test cluster's
- * agent image, `deno task relay`, the demo).
+ * V8 flags relay runs with, as client and as agent.
  *
  * An old generation that may grow to 128 MB before its first full GC. Without it, after a
  * quiet spell V8 shrank the heap to just above its ~41 MB of live objects; when a bulk transfer
@@ -36,11 +25,27 @@ export interface CompileOptions {
  */
 export const RELAY_V8_FLAGS = "--initial-old-space-size=128";
 
-export const COMPILE_FLAGS: readonly string[] = [
+/**
+ * The runtime flags relay runs with: compiled into the release binary, and passed by every
+ * place that runs main.ts from source (`deno run ...RELAY_RUN_FLAGS main.ts`: the tests, the
+ * test cluster's agent image, the demo; `deno task relay` spells them out, and a test checks it).
+ *
+ * Permissions are `--allow-all`, not a list: relay runs the exec credential plugins a kubeconfig
+ * names (aws, gke-gcloud-auth-plugin, kubelogin, any path), so `--allow-run` cannot be narrowed,
+ * and a process it may run unrestricted is not sandboxed by anything else we would deny. A list
+ * would add only failure modes (a compiled binary cannot prompt; a missing `--allow-sys` or an
+ * env var a dependency reads becomes a crash in the field) for no security gained.
+ */
+export const RELAY_RUN_FLAGS: readonly string[] = [
   // Deno.listenDatagram (the UDP listeners) is behind --unstable-net.
   "--unstable-net",
   `--v8-flags=${RELAY_V8_FLAGS}`,
   "--allow-all",
+];
+
+/** The flags every release binary is compiled with; `compileArgs` adds target, output and entry. */
+export const COMPILE_FLAGS: readonly string[] = [
+  ...RELAY_RUN_FLAGS,
   // A release never resolves anything the lock file does not already pin.
   "--frozen-lockfile",
 ];

@@ -2,7 +2,7 @@
  * relay as a user runs it: the real CLI as a child process against the local cluster,
  * with its ready lines parsed and its stderr kept for assertions.
  */
-import { RELAY_V8_FLAGS } from "../../scripts/release/compile.ts";
+import { RELAY_RUN_FLAGS } from "../../scripts/release/compile.ts";
 import { KUBECONFIG, REPO_DIR } from "./harness.ts";
 
 /** A running `relay …` and what it has said. */
@@ -32,15 +32,7 @@ export interface StartRelayOptions {
 
 /** The command line that runs relay from this checkout. */
 export function relayCommand(args: string[]): string[] {
-  return [
-    Deno.execPath(),
-    "run",
-    "--allow-all",
-    "--unstable-net",
-    `--v8-flags=${RELAY_V8_FLAGS}`,
-    `${REPO_DIR}/main.ts`,
-    ...args,
-  ];
+  return [Deno.execPath(), "run", ...RELAY_RUN_FLAGS, `${REPO_DIR}/main.ts`, ...args];
 }
 
 /** Starts relay with `args` and waits for its ready lines. */

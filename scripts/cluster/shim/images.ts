@@ -2,7 +2,7 @@
  * The shim's image map: which local command stands in for which container image. A pod's
  * `command` replaces the entrypoint and `args` are appended, as with a real runtime.
  */
-import { RELAY_V8_FLAGS } from "../../release/compile.ts";
+import { RELAY_RUN_FLAGS } from "../../release/compile.ts";
 
 /** What an image runs: its entrypoint (before any `args`). */
 export interface ImageEntry {
@@ -34,17 +34,16 @@ export function imageRepository(image: string): string {
 /** The command an image stands for, or undefined when the shim does not know the image. */
 export function resolveImage(image: string, options: ImageMapOptions): ImageEntry | undefined {
   const repository = imageRepository(image);
-  const denoScript = (script: string, flags: string[] = []) => [
+  const denoScript = (script: string) => [
     options.deno,
     "run",
     "--allow-all",
     "--unstable-net",
-    ...flags,
     `${options.repoDir}/${script}`,
   ];
-  // The agent image runs the release binary, which has relay's V8 flags compiled in.
+  // The agent image runs the release binary, which has relay's runtime flags compiled in.
   if (repository.endsWith("relay-agent")) {
-    return { entrypoint: denoScript("main.ts", [`--v8-flags=${RELAY_V8_FLAGS}`]) };
+    return { entrypoint: [options.deno, "run", ...RELAY_RUN_FLAGS, `${options.repoDir}/main.ts`] };
   }
   if (repository === "relay-test/echo") {
     return { entrypoint: denoScript("tests/fixtures/echo_server.ts") };
