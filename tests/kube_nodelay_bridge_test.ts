@@ -31,6 +31,31 @@ async function getThroughBridge(
   }
 }
 
+/**
+ * A bridge to `server` that presents the test client certificate (the node:tls path), and an
+ * HTTP client that goes through it; `close` ends both.
+ */
+async function clientCertBridge(
+  pki: TestPki,
+  server: string,
+): Promise<{ client: Deno.HttpClient; close(): void }> {
+  const bridge = startNoDelayBridge({
+    server: new URL(server),
+    ca: pki.caPem,
+    cert: await Deno.readTextFile(pki.clientCertFile),
+    key: await Deno.readTextFile(pki.clientKeyFile),
+  });
+  assert(bridge, "no bridge on this platform");
+  const client = Deno.createHttpClient({ proxy: { transport: "unix", path: bridge.path } });
+  return {
+    client,
+    close() {
+      client.close();
+      bridge.close();
+    },
+  };
+}
+
 Deno.test("nodelay bridge: requests reach an HTTPS API server verified with the kubeconfig's CA", async () => {
   const pki = await testPki();
   const server = startFakeApiServer(pki, (request) => new Response(new URL(request.url).pathname));
@@ -138,14 +163,7 @@ Deno.test("nodelay bridge: what the API server sends waits in TCP's window, not 
         },
       }, { highWaterMark: 0 }),
     ));
-  const bridge = startNoDelayBridge({
-    server: new URL(server.url),
-    ca: pki.caPem,
-    cert: await Deno.readTextFile(pki.clientCertFile),
-    key: await Deno.readTextFile(pki.clientKeyFile),
-  });
-  assert(bridge, "no bridge on this platform");
-  const client = Deno.createHttpClient({ proxy: { transport: "unix", path: bridge.path } });
+  const { client, close } = await clientCertBridge(pki, server.url);
   try {
     const response = await fetch(new URL("/stream", server.url), { client });
     // Read nothing, and wait until the server can send no more.
@@ -157,8 +175,7 @@ Deno.test("nodelay bridge: what the API server sends waits in TCP's window, not 
     assert(pulled < 64 * 1024 * 1024, `the server sent ${pulled} bytes to a client reading none`);
     await response.body?.cancel();
   } finally {
-    client.close();
-    bridge.close();
+    close();
     await server.close();
   }
 });
@@ -179,14 +196,7 @@ Deno.test("nodelay bridge: a 32 MiB upload arrives byte for byte (node:tls, whos
     }
     return Response.json({ received: offset, firstBad });
   });
-  const bridge = startNoDelayBridge({
-    server: new URL(server.url),
-    ca: pki.caPem,
-    cert: await Deno.readTextFile(pki.clientCertFile),
-    key: await Deno.readTextFile(pki.clientKeyFile),
-  });
-  assert(bridge, "no bridge on this platform");
-  const client = Deno.createHttpClient({ proxy: { transport: "unix", path: bridge.path } });
+  const { client, close } = await clientCertBridge(pki, server.url);
   let sent = 0;
   const body = new ReadableStream<Uint8Array>({
     pull(controller) {
@@ -201,8 +211,7 @@ Deno.test("nodelay bridge: a 32 MiB upload arrives byte for byte (node:tls, whos
     const response = await fetch(new URL("/upload", server.url), { method: "POST", body, client });
     assertEquals(await response.json(), { received: size, firstBad: -1 });
   } finally {
-    client.close();
-    bridge.close();
+    close();
     await server.close();
   }
 });

@@ -4,6 +4,7 @@
  * machine), the direct path (from another pod's network namespace), and the node path kwok
  * dials for every port-forward connection (the kubelet shim's per-connection cost).
  */
+import { AGENT_SELECTOR } from "../../tests/e2e/agents.ts";
 import { KUBECONFIG, KUBECTL, kubectlJson, podPid } from "../../tests/e2e/harness.ts";
 import { startRelay } from "../../tests/e2e/relay_process.ts";
 
@@ -92,7 +93,7 @@ async function startRelayTool(
 async function agentPid(namespace: string): Promise<number | undefined> {
   const list = await kubectlJson<{
     items: { metadata: { name: string; deletionTimestamp?: string }; status: { phase?: string } }[];
-  }>(["get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=relay-agent"]);
+  }>(["get", "pods", "-n", namespace, "-l", AGENT_SELECTOR]);
   const live = list.items.filter((p) =>
     !p.metadata.deletionTimestamp && p.status.phase === "Running"
   );
