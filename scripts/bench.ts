@@ -37,6 +37,7 @@ import { rotate } from "./bench/stats.ts";
 import {
   type BenchPods,
   type Endpoint,
+  findKrelay,
   peakRssMb,
   resetPeakRss,
   startTool,
@@ -46,11 +47,6 @@ import {
 const LOAD_SCRIPT = new URL("./bench/load.ts", import.meta.url).pathname;
 /** kwok and kube-proxy live here; see scripts/cluster/config.ts. */
 const NODE_NETNS = "relay-node";
-
-/** Why krelay has no column (the issue asks for it when it can be built). */
-const KRELAY_SKIPPED = "krelay skipped: the Go module proxy answers 403 Forbidden for " +
-  "github.com/knight42/krelay on this machine, so neither its client nor its server image " +
-  "can be built; nothing else may be downloaded";
 
 function parseFlags(): { config: BenchConfig; json?: string; markdown?: string; only?: string[] } {
   const { values } = parseArgs({
@@ -99,7 +95,10 @@ function parseFlags(): { config: BenchConfig; json?: string; markdown?: string; 
   };
 }
 
-/** The echo pod everything forwards to, and a second pod whose namespace hosts "direct". */
+/**
+ * The echo pod everything forwards to, a second pod whose namespace hosts "direct", and
+ * krelay's build.
+ */
 async function createPods(namespace: string): Promise<BenchPods> {
   const pod = (name: string) => ({
     apiVersion: "v1",
@@ -128,6 +127,7 @@ async function createPods(namespace: string): Promise<BenchPods> {
     echoIP: echo.status.podIP,
     clientNetns,
     nodeNetns: NODE_NETNS,
+    krelay: await findKrelay(),
   };
 }
 
@@ -178,10 +178,11 @@ async function main(): Promise<void> {
   const chosen = scenarios.filter((s) => !only || only.includes(s.name));
   const started = new Date();
   console.error(`bench: ${chosen.map((s) => s.name).join(", ")}; ${config.rounds} round(s) each`);
-  console.error(`bench: ${KRELAY_SKIPPED}`);
   await ensureCluster();
   await using ns = await createTestNamespace("relay-bench");
   const pods = await createPods(ns.name);
+  const krelaySkipped = "skipped" in pods.krelay ? pods.krelay.skipped : undefined;
+  if (krelaySkipped) console.error(`bench: ${krelaySkipped}`);
   // The node path's client runs in the node's namespace: the same reuse there, undone after.
   const nodeReuse = await setTimeWaitReuse(NODE_NETNS, "1");
   await using _restoreNode = {
@@ -274,7 +275,7 @@ async function main(): Promise<void> {
         cpuTable,
     );
   }
-  console.log(`\n${KRELAY_SKIPPED}.`);
+  if (krelaySkipped) console.log(`\n${krelaySkipped}.`);
   console.log(
     `kubelet shim's per-connection path (node-path: kwok's dial into the pod, DNAT to its ` +
       `localhost) vs direct: connection rate ${summary.node_path_connrate_vs_direct ?? "-"}×, ` +
@@ -290,7 +291,7 @@ async function main(): Promise<void> {
           date: started.toISOString(),
           machine,
           config,
-          krelay: KRELAY_SKIPPED,
+          krelay: "skipped" in pods.krelay ? pods.krelay.skipped : pods.krelay.version,
           summary,
           figures,
           skipped: raw.skipped,

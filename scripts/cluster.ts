@@ -25,7 +25,7 @@ import {
   pinBridgeMac,
 } from "./cluster/network.ts";
 import { ensurePackages } from "./cluster/packages.ts";
-import { isAlive, run, stopProcess, waitUntil } from "./cluster/proc.ts";
+import { isAlive, must, run, stopProcess, waitUntil } from "./cluster/proc.ts";
 import { KubeClient } from "./cluster/shim/kube.ts";
 import { removeShimCgroups } from "./cluster/shim/cgroups.ts";
 
@@ -54,16 +54,12 @@ async function apiReady(): Promise<boolean> {
 /** The binaries' directory, building them first if any is missing. */
 async function ensureBinaries(): Promise<string> {
   const dir = await binDir();
-  const names = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
-    .concat(["kube-proxy", "kwok", "kwok.any-port"]);
-  const missing = [];
-  for (const name of names) {
-    if (!await Deno.stat(`${dir}/${name}`).then(() => true, () => false)) missing.push(name);
-  }
+  const script = `${REPO_DIR}/scripts/build-cluster.sh`;
+  const missing = (await must(["bash", script, "missing"])).trim().split("\n").filter(Boolean);
   if (missing.length > 0) {
     log(`building ${missing.join(", ")} (cached afterwards)`);
     const status = await new Deno.Command("bash", {
-      args: [`${REPO_DIR}/scripts/build-cluster.sh`],
+      args: [script],
       stdout: "inherit",
       stderr: "inherit",
     }).spawn().status;

@@ -58,6 +58,7 @@ Deno.test("figures, summary and table from raw rounds", () => {
       bulk: {
         relay: [{ mbps: 300 }, { mbps: 200 }],
         kubectl: [{ mbps: 100 }, { mbps: 100 }],
+        krelay: [{ mbps: 125 }, { mbps: 125 }],
         direct: [{ mbps: 500 }, null],
       },
       concurrency: {
@@ -73,12 +74,20 @@ Deno.test("figures, summary and table from raw rounds", () => {
   const summary = summarize(figures);
   assertEquals(summary.throughput_vs_kubectl, 2.5);
   assertEquals(summary.throughput_vs_direct, 0.5);
+  assertEquals(summary.throughput_vs_krelay, 2);
+  // krelay skipped (or not run) in a scenario: no ratio, not a zero.
+  assertEquals(summary.latency_p50_vs_krelay, null);
   assertEquals(summary.latency_p50_vs_kubectl, 0.5);
   assertEquals(summary.concurrency_errors, 1);
   assertEquals(summary.client_rss_mb, 90);
   assertEquals(summary.hol_fraction, null);
   const table = formatTable(scenarios, figures);
   assert(table.includes("2.50×"), table);
+  const header = table.split("\n")[0].split(/\s+/);
+  assertEquals(header.slice(-3), ["relay/kubectl", "relay/krelay", "relay/direct"]);
+  // bulk's throughput row: relay, kubectl, krelay, direct, node-path, then the three ratios.
+  const bulk = table.split("\n").find((line) => line.startsWith("bulk"))!.split(/\s{2,}/);
+  assertEquals(bulk.slice(-8), ["250", "100", "125", "500", "-", "2.50×", "2.00×", "0.50×"]);
   const markdown = formatMarkdown(scenarios, figures).split("\n");
   assert(markdown.every((line) => line.startsWith("|") && line.endsWith("|")));
   assertEquals(new Set(markdown.map((line) => line.split("|").length)).size, 1);

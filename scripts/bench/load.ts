@@ -31,6 +31,8 @@ export type LoadRequest =
 
 const CHUNK = 256 * 1024;
 const MB = 1e6;
+/** Longest one connection-rate connection may take before it counts as an error. */
+const CONNECTION_TIMEOUT_MS = 10_000;
 
 function connect(host: string, port: number): Promise<Deno.TcpConn> {
   return Deno.connect({ hostname: host, port });
@@ -83,6 +85,15 @@ async function connrate(r: Extract<LoadRequest, { scenario: "connrate" }>) {
     while (performance.now() < deadline) {
       const t0 = performance.now();
       let conn: Deno.TcpConn | undefined;
+      // A connection the tool never answers (e.g. its in-cluster end ran out of file
+      // descriptors) would hold its worker, and the run, forever: it becomes an error.
+      let timedOut = false;
+      const timer = setTimeout(() => {
+        timedOut = true;
+        try {
+          conn?.close();
+        } catch { /* closed already */ }
+      }, CONNECTION_TIMEOUT_MS);
       try {
         conn = await connect(r.host, r.port);
         await writeAll(conn, payload);
@@ -90,10 +101,11 @@ async function connrate(r: Extract<LoadRequest, { scenario: "connrate" }>) {
         latencies.push(performance.now() - t0);
       } catch (error) {
         errors++;
-        firstError ||= String(error);
+        firstError ||= timedOut ? `no echo within ${CONNECTION_TIMEOUT_MS} ms` : String(error);
       } finally {
+        clearTimeout(timer);
         try {
-          conn?.close();
+          if (!timedOut) conn?.close();
         } catch { /* closed already */ }
       }
     }
@@ -200,14 +212,16 @@ async function download(host: string, port: number, bytes: number, timeoutMs: nu
  * that stopped after its first bytes and a sender that keeps sending.
  */
 async function hol(r: Extract<LoadRequest, { scenario: "hol" }>) {
-  const timeoutMs = 30_000;
-  const alone = await download(r.host, r.port, r.bytes, timeoutMs);
+  const alone = await download(r.host, r.port, r.bytes, 30_000);
+  // A stalled B (a tool with head-of-line blocking) would otherwise sit out the whole 30 s:
+  // anything at least a tenth of B's speed alone finishes within 10× its time alone.
+  const stallMs = Math.min(30_000, Math.max(2_000, 10_000 * r.bytes / MB / alone));
   const a = await connect(r.host, r.port);
   await writeAll(a, new TextEncoder().encode(`${2 ** 40}\n`));
   await readExactly(a, 64 * 1024, new Uint8Array(64 * 1024));
   // A stops reading here; give every buffer on its path time to fill.
   await new Promise((resolve) => setTimeout(resolve, r.pauseMs));
-  const paused = await download(r.host, r.port, r.bytes, timeoutMs);
+  const paused = await download(r.host, r.port, r.bytes, stallMs);
   a.close();
   return { alone_mbps: alone, paused_mbps: paused, hol_fraction: paused / alone };
 }

@@ -50,7 +50,7 @@ export function computeFigures(scenarios: Scenario[], raw: RawResults): Figures 
   return out;
 }
 
-/** The issue's summary (relay/kubectl and relay/direct ratios; relay's own figures). */
+/** The issue's summary (relay/kubectl, relay/krelay and relay/direct ratios; relay's own figures). */
 export interface Summary {
   throughput_vs_kubectl: number | null;
   throughput_vs_direct: number | null;
@@ -67,6 +67,11 @@ export interface Summary {
    * the throughput ratio is about its inverse.
    */
   bulk_cpu_vs_kubectl: number | null;
+  /** The same ratios against krelay (null when krelay was skipped). */
+  throughput_vs_krelay: number | null;
+  connrate_vs_krelay: number | null;
+  latency_p50_vs_krelay: number | null;
+  udp_max_qps_vs_krelay: number | null;
   /** The kubelet shim's per-connection path against direct (≈1 means it adds nothing). */
   node_path_connrate_vs_direct: number | null;
   node_path_latency_p50_vs_direct: number | null;
@@ -99,6 +104,19 @@ export function summarize(figures: Figures): Summary {
       get("bulk", "relay", "cpu_total"),
       get("bulk", "kubectl", "cpu_total"),
     ),
+    throughput_vs_krelay: ratio(get("bulk", "relay", "mbps"), get("bulk", "krelay", "mbps")),
+    connrate_vs_krelay: ratio(
+      get("connrate", "relay", "per_second"),
+      get("connrate", "krelay", "per_second"),
+    ),
+    latency_p50_vs_krelay: ratio(
+      get("latency", "relay", "p50_us"),
+      get("latency", "krelay", "p50_us"),
+    ),
+    udp_max_qps_vs_krelay: ratio(
+      get("udp", "relay", "max_qps_no_loss"),
+      get("udp", "krelay", "max_qps_no_loss"),
+    ),
     node_path_connrate_vs_direct: ratio(
       get("connrate", "node-path", "per_second"),
       get("connrate", "direct", "per_second"),
@@ -110,11 +128,15 @@ export function summarize(figures: Figures): Summary {
   };
 }
 
-const COLUMNS: ToolName[] = ["relay", "kubectl", "direct", "node-path"];
+const COLUMNS: ToolName[] = ["relay", "kubectl", "krelay", "direct", "node-path"];
+/** The tools relay's figures are divided by, each a column of the table. */
+const RATIOS: ToolName[] = ["kubectl", "krelay", "direct"];
 
 /** The table's cells: a header, then a row per figure, a column per tool, then the ratios. */
 export function tableRows(scenarios: Scenario[], figures: Figures): string[][] {
-  const rows: string[][] = [["scenario", "figure", ...COLUMNS, "relay/kubectl", "relay/direct"]];
+  const rows: string[][] = [
+    ["scenario", "figure", ...COLUMNS, ...RATIOS.map((tool) => `relay/${tool}`)],
+  ];
   for (const s of scenarios) {
     const byTool = figures[s.name] ?? {};
     for (const f of s.figures.filter((f) => !f.detail)) {
@@ -123,8 +145,7 @@ export function tableRows(scenarios: Scenario[], figures: Figures): string[][] {
         s.name,
         `${f.label}${f.unit ? ` (${f.unit})` : ""}`,
         ...COLUMNS.map((tool) => formatNumber(value(tool))),
-        ratioCell(value("relay"), value("kubectl"), f.key),
-        ratioCell(value("relay"), value("direct"), f.key),
+        ...RATIOS.map((tool) => ratioCell(value("relay"), value(tool), f.key)),
       ]);
     }
   }

@@ -91,7 +91,7 @@ export const scenarios: Scenario[] = [
   {
     name: "bulk",
     title: "Bulk throughput, one connection, each way",
-    tools: ["relay", "kubectl", "direct"],
+    tools: ["relay", "kubectl", "krelay", "direct"],
     ports: [TCP_ECHO],
     // Per GiB each way: the echo sends back all it gets.
     cpuPer: (r) => Number(r.bytes) / (1 << 30),
@@ -106,7 +106,7 @@ export const scenarios: Scenario[] = [
   {
     name: "connrate",
     title: "New connections (open, 100 B echo, close)",
-    tools: ["relay", "kubectl", "direct", "node-path"],
+    tools: ["relay", "kubectl", "krelay", "direct", "node-path"],
     ports: [TCP_ECHO],
     cpuPer: (r) => Number(r.connections) / 1000,
     figures: [
@@ -127,7 +127,7 @@ export const scenarios: Scenario[] = [
   {
     name: "latency",
     title: "64-byte ping-pong on an established connection",
-    tools: ["relay", "kubectl", "direct", "node-path"],
+    tools: ["relay", "kubectl", "krelay", "direct", "node-path"],
     ports: [TCP_ECHO],
     figures: [
       fig("p50_us", "p50", "µs", "median", false),
@@ -144,7 +144,7 @@ export const scenarios: Scenario[] = [
   {
     name: "concurrency",
     title: "Simultaneous connections, each echoing",
-    tools: ["relay", "kubectl", "direct"],
+    tools: ["relay", "kubectl", "krelay", "direct"],
     ports: [TCP_ECHO],
     measureRss: true,
     figures: [
@@ -164,7 +164,7 @@ export const scenarios: Scenario[] = [
   {
     name: "hol",
     title: "Head-of-line: B's throughput while A's reader is paused, one tunnel",
-    tools: ["relay", "kubectl", "direct"],
+    tools: ["relay", "kubectl", "krelay", "direct"],
     ports: [TCP_SOURCE],
     tunnels: 1,
     figures: [
@@ -182,7 +182,7 @@ export const scenarios: Scenario[] = [
   {
     name: "udp",
     title: "UDP, DNS-sized (64 B) queries at rising rates",
-    tools: ["relay", "direct"],
+    tools: ["relay", "krelay", "direct"],
     ports: [`${TCP_ECHO}/udp`],
     figures: [
       fig("max_qps_no_loss", "max rate, 0 loss", "q/s", "median", true),

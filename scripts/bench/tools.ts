@@ -1,15 +1,22 @@
 /**
  * The ways of reaching the benchmark's echo pod, each as an {@link Endpoint} the load
- * client is pointed at: relay and `kubectl port-forward` (forwarding clients on this
+ * client is pointed at: relay, `kubectl port-forward` and krelay (forwarding clients on this
  * machine), the direct path (from another pod's network namespace), and the node path kwok
  * dials for every port-forward connection (the kubelet shim's per-connection cost).
  */
 import { AGENT_SELECTOR } from "../../tests/e2e/agents.ts";
-import { KUBECONFIG, KUBECTL, kubectlJson, podPid } from "../../tests/e2e/harness.ts";
+import {
+  KUBECONFIG,
+  kubectlJson,
+  kubectlPortForward,
+  podPid,
+  REPO_DIR,
+  runCommand,
+} from "../../tests/e2e/harness.ts";
 import { startRelay } from "../../tests/e2e/relay_process.ts";
 
 /** The tools a scenario can run against. */
-export type ToolName = "relay" | "kubectl" | "direct" | "node-path";
+export type ToolName = "relay" | "kubectl" | "krelay" | "direct" | "node-path";
 
 /** Where the load client connects, and the process (if any) forwarding for it. */
 export interface Endpoint {
@@ -20,7 +27,10 @@ export interface Endpoint {
   netns?: string;
   /** The forwarding client's pid, for its peak RSS and CPU. */
   pid?: number;
-  /** relay's agent's pid (its pod's process on this machine), for its peak RSS and CPU. */
+  /**
+   * The in-cluster end's pid (relay's agent, krelay's server: its pod's process on this
+   * machine), for its peak RSS and CPU.
+   */
   agentPid?: number;
   stop(): Promise<void>;
 }
@@ -35,6 +45,37 @@ export interface BenchPods {
   clientNetns: string;
   /** The node namespace, from where kwok dials pods (see scripts/cluster/shim/pod_network.ts). */
   nodeNetns: string;
+  /** krelay's client and server image, or why the bench has no krelay. */
+  krelay: Krelay | { skipped: string };
+}
+
+/** krelay as scripts/build-cluster.sh builds it. */
+export interface Krelay {
+  /** Its module version (a tag of github.com/knight42/krelay). */
+  version: string;
+  /** Its client, kubectl-relay. */
+  client: string;
+  /** The server image it is told to run; the kubelet shim maps it to the built server. */
+  serverImage: string;
+}
+
+/**
+ * Builds krelay (github.com/knight42/krelay) from the Go module proxy unless it is cached,
+ * or says why it cannot be.
+ */
+export async function findKrelay(): Promise<Krelay | { skipped: string }> {
+  const built = await runCommand(["bash", `${REPO_DIR}/scripts/build-cluster.sh`, "krelay"]);
+  const dir = built.stdout.trim();
+  if (built.code !== 0 || !dir) {
+    const why = built.stderr.trim().split("\n").pop() || `exit ${built.code}`;
+    return { skipped: `krelay skipped: scripts/build-cluster.sh krelay failed: ${why}` };
+  }
+  const version = dir.slice(dir.lastIndexOf("/krelay-") + "/krelay-".length);
+  return {
+    version,
+    client: `${dir}/kubectl-relay`,
+    serverImage: `ghcr.io/knight42/krelay-server:${version}`,
+  };
 }
 
 /** A port the scenario needs: a TCP port number, or `N/udp`. */
@@ -57,6 +98,8 @@ export async function startTool(
       return await startRelayTool(pods, ports, options.tunnels);
     case "kubectl":
       return await startKubectl(pods, ports);
+    case "krelay":
+      return await startKrelay(pods, ports);
   }
 }
 
@@ -84,68 +127,116 @@ async function startRelayTool(
     host: "127.0.0.1",
     ports: local,
     pid: relay.pid,
-    agentPid: await agentPid(pods.namespace),
+    agentPid: await agentPid(pods.namespace, AGENT_SELECTOR, "agent"),
     stop: async () => void await relay.stop(),
   };
 }
 
-/** The process of the one live relay agent pod in `namespace` (the bench runs one relay). */
-async function agentPid(namespace: string): Promise<number | undefined> {
+/**
+ * The process of the one live pod matching `selector` in `namespace` (the bench runs one
+ * forwarding tool at a time), or undefined.
+ */
+async function agentPid(
+  namespace: string,
+  selector: string,
+  container: string,
+): Promise<number | undefined> {
   const list = await kubectlJson<{
     items: { metadata: { name: string; deletionTimestamp?: string }; status: { phase?: string } }[];
-  }>(["get", "pods", "-n", namespace, "-l", AGENT_SELECTOR]);
+  }>(["get", "pods", "-n", namespace, "-l", selector]);
   const live = list.items.filter((p) =>
     !p.metadata.deletionTimestamp && p.status.phase === "Running"
   );
   if (live.length !== 1) return undefined;
-  return await podPid(namespace, live[0].metadata.name, "agent").catch(() => undefined);
+  return await podPid(namespace, live[0].metadata.name, container).catch(() => undefined);
 }
 
 async function startKubectl(pods: BenchPods, ports: PortSpec[]): Promise<Endpoint> {
   if (ports.some((p) => typeof p !== "number")) {
     throw new Error("kubectl port-forward does not forward UDP");
   }
-  const child = new Deno.Command(KUBECTL, {
+  const tcp = ports as number[];
+  const forward = await kubectlPortForward(pods.namespace, `pod/${pods.echoPod}`, tcp);
+  return {
+    host: "127.0.0.1",
+    ports: Object.fromEntries(tcp.map((p, i) => [String(p), forward.localPorts[i]])),
+    pid: forward.pid,
+    stop: forward.close,
+  };
+}
+
+/**
+ * krelay forwarding `ports` of the echo pod. Its server runs as a Job, put in the bench's
+ * namespace (by its --patch) so the namespace's deletion takes anything left behind.
+ */
+async function startKrelay(pods: BenchPods, ports: PortSpec[]): Promise<Endpoint> {
+  if ("skipped" in pods.krelay) throw new Error(pods.krelay.skipped);
+  const child = new Deno.Command(pods.krelay.client, {
     args: [
       `--kubeconfig=${KUBECONFIG}`,
-      "port-forward",
       "-n",
       pods.namespace,
+      `--server.image=${pods.krelay.serverImage}`,
+      `--patch=${JSON.stringify({ metadata: { namespace: pods.namespace } })}`,
       "--address=127.0.0.1",
       `pod/${pods.echoPod}`,
-      ...ports.map((p) => `:${p}`),
+      ...ports.map((p) => typeof p === "number" ? `:${p}` : `:${parseInt(p)}@udp`),
     ],
     stdin: "null",
-    stdout: "piped",
-    stderr: "null",
+    stdout: "null",
+    stderr: "piped",
   }).spawn();
-  const local: Record<string, number> = {};
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let text = "";
+  // It removes its server Job on SIGINT, not on SIGTERM.
   const stop = async () => {
     try {
-      child.kill("SIGTERM");
+      child.kill("SIGINT");
     } catch { /* exited already */ }
     await child.status;
   };
-  const timer = setTimeout(() => void stop(), 30_000);
+  const local = await readKrelayPorts(child.stderr, ports.length).catch(async (error) => {
+    await stop();
+    throw error;
+  });
+  return {
+    host: "127.0.0.1",
+    ports: local,
+    pid: child.pid,
+    agentPid: await agentPid(pods.namespace, "app=krelay-server", "krelay-server"),
+    stop,
+  };
+}
+
+/**
+ * Reads krelay's log until it has named `count` local ports (by remote port key: `9000`,
+ * `9000/udp`), then keeps draining it: krelay logs every connection and would block on a
+ * full pipe.
+ */
+async function readKrelayPorts(
+  log: ReadableStream<Uint8Array>,
+  count: number,
+): Promise<Record<string, number>> {
+  const lines = log.pipeThrough(new TextDecoderStream()).getReader();
+  const local: Record<string, number> = {};
+  let text = "";
+  // Its server is a Job: a pod to schedule and start before it listens.
+  const timer = setTimeout(() => void lines.cancel().catch(() => {}), 60_000);
   try {
-    while (Object.keys(local).length < ports.length) {
+    while (Object.keys(local).length < count) {
       const { value, done } = await lines.read();
-      if (done) throw new Error("kubectl port-forward exited before listening");
+      if (done) throw new Error(`krelay did not listen: ${text.trim().split("\n").pop() ?? ""}`);
       text += value;
-      for (const m of text.matchAll(/Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)/g)) {
-        local[m[2]] = Number(m[1]);
+      const forwarding = /Forwarding protocol=(tcp|udp) localAddr=[^ ]*:(\d+) remotePort=(\d+)/g;
+      for (const [, protocol, port, remote] of text.matchAll(forwarding)) {
+        local[protocol === "udp" ? `${remote}/udp` : remote] = Number(port);
       }
     }
   } finally {
     clearTimeout(timer);
   }
-  // kubectl prints a line per connection; keep its pipe drained or it blocks.
   (async () => {
     while (!(await lines.read().catch(() => ({ done: true }))).done) { /* drain */ }
   })();
-  return { host: "127.0.0.1", ports: local, pid: child.pid, stop };
+  return local;
 }
 
 /** The peak resident set of a process (VmHWM), in MB, or NaN once it is gone. */

@@ -21,6 +21,7 @@ import {
   podNetns,
   podPid,
   readLine,
+  runCommand,
   waitFor,
   waitForReadyPod,
 } from "./harness.ts";
@@ -147,6 +148,36 @@ Deno.test({
     assertEquals((await Deno.stat(`/proc/${newPid}/ns/net`)).ino, podNet.ino);
     const again = await echoThrough(echoPort, new TextEncoder().encode("still here\n"));
     assertEquals(new TextDecoder().decode(again), "still here\n");
+  },
+});
+
+Deno.test({
+  name: "story: a connection closed through kubectl port-forward is closed in the pod too, " +
+    "as a real node's runtime closes it, so idle connections do not pile up in the pod",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("e2e-cluster");
+    await applyYaml(echoManifest("echo"), ns.name);
+    const pod = await waitForReadyPod(ns.name, "app=echo");
+    const netns = await podNetns(ns.name, pod);
+    await using forward = await kubectlPortForward(ns.name, `pod/${pod}`, [9000]);
+    const established = async () => {
+      const ss = await runCommand(
+        ["ip", "netns", "exec", netns, "ss", "-tnH", "state", "established", "( sport = :9000 )"],
+      );
+      return ss.stdout.trim().split("\n").filter(Boolean).length;
+    };
+    // Each client closes without a half-close first, as most clients do.
+    for (let i = 0; i < 20; i++) {
+      const echoed = await echoThrough(forward.localPorts[0], new TextEncoder().encode(`${i}\n`));
+      assertEquals(new TextDecoder().decode(echoed), `${i}\n`);
+    }
+    // kwok used to keep the pod's side open until the whole port-forward ended.
+    await waitFor("no connection left open in the pod", async () => await established() === 0, {
+      timeoutMs: 15_000,
+    });
   },
 });
 

@@ -216,6 +216,8 @@ export interface PodLike {
 export interface PortForward extends AsyncDisposable {
   /** Local port for each remote port, in the order asked. */
   readonly localPorts: number[];
+  /** kubectl's process id. */
+  readonly pid: number;
   close(): Promise<void>;
 }
 
@@ -270,7 +272,7 @@ export async function kubectlPortForward(
   (async () => {
     while (!(await lines.read().catch(() => ({ done: true }))).done) { /* drain */ }
   })();
-  return { localPorts, close, [Symbol.asyncDispose]: close };
+  return { localPorts, pid: child.pid, close, [Symbol.asyncDispose]: close };
 }
 
 /** Reads a TCP connection until the peer closes it. */

@@ -16,6 +16,8 @@ export interface ImageMapOptions {
   repoDir: string;
   /** The deno binary. */
   deno: string;
+  /** krelay's server binary (scripts/build-cluster.sh krelay), for the benchmark's krelay. */
+  krelayServer?: string;
 }
 
 /** The repository part of an image reference: no registry host, tag or digest. */
@@ -45,6 +47,12 @@ export function resolveImage(image: string, options: ImageMapOptions): ImageEntr
   if (repository.endsWith("relay-agent")) {
     return { entrypoint: [options.deno, "run", ...RELAY_RUN_FLAGS, `${options.repoDir}/main.ts`] };
   }
+  // krelay's client runs its server from this image (ghcr.io/knight42/krelay-server:TAG);
+  // checked here, not at start, so a build made while the cluster is up is found.
+  if (repository === "knight42/krelay-server") {
+    const server = options.krelayServer;
+    return server && isFile(server) ? { entrypoint: [server] } : undefined;
+  }
   if (repository === "relay-test/echo") {
     return { entrypoint: denoScript("tests/fixtures/echo_server.ts") };
   }
@@ -69,6 +77,14 @@ export function resolveImage(image: string, options: ImageMapOptions): ImageEntr
     return { entrypoint: ["sh"] };
   }
   return undefined;
+}
+
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -4,9 +4,10 @@
  * `deno task cluster up`; one per cluster.
  */
 import { certFile } from "../certs.ts";
-import { NODE_NAME, PATHS, POD_NETNS_PREFIX } from "../config.ts";
+import { NODE_NAME, PATHS, POD_NETNS_PREFIX, REPO_DIR } from "../config.ts";
 import { API_SERVER_URL } from "../kubeconfig.ts";
 import { deleteNetns, listClusterNetns } from "../network.ts";
+import { must } from "../proc.ts";
 import { KubeClient, KubeError } from "./kube.ts";
 import { IpPool } from "./pod_network.ts";
 import { PodWorker, type PodWorkerContext } from "./pod_worker.ts";
@@ -22,7 +23,17 @@ const kube = new KubeClient({
   certFile: certFile("admin", "crt"),
   keyFile: certFile("admin", "key"),
 });
-const ctx: PodWorkerContext = { kube, ips: new IpPool(), log };
+const krelayDir = await must(["bash", `${REPO_DIR}/scripts/build-cluster.sh`, "krelay-path"]);
+const ctx: PodWorkerContext = {
+  kube,
+  ips: new IpPool(),
+  images: {
+    repoDir: REPO_DIR,
+    deno: Deno.execPath(),
+    krelayServer: `${krelayDir.trim()}/krelay-server`,
+  },
+  log,
+};
 const workers = new Map<string, PodWorker>();
 const podsPath = `/api/v1/pods?fieldSelector=spec.nodeName%3D${NODE_NAME}`;
 

@@ -4,7 +4,7 @@
  */
 import { NET, NODE_NAME, PATHS, REPO_DIR } from "../config.ts";
 import { Container } from "./container.ts";
-import { resolveImage } from "./images.ts";
+import { type ImageMapOptions, resolveImage } from "./images.ts";
 import { type KubeClient, KubeError } from "./kube.ts";
 import { createPodNetwork, deletePodNetwork, type IpPool } from "./pod_network.ts";
 import type { ContainerSpec, Pod } from "./types.ts";
@@ -13,6 +13,8 @@ import type { ContainerSpec, Pod } from "./types.ts";
 export interface PodWorkerContext {
   kube: KubeClient;
   ips: IpPool;
+  /** What the shim's image map resolves images with. */
+  images: ImageMapOptions;
   log: (message: string) => void;
 }
 
@@ -135,7 +137,7 @@ export class PodWorker {
   #makeContainer(spec: ContainerSpec, restartPolicy: "Always" | "OnFailure" | "Never"): Container {
     return new Container({
       spec,
-      image: resolveImage(spec.image, { repoDir: REPO_DIR, deno: Deno.execPath() }),
+      image: resolveImage(spec.image, this.#ctx.images),
       netns: this.#netns!,
       podIp: this.#ip!,
       restartPolicy,
