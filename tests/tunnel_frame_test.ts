@@ -388,3 +388,19 @@ Deno.test("writer: a transport done with each chunk once written gets one buffer
   assertEquals(payloads.length, 20);
   payloads.forEach((data, i) => assertEquals(data.every((b) => b === i), true, `frame ${i}`));
 });
+
+Deno.test("writer: a frame's copied callback runs once its payload is in a batch, in queue order, not before", async () => {
+  const sink = new WritableStream<Uint8Array>({
+    write: () => new Promise((resolve) => setTimeout(resolve, 0)),
+  });
+  const writer = new FrameWriter(sink.getWriter());
+  const copied: number[] = [];
+  // Five frames of 60,000 bytes: more than one batch of 256 KiB.
+  for (let i = 0; i < 5; i++) {
+    writer.sendRaw(FrameType.DATA, 1, new Uint8Array(60_000), () => copied.push(i));
+  }
+  // Queued, not yet cut: the sender's bytes are still the writer's to read.
+  assertEquals(copied, []);
+  await writer.drained();
+  assertEquals(copied, [0, 1, 2, 3, 4]);
+});

@@ -1,6 +1,7 @@
 import { assert, assertEquals, assertInstanceOf, assertRejects } from "./assert.ts";
 import {
   acceptTunnel,
+  connDuplex,
   connectTunnel,
   type Duplex,
   duplexPair,
@@ -11,6 +12,7 @@ import {
   StreamResetError,
   type Tunnel,
 } from "../lib/tunnel/mod.ts";
+import { releaseChunk } from "../lib/tunnel/duplex.ts";
 
 const TOKEN = "t0ken";
 const MiB = 1024 * 1024;
@@ -447,4 +449,64 @@ Deno.test("session: a peer that stops answering is closed by keep-alive", async 
   await client.closed;
   agent.close();
   await agent.closed;
+});
+
+Deno.test("socket read buffers go back to the pool once the tunnel has copied them: 4 × 8 MiB from real sockets arrive intact", async () => {
+  const size = 8 * MiB;
+  const server = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const serving = (async () => {
+    const sends: Promise<void>[] = [];
+    for (let i = 0; i < 4; i++) {
+      const conn = await server.accept();
+      sends.push(patternSource(size, 100_003).pipeTo(conn.writable));
+    }
+    await Promise.all(sends);
+  })();
+  // The agent end reads each socket with connDuplex, which reuses a read buffer as soon as the
+  // stream's frames have been copied into a batch: an early reuse would corrupt the pattern.
+  const { client, close } = await tunnelPair(async () =>
+    connDuplex(await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port }))
+  );
+  try {
+    const counts = await Promise.all(Array.from({ length: 4 }, async () => {
+      const stream = await client.open({ protocol: "tcp", host: "127.0.0.1", port: 1 });
+      await stream.writable.close();
+      return await checkPattern(stream.readable);
+    }));
+    assertEquals(counts, [size, size, size, size]);
+  } finally {
+    await serving;
+    server.close();
+    await close();
+  }
+});
+
+Deno.test("connDuplex: a released read chunk's buffer takes a later read; an unreleased one never does", async () => {
+  const server = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const accepted = server.accept();
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+  const peer = await accepted;
+  const reader = connDuplex(conn).readable.getReader();
+  // Full reads switch to the large buffer; keep the socket well ahead of the reader.
+  const writing = peer.write(new Uint8Array(4 * MiB).fill(1));
+  // The next chunk read into a large buffer (a short read is copied out of it instead).
+  const large = async () => {
+    for (;;) {
+      const { value } = await reader.read();
+      if (value!.buffer.byteLength === 64 * 1024) return value!;
+    }
+  };
+  const first = await large();
+  const second = await large();
+  assert(second.buffer !== first.buffer, "an unreleased buffer was read into again");
+  // A view of the same buffer (a frame payload cut out of a tunnel read) releases nothing.
+  releaseChunk(new Uint8Array(second.buffer));
+  assert((await large()).buffer !== second.buffer, "a view released its buffer");
+  releaseChunk(second);
+  const third = await large();
+  assert(third.buffer === second.buffer, "the released buffer was not reused");
+  await reader.cancel();
+  peer.close();
+  server.close();
+  await writing.catch(() => {});
 });

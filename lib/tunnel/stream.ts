@@ -3,6 +3,7 @@
  * credit (what we may still send the peer), half-close and reset. Driven synchronously by
  * the session's frame dispatcher, so one stream never holds up another.
  */
+import { releaseChunk } from "./duplex.ts";
 import { FrameType } from "./frame.ts";
 import type { OpenRequest, TunnelStream } from "./types.ts";
 import type { FrameWriter } from "./writer.ts";
@@ -358,7 +359,10 @@ export class MuxStream implements TunnelStream {
       while (writer.full && !this.failure) await writer.room();
       if (this.failure) throw this.failure;
       const n = Math.min(this.sendCredit, chunk.length - at, MAX_DATA);
-      writer.sendRaw(FrameType.DATA, this.id, chunk.subarray(at, at + n));
+      // Frames are copied out in order, so once the last piece is, the whole chunk is free
+      // for its source to read into again.
+      const copied = at + n === chunk.length ? () => releaseChunk(chunk) : undefined;
+      writer.sendRaw(FrameType.DATA, this.id, chunk.subarray(at, at + n), copied);
       this.sendCredit -= n;
       at += n;
     }

@@ -20,6 +20,8 @@ interface Queued {
   type: number;
   streamId: number;
   payload: Uint8Array;
+  /** Called once the payload has been copied into a batch (see sendRaw). */
+  copied?: () => void;
 }
 
 /** Serializes frames onto a transport's writable. */
@@ -73,12 +75,16 @@ export class FrameWriter {
     this.sendRaw(frame.type, frame.streamId, encodePayload(frame));
   }
 
-  /** Queues a frame from its parts. */
-  sendRaw(type: number, streamId: number, payload: Uint8Array): void {
+  /**
+   * Queues a frame from its parts. `copied` is told when the payload has been copied into a
+   * batch, after which the writer holds none of its bytes; never, if the transport failed
+   * first (the payload is then simply dropped).
+   */
+  sendRaw(type: number, streamId: number, payload: Uint8Array, copied?: () => void): void {
     if (this.failure !== null) return;
     const urgent = type === FrameType.WINDOW || type === FrameType.PING ||
       type === FrameType.PONG;
-    (urgent ? this.urgent : this.queue).push({ type, streamId, payload });
+    (urgent ? this.urgent : this.queue).push({ type, streamId, payload, copied });
     this.queued += HEADER_SIZE + payload.length;
     if (!this.flushing) {
       this.flushing = true;
@@ -161,16 +167,18 @@ export class FrameWriter {
     const out = withHeadroom(size, this.headroom, this.spare);
     this.spare = undefined;
     let at = 0;
-    for (const { type, streamId, payload } of urgent) {
+    for (const { type, streamId, payload, copied } of urgent) {
       writeHeader(out, at, type, streamId, payload.length);
       out.set(payload, at + HEADER_SIZE);
       at += HEADER_SIZE + payload.length;
+      copied?.();
     }
     for (let i = this.head; i < end; i++) {
-      const { type, streamId, payload } = this.queue[i];
+      const { type, streamId, payload, copied } = this.queue[i];
       writeHeader(out, at, type, streamId, payload.length);
       out.set(payload, at + HEADER_SIZE);
       at += HEADER_SIZE + payload.length;
+      copied?.();
     }
     this.head = end;
     this.queued -= size;
