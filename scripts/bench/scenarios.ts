@@ -75,7 +75,7 @@ export interface Scenario {
   ports: PortSpec[];
   /** Tunnels relay keeps for this scenario (default: relay's own default). */
   tunnels?: number;
-  /** Whether the forwarding client's (and relay's agent's) peak RSS is a figure here. */
+  /** Whether the forwarding client's (and the in-cluster end's) peak RSS is a figure here. */
   measureRss?: boolean;
   /** When set, the CPU of every process on the path is counted, per this much of the work. */
   cpuPer?(result: Record<string, unknown>): number;
@@ -93,9 +93,15 @@ export const scenarios: Scenario[] = [
     title: "Bulk throughput, one connection, each way",
     tools: ["relay", "kubectl", "krelay", "direct"],
     ports: [TCP_ECHO],
+    measureRss: true,
     // Per GiB each way: the echo sends back all it gets.
     cpuPer: (r) => Number(r.bytes) / (1 << 30),
-    figures: [fig("mbps", "throughput", "MB/s", "median", true), ...cpuFigures("s/GiB")],
+    figures: [
+      fig("mbps", "throughput", "MB/s", "median", true),
+      ...cpuFigures("s/GiB"),
+      fig("rss_mb", "client peak RSS", "MB", "max", false),
+      fig("agent_rss_mb", "agent peak RSS", "MB", "max", false),
+    ],
     request: (ep, c) => ({
       scenario: "bulk",
       host: ep.host,
