@@ -117,8 +117,9 @@ export function agentJobManifest(opts: {
     resources: {
       requests: { cpu: "10m", memory: "32Mi" },
       // No CPU limit: throttling the agent throttles every forwarded byte. Memory is bounded,
-      // with room for heavy use: 1,000 connections echoing 1 MiB each peaked at 330–390 MB.
-      limits: { memory: "512Mi" },
+      // with room for heavy use: 1,000 connections echoing 1 MiB each peaked at 340–390 MB,
+      // 2,000 at ~490 MB, where 512Mi would have had the whole forward OOM-killed.
+      limits: { memory: "1Gi" },
     },
     securityContext: {
       allowPrivilegeEscalation: false,
