@@ -78,18 +78,45 @@ const SPARE_READ_BUFFERS = 32;
  */
 const lentReadChunks = new WeakSet<Uint8Array>();
 
+/** Views sharing one lent read chunk, and how many of them are still held (see shareChunk). */
+interface Lease {
+  chunk: Uint8Array;
+  held: number;
+}
+const viewLeases = new WeakMap<Uint8Array, Lease>();
+
 /**
- * Says that nothing holds `chunk`'s bytes any more (its consumer has copied them out), so a
- * later read may reuse its buffer; chunks connDuplex did not lend out are ignored. Reusing read
- * buffers keeps a bulk transfer from allocating one per read: at ~500 MB/s those became
- * garbage faster than V8 collected it, and the agent's RSS on one bulk connection grew to
- * ~330 MB for ~50 MB of live data (~150 MB with reuse).
+ * Says that nothing holds `chunk`'s bytes any more (its consumer has copied them out or
+ * written them), so a later read may reuse its buffer; chunks connDuplex did not lend out, and
+ * views shareChunk did not register, are ignored. Reusing read buffers keeps a bulk transfer
+ * from allocating one per read: at ~500 MB/s those became garbage faster than V8 collected
+ * it, and the agent's RSS on one bulk connection grew to ~330 MB for ~50 MB of live data.
  */
 export function releaseChunk(chunk: Uint8Array): void {
-  if (!lentReadChunks.delete(chunk)) return;
-  if (spareReadBuffers.length < SPARE_READ_BUFFERS) {
-    spareReadBuffers.push(chunk.buffer as ArrayBuffer);
+  if (lentReadChunks.delete(chunk)) {
+    if (spareReadBuffers.length < SPARE_READ_BUFFERS) {
+      spareReadBuffers.push(chunk.buffer as ArrayBuffer);
+    }
+    return;
   }
+  const lease = viewLeases.get(chunk);
+  if (lease === undefined) return;
+  viewLeases.delete(chunk);
+  if (--lease.held === 0) releaseChunk(lease.chunk);
+}
+
+/**
+ * Hands a lent read chunk over to `views`, the only views of it anyone keeps (frame payloads
+ * cut out of a tunnel read): once each of them has been released, so is the chunk. With no
+ * views it is released now. A view never released (copied out, dropped) keeps the chunk from
+ * ever being reused, which is safe; releasing it while another view is held is what this
+ * prevents.
+ */
+export function shareChunk(chunk: Uint8Array, views: Uint8Array[]): void {
+  if (!lentReadChunks.has(chunk)) return;
+  if (views.length === 0) return releaseChunk(chunk);
+  const lease = { chunk, held: views.length };
+  for (const view of views) viewLeases.set(view, lease);
 }
 
 /**
@@ -163,7 +190,8 @@ export function connDuplex(conn: Deno.Conn): Duplex {
   }, { highWaterMark: 0 });
 
   const writable = new WritableStream<Uint8Array>({
-    write: (chunk) => writeAll(conn, chunk),
+    // Once written, the bytes are the kernel's: the chunk's buffer may take another read.
+    write: (chunk) => writeAll(conn, chunk).then(() => releaseChunk(chunk)),
     async close() {
       writeDone = true;
       try {

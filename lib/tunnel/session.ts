@@ -2,6 +2,7 @@
  * The multiplexer: a Tunnel over one transport Duplex. One reader loop decodes frames and
  * dispatches them synchronously to streams; one FrameWriter serializes everything sent.
  */
+import { shareChunk } from "./duplex.ts";
 import { type Frame, type FrameDecoder, FrameError, FrameType } from "./frame.ts";
 import { MuxStream, type StreamLimits, StreamResetError } from "./stream.ts";
 import type { FrameWriter } from "./writer.ts";
@@ -189,7 +190,9 @@ export class Session implements Tunnel {
           break;
         }
         this.heard = true;
-        for (const frame of this.decoder.push(value)) this.dispatch(frame);
+        const frames = this.decoder.push(value);
+        lendPayloads(value, frames);
+        for (const frame of frames) this.dispatch(frame);
       }
     } catch (e) {
       reason = e instanceof FrameError
@@ -354,6 +357,21 @@ export class Session implements Tunnel {
     this.reader.cancel().catch(() => {});
     this.writer.close(!graceful).finally(() => this.resolveClosed());
   }
+}
+
+/**
+ * Lets a tunnel read's buffer be reused once its DATA payloads have been written out (see
+ * shareChunk). Only when every frame in it is DATA: other payloads (a PING's nonce, echoed in
+ * a PONG) are views too, and nothing would release them.
+ */
+function lendPayloads(chunk: Uint8Array, frames: Frame[]): void {
+  const views: Uint8Array[] = [];
+  for (const frame of frames) {
+    if (frame.type !== FrameType.DATA) return;
+    // A payload assembled across reads has a buffer of its own.
+    if (frame.payload.buffer === chunk.buffer) views.push(frame.payload);
+  }
+  shareChunk(chunk, views);
 }
 
 /** Pipes a tunnel stream and a local duplex into each other, both directions independent. */
