@@ -93,27 +93,29 @@ const viewLeases = new WeakMap<Uint8Array, Lease>();
  * it, and the agent's RSS on one bulk connection grew to ~330 MB for ~50 MB of live data.
  */
 export function releaseChunk(chunk: Uint8Array): void {
-  if (lentReadChunks.delete(chunk)) {
-    if (spareReadBuffers.length < SPARE_READ_BUFFERS) {
-      spareReadBuffers.push(chunk.buffer as ArrayBuffer);
-    }
-    return;
-  }
+  if (lentReadChunks.delete(chunk)) return spareReadBuffer(chunk.buffer as ArrayBuffer);
   const lease = viewLeases.get(chunk);
   if (lease === undefined) return;
   viewLeases.delete(chunk);
   if (--lease.held === 0) releaseChunk(lease.chunk);
 }
 
+/** Keeps a free large read buffer for a later read, while the pool has room. */
+function spareReadBuffer(buffer: ArrayBuffer): void {
+  if (spareReadBuffers.length < SPARE_READ_BUFFERS) spareReadBuffers.push(buffer);
+}
+
 /**
- * Hands a lent read chunk over to `views`, the only views of it anyone keeps (frame payloads
- * cut out of a tunnel read): once each of them has been released, so is the chunk. With no
- * views it is released now. A view never released (copied out, dropped) keeps the chunk from
- * ever being reused, which is safe; releasing it while another view is held is what this
- * prevents.
+ * Hands a lent read chunk over to the views `collect` names, the only views of it anyone
+ * keeps (frame payloads cut out of a tunnel read): once each of them has been released, so is
+ * the chunk. With no views it is released now. `collect` runs only for a lent chunk, so a
+ * transport whose reads are not connDuplex's pays nothing. A view never released (copied out,
+ * dropped) keeps the chunk from ever being reused, which is safe; releasing it while another
+ * view is held is what this prevents.
  */
-export function shareChunk(chunk: Uint8Array, views: Uint8Array[]): void {
+export function shareChunk(chunk: Uint8Array, collect: () => Uint8Array[]): void {
   if (!lentReadChunks.has(chunk)) return;
+  const views = collect();
   if (views.length === 0) return releaseChunk(chunk);
   const lease = { chunk, held: views.length };
   for (const view of views) viewLeases.set(view, lease);
@@ -174,9 +176,7 @@ export function connDuplex(conn: Deno.Conn): Duplex {
       // buffer itself is then free at once.
       if (n * 4 < buf.length) {
         controller.enqueue(buf.slice(0, n));
-        if (buf.length === LARGE_READ && spareReadBuffers.length < SPARE_READ_BUFFERS) {
-          spareReadBuffers.push(buf.buffer);
-        }
+        if (buf.length === LARGE_READ) spareReadBuffer(buf.buffer);
         return;
       }
       const chunk = buf.subarray(0, n);

@@ -415,7 +415,12 @@ function readResult(r: PayloadReader): "ok" | OpenFailure {
   return code;
 }
 
-/** Decodes one frame from its type, stream id and payload (which DATA keeps, uncopied). */
+/**
+ * Decodes one frame from its type, stream id and payload. DATA keeps its payload uncopied, and
+ * it alone keeps any of it (a ping's few nonce bytes are copied): so a DATA payload is the only
+ * view of a transport read that outlives decoding, which lets reads be reused once their DATA
+ * payloads are done with (see shareChunk).
+ */
 export function decodePayload(type: number, streamId: number, payload: Uint8Array): Frame {
   switch (type) {
     case FrameType.DATA:
@@ -426,7 +431,7 @@ export function decodePayload(type: number, streamId: number, payload: Uint8Arra
     case FrameType.PING:
     case FrameType.PONG:
       if (payload.length > 64) throw new FrameError("ping nonce is longer than 64 bytes");
-      return { type, streamId, nonce: payload };
+      return { type, streamId, nonce: payload.slice() };
   }
   const r = new PayloadReader(payload, frameName(type));
   switch (type) {
@@ -479,8 +484,8 @@ export function frameName(type: number): string {
 /**
  * Turns a byte stream, cut anywhere, into frames.
  *
- * Payloads that arrive whole inside one chunk are views into that chunk (no copy), so the
- * caller must not reuse chunk buffers it has pushed. A payload split across chunks is
+ * DATA payloads that arrive whole inside one chunk are views into that chunk (no copy), so the
+ * caller must not reuse a chunk's buffer while any of them is held (see shareChunk). A payload split across chunks is
  * assembled once, into a buffer no larger than MAX_PAYLOAD. After a FrameError the decoder
  * is poisoned: every later push throws too.
  */

@@ -361,17 +361,14 @@ export class Session implements Tunnel {
 
 /**
  * Lets a tunnel read's buffer be reused once its DATA payloads have been written out (see
- * shareChunk). Only when every frame in it is DATA: other payloads (a PING's nonce, echoed in
- * a PONG) are views too, and nothing would release them.
+ * shareChunk): they are the only parts of a read that decoding leaves as views.
  */
 function lendPayloads(chunk: Uint8Array, frames: Frame[]): void {
-  const views: Uint8Array[] = [];
-  for (const frame of frames) {
-    if (frame.type !== FrameType.DATA) return;
-    // A payload assembled across reads has a buffer of its own.
-    if (frame.payload.buffer === chunk.buffer) views.push(frame.payload);
-  }
-  shareChunk(chunk, views);
+  shareChunk(chunk, () =>
+    frames.flatMap((frame) =>
+      // A payload assembled across reads has a buffer of its own.
+      frame.type === FrameType.DATA && frame.payload.buffer === chunk.buffer ? [frame.payload] : []
+    ));
 }
 
 /** Pipes a tunnel stream and a local duplex into each other, both directions independent. */
