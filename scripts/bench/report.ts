@@ -80,51 +80,30 @@ export interface Summary {
 /** The summary object of `--json`. */
 export function summarize(figures: Figures): Summary {
   const get = (scenario: string, tool: ToolName, key: string) => figures[scenario]?.[tool]?.[key];
+  /** One figure of `tool` over the same figure of `other`. */
+  const vs = (scenario: string, key: string, other: ToolName, tool: ToolName = "relay") =>
+    ratio(get(scenario, tool, key), get(scenario, other, key));
   const relay = (scenario: string, key: string, digits = 2) => {
     const v = get(scenario, "relay", key);
     return v === undefined ? null : round(v, digits);
   };
   return {
-    throughput_vs_kubectl: ratio(get("bulk", "relay", "mbps"), get("bulk", "kubectl", "mbps")),
-    throughput_vs_direct: ratio(get("bulk", "relay", "mbps"), get("bulk", "direct", "mbps")),
-    connrate_vs_kubectl: ratio(
-      get("connrate", "relay", "per_second"),
-      get("connrate", "kubectl", "per_second"),
-    ),
-    latency_p50_vs_kubectl: ratio(
-      get("latency", "relay", "p50_us"),
-      get("latency", "kubectl", "p50_us"),
-    ),
+    throughput_vs_kubectl: vs("bulk", "mbps", "kubectl"),
+    throughput_vs_direct: vs("bulk", "mbps", "direct"),
+    connrate_vs_kubectl: vs("connrate", "per_second", "kubectl"),
+    latency_p50_vs_kubectl: vs("latency", "p50_us", "kubectl"),
     hol_fraction: relay("hol", "hol_fraction", 3),
     concurrency_errors: relay("concurrency", "errors", 0),
     client_rss_mb: relay("concurrency", "rss_mb", 1),
     udp_max_qps_no_loss: relay("udp", "max_qps_no_loss", 0),
     agent_rss_mb: relay("concurrency", "agent_rss_mb", 1),
-    bulk_cpu_vs_kubectl: ratio(
-      get("bulk", "relay", "cpu_total"),
-      get("bulk", "kubectl", "cpu_total"),
-    ),
-    throughput_vs_krelay: ratio(get("bulk", "relay", "mbps"), get("bulk", "krelay", "mbps")),
-    connrate_vs_krelay: ratio(
-      get("connrate", "relay", "per_second"),
-      get("connrate", "krelay", "per_second"),
-    ),
-    latency_p50_vs_krelay: ratio(
-      get("latency", "relay", "p50_us"),
-      get("latency", "krelay", "p50_us"),
-    ),
-    udp_max_qps_vs_krelay: ratio(
-      get("udp", "relay", "max_qps_no_loss"),
-      get("udp", "krelay", "max_qps_no_loss"),
-    ),
-    node_path_connrate_vs_direct: ratio(
-      get("connrate", "node-path", "per_second"),
-      get("connrate", "direct", "per_second"),
-    ),
-    node_path_latency_p50_vs_direct: ratio(
-      get("latency", "node-path", "p50_us"),
-      get("latency", "direct", "p50_us"),
-    ),
+    bulk_cpu_vs_kubectl: vs("bulk", "cpu_total", "kubectl"),
+    throughput_vs_krelay: vs("bulk", "mbps", "krelay"),
+    connrate_vs_krelay: vs("connrate", "per_second", "krelay"),
+    latency_p50_vs_krelay: vs("latency", "p50_us", "krelay"),
+    udp_max_qps_vs_krelay: vs("udp", "max_qps_no_loss", "krelay"),
+    node_path_connrate_vs_direct: vs("connrate", "per_second", "direct", "node-path"),
+    node_path_latency_p50_vs_direct: vs("latency", "p50_us", "direct", "node-path"),
   };
 }
 
