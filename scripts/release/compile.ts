@@ -20,8 +20,10 @@ export interface CompileOptions {
  * quiet spell V8 shrank the heap to just above its ~41 MB of live objects; when a bulk transfer
  * resumed, the ArrayBuffers it churns through set off an incremental mark-compact every
  * ~100 ms that never let up, and the client spent 17–21 s of CPU per GiB instead of 7–10
- * (6 of 6 runs after 40 s idle; 0 of 6 with the flag). Peak RSS with 1,000 busy connections:
- * no change measured (532 vs 543 MB). Set at startup only: `v8.setFlagsFromString` is too late.
+ * (6 of 6 runs after 40 s idle; 0 of 6 with the flag). The price is garbage that waits longer:
+ * while every socket read allocated a buffer, one bulk connection through the agent peaked at
+ * 329 MB with the flag and 177 without; with read buffers reused (lib/tunnel/duplex.ts) it
+ * peaks at ~105 MB with it. Set at startup only: `v8.setFlagsFromString` is too late.
  */
 export const RELAY_V8_FLAGS = "--initial-old-space-size=128";
 
