@@ -29,6 +29,10 @@ Deno.test("agentJobManifest: a hardened Job that runs the agent with its token",
   assertEquals(spec.securityContext?.runAsNonRoot, true);
   assertEquals(spec.securityContext?.runAsUser, 65532);
   assertEquals(spec.securityContext?.seccompProfile?.type, "RuntimeDefault");
+  // Only a safe sysctl, which every kubelet allows without a flag.
+  assertEquals(spec.securityContext?.sysctls, [
+    { name: "net.ipv4.ip_local_port_range", value: "1024 65535" },
+  ]);
   const [c] = spec.containers;
   assertEquals([c.image, c.args], ["img:1", ["agent", "--port", String(AGENT_PORT)]]);
   assertEquals(c.env, [{ name: "RELAY_AGENT_TOKEN", value: "tok" }]);
@@ -195,6 +199,22 @@ Deno.test("startAgentPod: a hopeless image fails at once", async () => {
     () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 60_000, pollMs: 1 }),
     KubeError,
     "InvalidImageName",
+  );
+  assertEquals(api.calls.at(-1), "delete job relay-agent-x1 Background");
+});
+
+Deno.test("startAgentPod: a pod the kubelet rejects fails at once with the kubelet's reason", async () => {
+  const api = stubApi([{
+    status: {
+      phase: "Failed",
+      reason: "SysctlForbidden",
+      message: 'Pod forbidden sysctl: "net.core.somaxconn" not allowlisted',
+    },
+  }]);
+  await assertRejects(
+    () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 60_000, pollMs: 1 }),
+    KubeError,
+    'is Failed (SysctlForbidden: Pod forbidden sysctl: "net.core.somaxconn" not allowlisted)',
   );
   assertEquals(api.calls.at(-1), "delete job relay-agent-x1 Background");
 });

@@ -270,6 +270,45 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "story: the agent pod widens its ephemeral port range, a safe sysctl the kubelet " +
+    "applies, and an agent pod the kubelet refuses fails at once, naming why, leaving no Job",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("sec-sysctl");
+    await createEchoWorkloads(ns.name, ["pod"]);
+    {
+      await using relay = await startRelay(["-n", ns.name, "pod/echo-pod", ":8080"]);
+      const pod = await theAgentPod(ns.name);
+      const range = await runCommand([
+        "ip",
+        "netns",
+        "exec",
+        await podNetns(ns.name, pod.metadata.name),
+        "sysctl",
+        "-n",
+        "net.ipv4.ip_local_port_range",
+      ]);
+      assertEquals(range.stdout.trim().split(/\s+/), ["1024", "65535"]);
+      assertMatch(await greeting(relay.ports[0]), /^pod=echo-pod /);
+      assertEquals(await relay.stop(), 0, relay.stderr());
+    }
+    // A kubelet refuses sysctls outside its safe set; relay says so at once.
+    const patch = {
+      spec: { securityContext: { sysctls: [{ name: "net.core.somaxconn", value: "1024" }] } },
+    };
+    const result = await runCommand(
+      relayCommand(["-n", ns.name, "--patch", JSON.stringify(patch), "pod/echo-pod", ":8080"]),
+      { env: { KUBECONFIG } },
+    );
+    assertEquals(result.code, 1, result.stderr);
+    assertMatch(result.stderr, /is Failed \(SysctlForbidden: .*net\.core\.somaxconn/);
+    await waitFor("no agent Job left", async () => (await agentJobs(ns.name)).length === 0);
+  },
+});
+
 // ---------------------------------------------------------------------------------------
 // RBAC
 

@@ -10,12 +10,15 @@
 import { CLUSTER_DOMAIN, NET, NODE_NETNS, podNetnsName } from "../config.ts";
 import { must, run } from "../proc.ts";
 import { deleteNetns } from "../network.ts";
+import { type Sysctl, sysctlName } from "./sysctls.ts";
 
 /** What the shim needs to know to wire one pod. */
 export interface PodNetworkSpec {
   uid: string;
   namespace: string;
   ip: string;
+  /** The pod's sysctls, safe `net.*` ones only (see sysctls.ts). */
+  sysctls?: readonly Sysctl[];
 }
 
 /** Creates the pod's namespace and wiring; returns the namespace name. */
@@ -53,6 +56,7 @@ export async function createPodNetwork(spec: PodNetworkSpec): Promise<string> {
     ["ip", "-n", netns, "link", "set", "eth0", "up"],
     ["ip", "-n", netns, "route", "add", "default", "via", NET.podGateway],
     inPod("sysctl", "-qw", "net.ipv4.conf.eth0.route_localnet=1"),
+    ...(spec.sysctls ?? []).map((s) => inPod("sysctl", "-qw", `${sysctlName(s.name)}=${s.value}`)),
     inPod(
       "iptables",
       "-t",

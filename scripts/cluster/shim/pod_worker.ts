@@ -7,6 +7,7 @@ import { Container } from "./container.ts";
 import { type ImageMapOptions, resolveImage } from "./images.ts";
 import { type KubeClient, KubeError } from "./kube.ts";
 import { createPodNetwork, deletePodNetwork, type IpPool } from "./pod_network.ts";
+import { sysctlRejection } from "./sysctls.ts";
 import type { ContainerSpec, Pod } from "./types.ts";
 
 /** What every pod worker shares. */
@@ -34,6 +35,8 @@ export class PodWorker {
   #statusWriting: Promise<void> | undefined;
   #deleting: Promise<void> | undefined;
   #gone = false;
+  /** Why the pod was refused before anything started (a kubelet's admission). */
+  #rejection: { reason: string; message: string } | undefined;
   #ready: Promise<void>;
 
   constructor(ctx: PodWorkerContext, pod: Pod) {
@@ -99,10 +102,16 @@ export class PodWorker {
 
   async #start(): Promise<void> {
     const { uid, namespace, name } = this.#pod.metadata;
+    const sysctls = this.#pod.spec.securityContext?.sysctls ?? [];
+    this.#rejection = sysctlRejection(sysctls);
+    if (this.#rejection) {
+      this.#ctx.log(`pod ${namespace}/${name}: ${this.#rejection.message}`);
+      return this.#markStatusDirty();
+    }
     await Deno.mkdir(this.#stateDir, { recursive: true });
     this.#ip = this.#pod.status?.podIP ?? this.#ctx.ips.allocate();
     this.#ctx.ips.reserve(this.#ip);
-    this.#netns = await createPodNetwork({ uid, namespace, ip: this.#ip });
+    this.#netns = await createPodNetwork({ uid, namespace, ip: this.#ip, sysctls });
     await Deno.writeTextFile(`${this.#stateDir}/netns`, this.#netns + "\n");
     await Deno.writeTextFile(`${this.#stateDir}/ip`, this.#ip + "\n");
     await this.#registerPortForward();
@@ -255,6 +264,19 @@ export class PodWorker {
   }
 
   async #writeStatus(): Promise<void> {
+    // A rejected pod never ran: the kubelet writes only the phase and its reason.
+    const status = this.#rejection ? { phase: "Failed", ...this.#rejection } : this.#runStatus();
+    const { namespace, name } = this.#pod.metadata;
+    await this.#ctx.kube.request(
+      "PATCH",
+      `/api/v1/namespaces/${namespace}/pods/${name}/status`,
+      { metadata: { uid: this.#pod.metadata.uid }, status },
+      "application/merge-patch+json",
+    );
+  }
+
+  /** The status of a pod whose containers were started: phase, conditions, containers. */
+  #runStatus(): Record<string, unknown> {
     const all = [...this.#containers.entries()];
     const init = all.filter(([key]) => key.startsWith("init:")).map(([, c]) => c);
     const main = all.filter(([key]) => !key.startsWith("init:")).map(([, c]) => c);
@@ -274,7 +296,7 @@ export class PodWorker {
       lastProbeTime: null,
       lastTransitionTime: now,
     });
-    const status = {
+    return {
       phase,
       hostIP: NET.nodeLinkIp,
       hostIPs: [{ ip: NET.nodeLinkIp }],
@@ -304,12 +326,5 @@ export class PodWorker {
         })),
       ephemeralContainerStatuses: [...this.#ephemeral.values()].map((c) => c.status()),
     };
-    const { namespace, name } = this.#pod.metadata;
-    await this.#ctx.kube.request(
-      "PATCH",
-      `/api/v1/namespaces/${namespace}/pods/${name}/status`,
-      { metadata: { uid: this.#pod.metadata.uid }, status },
-      "application/merge-patch+json",
-    );
   }
 }

@@ -50,6 +50,7 @@ export interface Pod {
     containers: ContainerSpec[];
     ephemeralContainers?: ContainerSpec[];
     terminationGracePeriodSeconds?: number;
+    securityContext?: { sysctls?: { name: string; value: string }[] };
   };
   status?: {
     phase?: string;
