@@ -94,7 +94,25 @@ Deno.test("frame: every type round-trips through encode and the streaming decode
   }
 });
 
-Deno.test("frame: streaming decoder reassembles any chunking", () => {
+/** Frames with each DATA frame's pieces (see FrameDecoder) joined back into one frame. */
+function joinPieces(frames: Frame[]): Frame[] {
+  const out: Frame[] = [];
+  let pieces: Uint8Array[] = [];
+  for (const frame of frames) {
+    if (frame.type !== FrameType.DATA || (!frame.more && pieces.length === 0)) {
+      out.push(frame);
+      continue;
+    }
+    pieces.push(frame.payload);
+    if (frame.more) continue;
+    out.push({ type: FrameType.DATA, streamId: frame.streamId, payload: concat(pieces) });
+    pieces = [];
+  }
+  assertEquals(pieces.length, 0, "a DATA frame's last piece is missing");
+  return out;
+}
+
+Deno.test("frame: streaming decoder yields the same frames under any chunking (DATA in pieces)", () => {
   const wire = concat(SAMPLES.map(encodeFrame));
   fc.assert(
     fc.property(fc.array(fc.integer({ min: 1, max: 70000 }), { maxLength: 40 }), (cuts) => {
@@ -107,7 +125,7 @@ Deno.test("frame: streaming decoder reassembles any chunking", () => {
         at += cut;
       }
       got.push(...decoder.push(wire.subarray(at)));
-      assertEquals(got.map(plain), SAMPLES.map(plain));
+      assertEquals(joinPieces(got).map(plain), SAMPLES.map(plain));
       assertEquals(decoder.idle, true);
     }),
     { seed: 8, numRuns: 60 },
@@ -116,7 +134,27 @@ Deno.test("frame: streaming decoder reassembles any chunking", () => {
   const decoder = new FrameDecoder();
   const got: Frame[] = [];
   for (let i = 0; i < wire.length; i++) got.push(...decoder.push(wire.subarray(i, i + 1)));
-  assertEquals(got.length, SAMPLES.length);
+  assertEquals(joinPieces(got).map(plain), SAMPLES.map(plain));
+});
+
+Deno.test("frame: a DATA frame cut across chunks comes out as views of them, never copied", () => {
+  const payload = new Uint8Array(50_000).map((_, i) => i % 251);
+  const wire = encodeFrame({ type: FrameType.DATA, streamId: 7, payload });
+  const chunks = [
+    wire.slice(0, 5),
+    wire.slice(5, 20_000),
+    wire.slice(20_000, 20_016),
+    wire.slice(20_016),
+  ];
+  const decoder = new FrameDecoder();
+  const got = chunks.map((chunk) => decoder.push(chunk));
+  // The header alone yields nothing; then one piece per chunk, each a view of that chunk.
+  assertEquals(got.map((frames) => frames.length), [0, 1, 1, 1]);
+  const pieces = got.flat() as { payload: Uint8Array; more?: boolean; streamId: number }[];
+  pieces.forEach((piece, i) => assertEquals(piece.payload.buffer, chunks[i + 1].buffer));
+  assertEquals(pieces.map((p) => [p.streamId, p.more]), [[7, true], [7, true], [7, false]]);
+  assertEquals(concat(pieces.map((p) => p.payload)), payload);
+  assertEquals(decoder.idle, true);
 });
 
 Deno.test("frame: oversized length is refused before any allocation", () => {

@@ -139,3 +139,39 @@ Deno.test("udp drops: the kernel's count of datagrams a full socket buffer disca
     source.close();
   }
 });
+
+Deno.test("udp stream: a datagram cut across transport reads arrives whole, and only whole", async () => {
+  // A transport that hands bytes on in 1,000-byte reads, as a port-forward's ~32 KiB reads
+  // cut 64 KiB frames.
+  const chop = (readable: ReadableStream<Uint8Array>) =>
+    readable.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, controller) {
+          for (let at = 0; at < chunk.length; at += 1000) {
+            controller.enqueue(chunk.slice(at, at + 1000));
+          }
+        },
+      }),
+    );
+  const [a, b] = duplexPair();
+  const [client, agent] = await Promise.all([
+    connectTunnel({ readable: chop(a.readable), writable: a.writable }, { token: TOKEN }),
+    acceptTunnel({ readable: chop(b.readable), writable: b.writable }, {
+      token: TOKEN,
+      onOpen: () => Promise.resolve(new TransformStream<Uint8Array, Uint8Array>()),
+    }),
+  ]);
+  const stream = await client.open({ protocol: "udp", host: "10.0.0.53", port: 53 });
+  const sizes = [1, 999, 1000, 1001, 9000, 60_000];
+  const writer = stream.writable.getWriter();
+  const reader = stream.readable.getReader();
+  for (const size of sizes) {
+    const datagram = new Uint8Array(size).map((_, i) => (i * 7 + size) % 256);
+    await writer.write(datagram);
+    const { value } = await reader.read();
+    assertEquals(value, datagram, `a ${size}-byte datagram`);
+  }
+  client.close();
+  agent.close();
+  await Promise.all([client.closed, agent.closed]);
+});

@@ -100,6 +100,11 @@ export interface DataFrame {
   type: typeof FrameType.DATA;
   streamId: number;
   payload: Uint8Array;
+  /**
+   * Decoded only: this is a piece of a frame cut across transport reads, and the next DATA
+   * the decoder yields continues it (see FrameDecoder).
+   */
+  more?: boolean;
 }
 
 /** Credit: the receiver consumed `increment` more bytes of the stream, or grew its window by them. */
@@ -484,10 +489,13 @@ export function frameName(type: number): string {
 /**
  * Turns a byte stream, cut anywhere, into frames.
  *
- * DATA payloads that arrive whole inside one chunk are views into that chunk (no copy), so the
- * caller must not reuse a chunk's buffer while any of them is held (see shareChunk). A payload split across chunks is
- * assembled once, into a buffer no larger than MAX_PAYLOAD. After a FrameError the decoder
- * is poisoned: every later push throws too.
+ * DATA payloads are views into the chunks they arrived in (no copy), so the caller must not
+ * reuse a chunk's buffer while any of them is held (see shareChunk). A DATA frame cut across
+ * chunks comes out as one piece per chunk, each but the last marked `more`: through a
+ * port-forward the tunnel's bytes arrive in ~32 KiB pieces, so nearly every 64 KiB frame is
+ * cut, and assembling each had cost a copy and an allocation of every byte moved. Any other
+ * frame cut across chunks is assembled, into a buffer no larger than MAX_PAYLOAD. After a
+ * FrameError the decoder is poisoned: every later push throws too.
  */
 export class FrameDecoder {
   private readonly header = new Uint8Array(HEADER_SIZE);
@@ -496,11 +504,13 @@ export class FrameDecoder {
   private streamId = 0;
   private partial: Uint8Array | null = null;
   private partialFill = 0;
+  /** Payload bytes of a cut DATA frame (of streamId) still to come. */
+  private dataLeft = 0;
   private failed: FrameError | null = null;
 
-  /** True when no partial frame is buffered (a clean place for the stream to end). */
+  /** True when no frame is cut (a clean place for the stream to end). */
   get idle(): boolean {
-    return this.headerFill === 0 && this.partial === null;
+    return this.headerFill === 0 && this.partial === null && this.dataLeft === 0;
   }
 
   /** Feeds `chunk`; returns the frames it completed, in order. */
@@ -518,6 +528,19 @@ export class FrameDecoder {
     const frames: Frame[] = [];
     let at = 0;
     while (at < chunk.length) {
+      if (this.dataLeft > 0) {
+        const n = Math.min(this.dataLeft, chunk.length - at);
+        this.dataLeft -= n;
+        const piece = chunk.subarray(at, at + n);
+        frames.push({
+          type: FrameType.DATA,
+          streamId: this.streamId,
+          payload: piece,
+          more: this.dataLeft > 0,
+        });
+        at += n;
+        continue;
+      }
       if (this.partial) {
         const n = Math.min(this.partial.length - this.partialFill, chunk.length - at);
         this.partial.set(chunk.subarray(at, at + n), this.partialFill);
@@ -556,6 +579,9 @@ export class FrameDecoder {
       if (chunk.length - at >= length) {
         frames.push(decodePayload(type, streamId, chunk.subarray(at, at + length)));
         at += length;
+      } else if (type === FrameType.DATA) {
+        this.streamId = streamId;
+        this.dataLeft = length;
       } else {
         this.type = type;
         this.streamId = streamId;

@@ -207,7 +207,9 @@ export class Session implements Tunnel {
     switch (frame.type) {
       case FrameType.DATA: {
         const stream = this.streams.get(frame.streamId);
-        if (stream && !stream.onData(frame.payload)) stream.reset("flow control violated");
+        if (stream && !stream.onData(frame.payload, frame.more)) {
+          stream.reset("flow control violated");
+        }
         return;
       }
       case FrameType.WINDOW:
@@ -366,7 +368,7 @@ export class Session implements Tunnel {
 function lendPayloads(chunk: Uint8Array, frames: Frame[]): void {
   shareChunk(chunk, () =>
     frames.flatMap((frame) =>
-      // A payload assembled across reads has a buffer of its own.
+      // Pieces of a DATA frame cut across reads are views of their own read, like whole ones.
       frame.type === FrameType.DATA && frame.payload.buffer === chunk.buffer ? [frame.payload] : []
     ));
 }

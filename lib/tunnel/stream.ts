@@ -113,6 +113,8 @@ export class MuxStream implements TunnelStream {
   private remoteFin = false;
   private readDone = false;
   private unacked = 0;
+  /** The pieces so far of a datagram cut across transport reads (UDP). */
+  private datagramPieces: Uint8Array[] = [];
   /** The current receive window: starts at limits.receiveWindow, grows while read fast. */
   private window: number;
   /** Bytes read since epochStart: how fast the reader takes a window decides growth. */
@@ -172,11 +174,22 @@ export class MuxStream implements TunnelStream {
 
   // ----- driven by the session --------------------------------------------------------
 
-  /** A DATA frame arrived. Returns false if the peer broke flow control. */
-  onData(payload: Uint8Array): boolean {
+  /**
+   * A DATA frame, or a piece of one (`more`: the frame goes on in the next DATA), arrived.
+   * Returns false if the peer broke flow control.
+   */
+  onData(payload: Uint8Array, more = false): boolean {
     if (this.done || this.readDone) return true;
     if (this.remoteFin) return false;
     if (this.udp) {
+      // A datagram is only ever delivered whole.
+      if (more || this.datagramPieces.length > 0) {
+        this.datagramPieces.push(payload.slice());
+        releaseChunk(payload);
+        if (more) return true;
+        payload = joinPieces(this.datagramPieces);
+        this.datagramPieces = [];
+      }
       if (this.queue.length - this.queueHead >= this.limits.udpQueue) {
         this.dropped++;
         // A dropped datagram is done with: its credit goes back, or the sender would starve.
@@ -191,8 +204,12 @@ export class MuxStream implements TunnelStream {
     } else {
       // A small view into a large transport chunk would pin the whole chunk while it waits,
       // so the window would no longer bound memory: copy those out.
-      const pinned = payload.length * 4 < payload.buffer.byteLength;
-      this.queue.push(pinned ? payload.slice() : payload);
+      if (payload.length * 4 < payload.buffer.byteLength) {
+        const copy = payload.slice();
+        releaseChunk(payload);
+        payload = copy;
+      }
+      this.queue.push(payload);
       this.queuedBytes += payload.length;
     }
     return true;
@@ -407,4 +424,17 @@ function reasonText(reason: unknown, fallback: string): string {
   if (reason instanceof Error) return reason.message;
   if (typeof reason === "string" && reason) return reason;
   return fallback;
+}
+
+/** The bytes of `pieces`, end to end. */
+function joinPieces(pieces: Uint8Array[]): Uint8Array {
+  let size = 0;
+  for (const piece of pieces) size += piece.length;
+  const out = new Uint8Array(size);
+  let at = 0;
+  for (const piece of pieces) {
+    out.set(piece, at);
+    at += piece.length;
+  }
+  return out;
 }
