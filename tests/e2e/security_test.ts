@@ -271,22 +271,40 @@ Deno.test({
 });
 
 Deno.test({
-  name: "story: the agent pod widens its ephemeral port range, a safe sysctl the kubelet " +
-    "applies, and an agent pod the kubelet refuses fails at once, naming why, leaving no Job",
+  name: "story: the agent pod passes Pod Security 'restricted' and widens its ephemeral port " +
+    "range, a safe sysctl the kubelet applies; an agent pod the kubelet refuses fails at once, " +
+    "naming why, leaving no Job",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
     await ensureCluster();
     await using ns = await createTestNamespace("sec-sysctl");
     await createEchoWorkloads(ns.name, ["pod"]);
+    // Agents in a namespace where the API server enforces the strictest Pod Security level.
+    await using restricted = await createTestNamespace("sec-restricted");
+    await kubectl(
+      ["label", "namespace", restricted.name, "pod-security.kubernetes.io/enforce=restricted"],
+    );
+    const plainPod = await runCommand([
+      "/usr/lib/google-cloud-sdk/bin/kubectl.1.33",
+      `--kubeconfig=${KUBECONFIG}`,
+      "run",
+      "plain",
+      "--image=relay-test/echo:latest",
+      "-n",
+      restricted.name,
+    ]);
+    assertMatch(plainPod.stderr, /violates PodSecurity "restricted/, "the level is enforced");
     {
-      await using relay = await startRelay(["-n", ns.name, "pod/echo-pod", ":8080"]);
-      const pod = await theAgentPod(ns.name);
+      await using relay = await startRelay(
+        ["-n", ns.name, "--agent-namespace", restricted.name, "pod/echo-pod", ":8080"],
+      );
+      const pod = await theAgentPod(restricted.name);
       const range = await runCommand([
         "ip",
         "netns",
         "exec",
-        await podNetns(ns.name, pod.metadata.name),
+        await podNetns(restricted.name, pod.metadata.name),
         "sysctl",
         "-n",
         "net.ipv4.ip_local_port_range",
