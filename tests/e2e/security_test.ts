@@ -18,6 +18,7 @@ import {
   ensureCluster,
   execInPod,
   KUBECONFIG,
+  KUBECTL,
   kubectl,
   kubectlJson,
   podNetns,
@@ -286,7 +287,7 @@ Deno.test({
       ["label", "namespace", restricted.name, "pod-security.kubernetes.io/enforce=restricted"],
     );
     const plainPod = await runCommand([
-      "/usr/lib/google-cloud-sdk/bin/kubectl.1.33",
+      KUBECTL,
       `--kubeconfig=${KUBECONFIG}`,
       "run",
       "plain",
@@ -387,7 +388,7 @@ async function grant(namespace: string, user: string, rules: Rule[]): Promise<vo
     : first.resources[0];
   await waitFor(`${user}'s Role to take effect`, async () => {
     const result = await runCommand([
-      "/usr/lib/google-cloud-sdk/bin/kubectl.1.33",
+      KUBECTL,
       `--kubeconfig=${KUBECONFIG}`,
       "auth",
       "can-i",
