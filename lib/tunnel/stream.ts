@@ -182,12 +182,12 @@ export class MuxStream implements TunnelStream {
     if (this.done || this.readDone) return true;
     if (this.remoteFin) return false;
     if (this.udp) {
-      // A datagram is only ever delivered whole.
+      // A datagram is only ever delivered whole: its pieces wait as views, copied once.
       if (more || this.datagramPieces.length > 0) {
-        this.datagramPieces.push(payload.slice());
-        releaseChunk(payload);
+        this.datagramPieces.push(payload);
         if (more) return true;
         payload = joinPieces(this.datagramPieces);
+        for (const piece of this.datagramPieces) releaseChunk(piece);
         this.datagramPieces = [];
       }
       if (this.queue.length - this.queueHead >= this.limits.udpQueue) {
