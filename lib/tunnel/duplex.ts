@@ -2,7 +2,7 @@
  * Duplex adapters: an in-memory pair (tests, local plumbing) and a Deno TCP/Unix connection
  * that keeps TCP half-close intact.
  */
-import type { Duplex } from "./types.ts";
+import type { ByteChannel, Duplex } from "./types.ts";
 
 /** Buffers made by withHeadroom whose spare front bytes no one has claimed yet. */
 const spareFront = new WeakSet<ArrayBufferLike>();
@@ -130,83 +130,103 @@ const SMALL_READ = 4 * 1024;
 const LARGE_READ = 64 * 1024;
 
 /**
- * A connection as a Duplex whose writable's close() sends a FIN (closeWrite) instead of
- * closing the socket, and whose readable's end leaves the write side open: Deno's own
- * `conn.readable`/`conn.writable` close the whole resource at either end, which would cut
- * the other direction of a half-closed TCP connection. The socket is closed once both
- * directions are done, or at once on abort/cancel/error.
+ * A connection as a ByteChannel whose closeWrite() sends a FIN instead of closing the socket,
+ * and whose EOF leaves the write side open: closing the whole resource at either end would
+ * cut the other direction of a half-closed TCP connection. The socket is closed once both
+ * directions are done, or at once on abort or a failed read.
+ */
+export class ConnChannel implements ByteChannel {
+  private readDone = false;
+  private writeDone = false;
+  private closed = false;
+  private readSize = SMALL_READ;
+
+  constructor(private readonly conn: Deno.Conn) {}
+
+  async read(): Promise<Uint8Array | null> {
+    const large = this.readSize === LARGE_READ;
+    const reuse = large ? spareReadBuffers.pop() : undefined;
+    const buf = reuse ? new Uint8Array(reuse) : new Uint8Array(this.readSize);
+    let n: number | null;
+    try {
+      n = await this.conn.read(buf);
+    } catch (e) {
+      this.readDone = true;
+      this.close();
+      throw e;
+    }
+    if (n === null) {
+      this.readDone = true;
+      this.finishOne();
+      return null;
+    }
+    // A full read means more is waiting: read big. One that would have fit the small
+    // buffer means the burst is over: back to small.
+    if (n === buf.length) this.readSize = LARGE_READ;
+    else if (n <= SMALL_READ) this.readSize = SMALL_READ;
+    // Copy a short read out, so a few bytes do not pin a large buffer while they wait; the
+    // buffer itself is then free at once.
+    if (n * 4 < buf.length) {
+      const copy = buf.slice(0, n);
+      if (large) spareReadBuffer(buf.buffer);
+      return copy;
+    }
+    const chunk = buf.subarray(0, n);
+    if (large) lentReadChunks.add(chunk);
+    return chunk;
+  }
+
+  /** Once written, the bytes are the kernel's: the chunk's buffer may take another read. */
+  async write(chunk: Uint8Array): Promise<void> {
+    await writeAll(this.conn, chunk);
+    releaseChunk(chunk);
+  }
+
+  async closeWrite(): Promise<void> {
+    this.writeDone = true;
+    try {
+      if ("closeWrite" in this.conn) await (this.conn as Deno.TcpConn).closeWrite();
+    } catch {
+      // the peer may already be gone; the socket closes below if reading is done too
+    }
+    this.finishOne();
+  }
+
+  abort(): void {
+    this.readDone = this.writeDone = true;
+    this.close();
+  }
+
+  private finishOne(): void {
+    if (this.readDone && this.writeDone) this.close();
+  }
+
+  private close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    closeQuietly(this.conn);
+  }
+}
+
+/**
+ * A connection as a Duplex with half-close (see ConnChannel), for what reads it as Web
+ * Streams (a tunnel's transport); a splice uses its `channel` directly.
  */
 export function connDuplex(conn: Deno.Conn): Duplex {
-  let readDone = false;
-  let writeDone = false;
-  let closed = false;
-  const closeConn = () => {
-    if (closed) return;
-    closed = true;
-    closeQuietly(conn);
-  };
-  const finishOne = () => {
-    if (readDone && writeDone) closeConn();
-  };
-
-  let readSize = SMALL_READ;
+  const channel = new ConnChannel(conn);
   const readable = new ReadableStream<Uint8Array>({
     async pull(controller) {
-      const reuse = readSize === LARGE_READ ? spareReadBuffers.pop() : undefined;
-      const buf = reuse ? new Uint8Array(reuse) : new Uint8Array(readSize);
-      let n: number | null;
-      try {
-        n = await conn.read(buf);
-      } catch (e) {
-        readDone = true;
-        closeConn();
-        throw e;
-      }
-      if (n === null) {
-        readDone = true;
-        controller.close();
-        finishOne();
-        return;
-      }
-      // A full read means more is waiting: read big. One that would have fit the small
-      // buffer means the burst is over: back to small.
-      if (n === buf.length) readSize = LARGE_READ;
-      else if (n <= SMALL_READ) readSize = SMALL_READ;
-      // Copy a short read out, so a few bytes do not pin a large buffer while they wait; the
-      // buffer itself is then free at once.
-      if (n * 4 < buf.length) {
-        controller.enqueue(buf.slice(0, n));
-        if (buf.length === LARGE_READ) spareReadBuffer(buf.buffer);
-        return;
-      }
-      const chunk = buf.subarray(0, n);
-      if (buf.length === LARGE_READ) lentReadChunks.add(chunk);
-      controller.enqueue(chunk);
+      const chunk = await channel.read();
+      if (chunk === null) controller.close();
+      else controller.enqueue(chunk);
     },
-    cancel() {
-      readDone = true;
-      closeConn();
-    },
+    cancel: () => channel.abort(),
   }, { highWaterMark: 0 });
-
   const writable = new WritableStream<Uint8Array>({
-    // Once written, the bytes are the kernel's: the chunk's buffer may take another read.
-    write: (chunk) => writeAll(conn, chunk).then(() => releaseChunk(chunk)),
-    async close() {
-      writeDone = true;
-      try {
-        if ("closeWrite" in conn) await (conn as Deno.TcpConn).closeWrite();
-      } catch {
-        // the peer may already be gone; the socket closes below if reading is done too
-      }
-      finishOne();
-    },
-    abort() {
-      writeDone = true;
-      closeConn();
-    },
+    write: (chunk) => channel.write(chunk),
+    close: () => channel.closeWrite(),
+    abort: () => channel.abort(),
   });
-
   // writeAll has handed every byte to the kernel by the time a write resolves.
-  return { readable, writable, chunkFreeAfterWrite: true };
+  return { readable, writable, chunkFreeAfterWrite: true, channel };
 }

@@ -6,6 +6,7 @@ import { shareChunk } from "./duplex.ts";
 import { type Frame, type FrameDecoder, FrameError, FrameType } from "./frame.ts";
 import { MuxStream, type StreamLimits, StreamResetError } from "./stream.ts";
 import type { FrameWriter } from "./writer.ts";
+import { channelOf, pump } from "./pump.ts";
 import {
   type Duplex,
   OpenError,
@@ -373,10 +374,12 @@ function lendPayloads(chunk: Uint8Array, frames: Frame[]): void {
     ));
 }
 
-/** Pipes a tunnel stream and a local duplex into each other, both directions independent. */
+/**
+ * Copies a tunnel stream and a local duplex into each other, both directions independent; a
+ * failure on either side resets the stream and aborts the duplex.
+ */
 export function splice(stream: TunnelStream, duplex: Duplex): void {
-  duplex.readable.pipeTo(stream.writable).catch(() => stream.reset("source failed"));
-  stream.readable.pipeTo(duplex.writable).catch(() => stream.reset("destination failed"));
+  void pump(stream, channelOf(duplex));
 }
 
 function hex(bytes: Uint8Array): string {

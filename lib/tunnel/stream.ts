@@ -93,23 +93,31 @@ export class StreamResetError extends Error {
   }
 }
 
-/** The session's implementation of TunnelStream. */
+/**
+ * The session's implementation of TunnelStream. Its ByteChannel methods (read, write,
+ * closeWrite) are the stream; `readable` and `writable` are Web Streams made on them when
+ * first asked for, so a spliced connection, which never asks, costs neither. A stream is read
+ * one way or the other, never both.
+ */
 export class MuxStream implements TunnelStream {
-  readonly readable: ReadableStream<Uint8Array>;
-  readonly writable: WritableStream<Uint8Array>;
   readonly closed: Promise<void>;
   dropped = 0;
 
   private readonly udp: boolean;
-  private readController!: ReadableStreamDefaultController<Uint8Array>;
-  private writeController!: WritableStreamDefaultController;
   private resolveClosed!: () => void;
+  private webReadable: ReadableStream<Uint8Array> | undefined;
+  private webWritable: WritableStream<Uint8Array> | undefined;
+  private writeController: WritableStreamDefaultController | undefined;
+  private failureListeners: ((error: Error) => void)[] = [];
 
   // receive side
   private queue: Uint8Array[] = [];
   private queueHead = 0;
   private queuedBytes = 0;
-  private pendingPull: (() => void) | null = null;
+  /** The read() waiting for data, if any. */
+  private reader:
+    | { resolve: (chunk: Uint8Array | null) => void; reject: (e: unknown) => void }
+    | null = null;
   private remoteFin = false;
   private readDone = false;
   private unacked = 0;
@@ -142,15 +150,26 @@ export class MuxStream implements TunnelStream {
     if (this.udp) limits.udpStreams.open++;
     this.window = this.udp ? Math.min(limits.receiveWindow, UDP_WINDOW) : limits.receiveWindow;
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
-    this.readable = new ReadableStream<Uint8Array>({
-      start: (c) => void (this.readController = c),
-      pull: () => this.onPull(),
+  }
+
+  /** The receive side as a Web Stream (made on first use; see the class's doc). */
+  get readable(): ReadableStream<Uint8Array> {
+    return this.webReadable ??= new ReadableStream<Uint8Array>({
+      pull: async (controller) => {
+        const chunk = await this.read();
+        if (chunk === null) controller.close();
+        else controller.enqueue(chunk);
+      },
       cancel: () => this.onReadCancel(),
     }, { highWaterMark: 0 });
-    this.writable = new WritableStream<Uint8Array>({
+  }
+
+  /** The send side as a Web Stream (made on first use; see the class's doc). */
+  get writable(): WritableStream<Uint8Array> {
+    return this.webWritable ??= new WritableStream<Uint8Array>({
       start: (c) => void (this.writeController = c),
-      write: (chunk) => this.onWrite(chunk),
-      close: () => this.onWriteClose(),
+      write: (chunk) => this.write(chunk),
+      close: () => this.closeWrite(),
       abort: (reason) => this.reset(reasonText(reason, "writer aborted")),
     });
   }
@@ -163,6 +182,16 @@ export class MuxStream implements TunnelStream {
   /** The current receive window (TCP: grows from the initial one while the reader keeps up). */
   get receiveWindow(): number {
     return this.window;
+  }
+
+  /** As reset: the ByteChannel name for it. */
+  abort(reason: string): void {
+    this.reset(reason);
+  }
+
+  onFailure(callback: (error: Error) => void): void {
+    if (this.failure) callback(this.failure);
+    else this.failureListeners.push(callback);
   }
 
   /** Abandons both directions and tells the peer. */
@@ -199,7 +228,7 @@ export class MuxStream implements TunnelStream {
     } else if (this.queuedBytes + payload.length > this.window) {
       return false;
     }
-    if (this.pendingPull) {
+    if (this.reader) {
       this.deliver(payload);
     } else {
       // A small view into a large transport chunk would pin the whole chunk while it waits,
@@ -219,7 +248,7 @@ export class MuxStream implements TunnelStream {
   onFin(): void {
     if (this.done || this.remoteFin) return;
     this.remoteFin = true;
-    if (this.pendingPull && this.queueHead === this.queue.length) this.endRead();
+    if (this.reader && this.queueHead === this.queue.length) this.endRead();
     this.maybeDone();
   }
 
@@ -239,29 +268,34 @@ export class MuxStream implements TunnelStream {
     this.queue = [];
     this.queueHead = 0;
     this.queuedBytes = 0;
+    // A Web Streams writer that is not writing now learns of it here, as a splice does
+    // through onFailure; a reader learns of it from its next read.
     try {
-      if (!this.readDone) this.readController.error(error);
-    } catch {
-      // already closed
-    }
-    try {
-      this.writeController.error(error);
+      this.writeController?.error(error);
     } catch {
       // already closed
     }
     this.readDone = true;
-    const pull = this.pendingPull;
-    this.pendingPull = null;
-    pull?.();
+    const reader = this.reader;
+    this.reader = null;
+    reader?.reject(error);
     const waiter = this.creditWaiter;
     this.creditWaiter = null;
     waiter?.reject(error);
+    const listeners = this.failureListeners;
+    this.failureListeners = [];
+    for (const listener of listeners) listener(error);
     this.finish();
   }
 
-  // ----- readable ----------------------------------------------------------------------
+  // ----- receive side ------------------------------------------------------------------
 
-  private onPull(): Promise<void> | void {
+  /**
+   * The next chunk received (for UDP: one whole datagram), or null once the peer has sent FIN
+   * and everything before it was read. Rejects once the stream is reset. One read at a time.
+   */
+  read(): Promise<Uint8Array | null> {
+    if (this.failure) return Promise.reject(this.failure);
     if (this.queueHead < this.queue.length) {
       const chunk = this.queue[this.queueHead];
       this.queue[this.queueHead++] = EMPTY;
@@ -273,34 +307,29 @@ export class MuxStream implements TunnelStream {
         this.queueHead = 0;
       }
       this.queuedBytes -= chunk.length;
-      this.readController.enqueue(chunk);
       this.consumed(chunk.length);
-      return;
+      return Promise.resolve(chunk);
     }
-    if (this.remoteFin) return void this.endRead();
-    if (this.done) return;
-    return new Promise((resolve) => (this.pendingPull = resolve));
+    if (this.remoteFin || this.readDone) {
+      this.endRead();
+      return Promise.resolve(null);
+    }
+    return new Promise((resolve, reject) => (this.reader = { resolve, reject }));
   }
 
   private deliver(payload: Uint8Array): void {
-    const pull = this.pendingPull!;
-    this.pendingPull = null;
-    this.readController.enqueue(payload);
+    const reader = this.reader!;
+    this.reader = null;
     this.consumed(payload.length);
-    pull();
+    reader.resolve(payload);
   }
 
   private endRead(): void {
+    const reader = this.reader;
+    this.reader = null;
+    reader?.resolve(null);
     if (this.readDone) return;
     this.readDone = true;
-    try {
-      this.readController.close();
-    } catch {
-      // errored meanwhile
-    }
-    const pull = this.pendingPull;
-    this.pendingPull = null;
-    pull?.();
     this.maybeDone();
   }
 
@@ -346,9 +375,13 @@ export class MuxStream implements TunnelStream {
     else this.maybeDone();
   }
 
-  // ----- writable ----------------------------------------------------------------------
+  // ----- send side ---------------------------------------------------------------------
 
-  private async onWrite(chunk: Uint8Array): Promise<void> {
+  /**
+   * Sends `chunk` (UDP: as one datagram), waiting for the peer's credit and the tunnel's
+   * room; rejects once the stream is reset. One write at a time.
+   */
+  async write(chunk: Uint8Array): Promise<void> {
     if (this.failure) throw this.failure;
     const writer = this.host.writer;
     if (this.udp) {
@@ -391,7 +424,8 @@ export class MuxStream implements TunnelStream {
       this.initialCredit - this.sendCredit >= UDP_SHARED_WINDOW;
   }
 
-  private onWriteClose(): void {
+  /** Sends FIN: the peer's reads end once they have taken everything sent before it. */
+  closeWrite(): void {
     if (this.failure) throw this.failure;
     this.localFin = true;
     this.host.writer.sendRaw(FrameType.FIN, this.id, EMPTY);
