@@ -210,23 +210,39 @@ export class ConnChannel implements ByteChannel {
 
 /**
  * A connection as a Duplex with half-close (see ConnChannel), for what reads it as Web
- * Streams (a tunnel's transport); a splice uses its `channel` directly.
+ * Streams (a tunnel's transport). A splice uses its `channel` directly, so the streams are
+ * made only when first asked for: an agent's dialed connection never asks.
  */
 export function connDuplex(conn: Deno.Conn): Duplex {
-  const channel = new ConnChannel(conn);
-  const readable = new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      const chunk = await channel.read();
-      if (chunk === null) controller.close();
-      else controller.enqueue(chunk);
-    },
-    cancel: () => channel.abort(),
-  }, { highWaterMark: 0 });
-  const writable = new WritableStream<Uint8Array>({
-    write: (chunk) => channel.write(chunk),
-    close: () => channel.closeWrite(),
-    abort: () => channel.abort(),
-  });
-  // writeAll has handed every byte to the kernel by the time a write resolves.
-  return { readable, writable, chunkFreeAfterWrite: true, channel };
+  return new ConnDuplex(new ConnChannel(conn));
+}
+
+class ConnDuplex implements Duplex {
+  #readable: ReadableStream<Uint8Array> | undefined;
+  #writable: WritableStream<Uint8Array> | undefined;
+  /** writeAll has handed every byte to the kernel by the time a write resolves. */
+  readonly chunkFreeAfterWrite = true;
+
+  constructor(readonly channel: ConnChannel) {}
+
+  get readable(): ReadableStream<Uint8Array> {
+    const channel = this.channel;
+    return this.#readable ??= new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        const chunk = await channel.read();
+        if (chunk === null) controller.close();
+        else controller.enqueue(chunk);
+      },
+      cancel: () => channel.abort(),
+    }, { highWaterMark: 0 });
+  }
+
+  get writable(): WritableStream<Uint8Array> {
+    const channel = this.channel;
+    return this.#writable ??= new WritableStream<Uint8Array>({
+      write: (chunk) => channel.write(chunk),
+      close: () => channel.closeWrite(),
+      abort: () => channel.abort(),
+    });
+  }
 }
