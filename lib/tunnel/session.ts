@@ -280,8 +280,7 @@ export class Session implements Tunnel {
       (duplex) => {
         if (!this.streams.has(id)) {
           // reset (or tunnel closed) while dialing: drop the connection we just made
-          duplex.readable.cancel().catch(() => {});
-          duplex.writable.abort().catch(() => {});
+          channelOf(duplex).abort("stream reset while dialing");
           return;
         }
         this.writer.send({ type: FrameType.OPEN_RESULT, streamId: id, result: "ok", message: "" });
