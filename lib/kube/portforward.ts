@@ -7,7 +7,7 @@
  * stripped. Outgoing data is `[0, ...bytes]`. Text on the error channel fails the readable.
  */
 import { claimHeadroom } from "../tunnel/duplex.ts";
-import type { Duplex } from "../tunnel/types.ts";
+import type { ByteChannel, Duplex } from "../tunnel/types.ts";
 import type { RawConnection } from "./config.ts";
 import { KubeError, UsageError } from "./errors.ts";
 
@@ -133,10 +133,12 @@ function statusMessage(body: string): string | undefined {
   }
 }
 
-/** The framing, the backpressure and the error channel on top of an (opening) WebSocket. */
-class PortForwardDuplex implements Duplex {
-  readonly readable: ReadableStream<Uint8Array>;
-  readonly writable: WritableStream<Uint8Array>;
+/**
+ * The framing, the backpressure and the error channel on top of an (opening) WebSocket, as a
+ * ByteChannel (what the tunnel reads and writes, per message, without Web Streams) and as a
+ * Duplex whose streams are made on the channel when first asked for.
+ */
+class PortForwardDuplex implements Duplex, ByteChannel {
   /** Room for the channel byte, so the tunnel's batches are sent without another copy. */
   readonly headroom = 1;
   /** Deno's WebSocket copies a message in send(), before a write here resolves. */
@@ -148,29 +150,63 @@ class PortForwardDuplex implements Duplex {
   readonly #prefixLeft = [2, 2];
   readonly #prefix = [new Uint8Array(2), new Uint8Array(2)];
   #errorText = "";
-  #readController!: ReadableStreamDefaultController<Uint8Array>;
+  /** Data received and not yet read: a WebSocket cannot be told to stop sending. */
+  #received: Uint8Array[] = [];
+  #reader: { resolve: (chunk: Uint8Array | null) => void; reject: (e: unknown) => void } | null =
+    null;
   #readDone = false;
+  #failure: Error | null = null;
+  #readable: ReadableStream<Uint8Array> | undefined;
+  #writable: WritableStream<Uint8Array> | undefined;
 
   constructor(socket: WebSocket, target: PortForwardTarget, maxBuffered: number) {
     this.#socket = socket;
     this.#target = target;
     this.#maxBuffered = maxBuffered;
-    this.readable = new ReadableStream<Uint8Array>({
-      start: (controller) => {
-        this.#readController = controller;
-      },
-      cancel: () => {
-        this.#readDone = true;
-        this.#close();
-      },
-    });
-    this.writable = new WritableStream<Uint8Array>({
-      write: (chunk) => this.#write(chunk),
-      close: () => this.#close(),
-      abort: () => this.#close(),
-    });
     socket.addEventListener("message", (event) => this.#onMessage(event));
     socket.addEventListener("close", (event) => this.#onClose(event));
+  }
+
+  get channel(): ByteChannel {
+    return this;
+  }
+
+  get readable(): ReadableStream<Uint8Array> {
+    return this.#readable ??= new ReadableStream<Uint8Array>({
+      pull: async (controller) => {
+        const chunk = await this.read();
+        if (chunk === null) controller.close();
+        else controller.enqueue(chunk);
+      },
+      cancel: () => this.abort(),
+    }, { highWaterMark: 0 });
+  }
+
+  get writable(): WritableStream<Uint8Array> {
+    return this.#writable ??= new WritableStream<Uint8Array>({
+      write: (chunk) => this.write(chunk),
+      close: () => this.closeWrite(),
+      abort: () => this.abort(),
+    });
+  }
+
+  /** The next data received; null once the socket closed cleanly. Rejects on a failure. */
+  read(): Promise<Uint8Array | null> {
+    const chunk = this.#received.shift();
+    if (chunk !== undefined) return Promise.resolve(chunk);
+    if (this.#failure) return Promise.reject(this.#failure);
+    if (this.#readDone) return Promise.resolve(null);
+    return new Promise((resolve, reject) => (this.#reader = { resolve, reject }));
+  }
+
+  /** A WebSocket cannot half-close: the end of writing closes it. */
+  closeWrite(): void {
+    this.#close();
+  }
+
+  abort(): void {
+    this.#endRead();
+    this.#close();
   }
 
   #onMessage(event: MessageEvent): void {
@@ -183,7 +219,11 @@ class PortForwardDuplex implements Duplex {
     bytes = this.#stripPrefix(channel, bytes);
     if (bytes.length === 0) return;
     if (channel === DATA_CHANNEL) {
-      if (!this.#readDone) this.#readController.enqueue(bytes);
+      if (this.#readDone) return;
+      const reader = this.#reader;
+      this.#reader = null;
+      if (reader) reader.resolve(bytes);
+      else this.#received.push(bytes);
     } else {
       this.#errorText += new TextDecoder().decode(bytes);
       this.#fail(
@@ -218,7 +258,7 @@ class PortForwardDuplex implements Duplex {
     return bytes.subarray(take);
   }
 
-  async #write(chunk: Uint8Array): Promise<void> {
+  async write(chunk: Uint8Array): Promise<void> {
     if (this.#socket.readyState !== WebSocket.OPEN) {
       throw new KubeError(`port-forward to pod/${this.#target.pod} is closed`);
     }
@@ -251,14 +291,27 @@ class PortForwardDuplex implements Duplex {
       );
       return;
     }
-    this.#readDone = true;
-    this.#readController.close();
+    this.#endRead();
   }
 
+  /** Like an errored stream: what was received and not yet read is dropped. */
   #fail(error: Error): void {
     if (this.#readDone) return;
+    this.#failure = error;
+    this.#received = [];
     this.#readDone = true;
-    this.#readController.error(error);
+    const reader = this.#reader;
+    this.#reader = null;
+    reader?.reject(error);
+  }
+
+  /** Like a closed stream: what was received is still read, then null. */
+  #endRead(): void {
+    if (this.#readDone) return;
+    this.#readDone = true;
+    const reader = this.#reader;
+    this.#reader = null;
+    reader?.resolve(null);
   }
 
   #close(): void {

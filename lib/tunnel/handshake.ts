@@ -11,8 +11,9 @@ import {
   PROTOCOL_VERSION,
 } from "./frame.ts";
 import { DEFAULT_STREAM_WINDOW, Session } from "./session.ts";
-import type { Duplex, Tunnel, TunnelOptions } from "./types.ts";
+import type { ByteChannel, Duplex, Tunnel, TunnelOptions } from "./types.ts";
 import { FrameWriter } from "./writer.ts";
+import { channelOf } from "./pump.ts";
 
 /** Options for connectTunnel / acceptTunnel beyond the shared TunnelOptions. */
 export interface HandshakeOptions extends TunnelOptions {
@@ -166,15 +167,22 @@ function versionMismatch(
 }
 
 interface Io {
-  reader: ReadableStreamDefaultReader<Uint8Array>;
+  reader: ByteChannel;
   frameWriter: FrameWriter;
   decoder: FrameDecoder;
 }
 
+/** The transport read and written as a channel: per chunk, no Web Streams when it has one. */
 function openIo(transport: Duplex): Io {
+  const channel = channelOf(transport);
+  const sink = {
+    write: (chunk: Uint8Array) => channel.write(chunk),
+    close: async () => await channel.closeWrite(),
+    abort: () => Promise.resolve(channel.abort("tunnel closed")),
+  };
   return {
-    reader: transport.readable.getReader(),
-    frameWriter: new FrameWriter(transport.writable.getWriter(), transport),
+    reader: channel,
+    frameWriter: new FrameWriter(sink, transport),
     decoder: new FrameDecoder(),
   };
 }
@@ -196,18 +204,18 @@ async function firstFrame(io: Io, timeoutMs = 10_000): Promise<[Frame, Frame[]]>
 
 async function readFirst(io: Io): Promise<[Frame, Frame[]]> {
   while (true) {
-    let chunk: ReadableStreamReadResult<Uint8Array>;
+    let chunk: Uint8Array | null;
     try {
       chunk = await io.reader.read();
     } catch (e) {
       throw new HandshakeError("closed", `tunnel failed during the handshake: ${e}`);
     }
-    if (chunk.done) {
+    if (chunk === null) {
       throw new HandshakeError("closed", "tunnel closed during the handshake");
     }
     let frames: Frame[];
     try {
-      frames = io.decoder.push(chunk.value);
+      frames = io.decoder.push(chunk);
     } catch (e) {
       const detail = e instanceof FrameError ? e.message : String(e);
       throw new HandshakeError("protocol", `the far end is not a relay peer: ${detail}`);
@@ -231,7 +239,7 @@ async function abandon(io: Io): Promise<void> {
   clearTimeout(timer);
   await io.frameWriter.close(!sent);
   // only now: cancelling a connection's readable may close the whole socket
-  io.reader.cancel().catch(() => {});
+  io.reader.abort("handshake failed");
 }
 
 /** Compares secrets without an early exit on the first differing byte. */

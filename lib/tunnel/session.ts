@@ -8,6 +8,7 @@ import { MuxStream, type StreamLimits, StreamResetError } from "./stream.ts";
 import type { FrameWriter } from "./writer.ts";
 import { channelOf, pump } from "./pump.ts";
 import {
+  type ByteChannel,
   type Duplex,
   OpenError,
   type OpenFailure,
@@ -43,7 +44,7 @@ export const DEFAULT_UDP_QUEUE = 256;
 /** Everything a session needs once the handshake is done. */
 export interface SessionInit {
   role: "client" | "agent";
-  reader: ReadableStreamDefaultReader<Uint8Array>;
+  reader: ByteChannel;
   frameWriter: FrameWriter;
   decoder: FrameDecoder;
   /** Frames that arrived in the same chunk as the handshake answer. */
@@ -69,7 +70,7 @@ export class Session implements Tunnel {
   closeReason: string | null = null;
 
   private readonly writer: FrameWriter;
-  private readonly reader: ReadableStreamDefaultReader<Uint8Array>;
+  private readonly reader: ByteChannel;
   private readonly decoder: FrameDecoder;
   private readonly streams = new Map<number, MuxStream>();
   private readonly opening = new Map<number, PendingOpen>();
@@ -185,8 +186,8 @@ export class Session implements Tunnel {
     let reason = "tunnel closed by peer";
     try {
       while (this.closeReason === null) {
-        const { value, done } = await this.reader.read();
-        if (done) {
+        const value = await this.reader.read();
+        if (value === null) {
           if (!this.decoder.idle) reason = "tunnel closed by peer in the middle of a frame";
           break;
         }
@@ -356,7 +357,7 @@ export class Session implements Tunnel {
     this.pings.clear();
     for (const w of this.emptyWaiters) w();
     this.emptyWaiters = [];
-    this.reader.cancel().catch(() => {});
+    this.reader.abort(reason);
     this.writer.close(!graceful).finally(() => this.resolveClosed());
   }
 }

@@ -16,6 +16,13 @@ const ROOM_PER_WAITER = 64 * 1024;
 /** Most bytes copied into one transport write. */
 const BATCH_BYTES = 256 * 1024;
 
+/** Where batches go: a transport's WritableStream writer, or the same calls on its channel. */
+export interface BatchSink {
+  write(chunk: Uint8Array): Promise<void>;
+  close(): Promise<void>;
+  abort(): Promise<void>;
+}
+
 interface Queued {
   type: number;
   streamId: number;
@@ -53,7 +60,7 @@ export class FrameWriter {
    * Duplex.chunkFreeAfterWrite lets one buffer carry every batch).
    */
   constructor(
-    private readonly writer: WritableStreamDefaultWriter<Uint8Array>,
+    private readonly writer: BatchSink,
     transport: { headroom?: number; chunkFreeAfterWrite?: boolean } = {},
   ) {
     this.headroom = transport.headroom ?? 0;
