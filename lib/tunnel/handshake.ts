@@ -238,7 +238,7 @@ async function abandon(io: Io): Promise<void> {
   ]);
   clearTimeout(timer);
   await io.frameWriter.close(!sent);
-  // only now: cancelling a connection's readable may close the whole socket
+  // only now: aborting the channel closes the whole transport
   io.reader.abort("handshake failed");
 }
 
