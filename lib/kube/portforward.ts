@@ -7,6 +7,7 @@
  * stripped. Outgoing data is `[0, ...bytes]`. Text on the error channel fails the readable.
  */
 import { claimHeadroom } from "../tunnel/duplex.ts";
+import { readableOf, writableOf } from "../tunnel/pump.ts";
 import type { ByteChannel, Duplex } from "../tunnel/types.ts";
 import type { RawConnection } from "./config.ts";
 import { KubeError, UsageError } from "./errors.ts";
@@ -172,22 +173,11 @@ class PortForwardDuplex implements Duplex, ByteChannel {
   }
 
   get readable(): ReadableStream<Uint8Array> {
-    return this.#readable ??= new ReadableStream<Uint8Array>({
-      pull: async (controller) => {
-        const chunk = await this.read();
-        if (chunk === null) controller.close();
-        else controller.enqueue(chunk);
-      },
-      cancel: () => this.abort(),
-    }, { highWaterMark: 0 });
+    return this.#readable ??= readableOf(this);
   }
 
   get writable(): WritableStream<Uint8Array> {
-    return this.#writable ??= new WritableStream<Uint8Array>({
-      write: (chunk) => this.write(chunk),
-      close: () => this.closeWrite(),
-      abort: () => this.abort(),
-    });
+    return this.#writable ??= writableOf(this);
   }
 
   /** The next data received; null once the socket closed cleanly. Rejects on a failure. */

@@ -3,6 +3,7 @@
  * that keeps TCP half-close intact.
  */
 import type { ByteChannel, Duplex } from "./types.ts";
+import { readableOf, writableOf } from "./pump.ts";
 
 /** Buffers made by withHeadroom whose spare front bytes no one has claimed yet. */
 const spareFront = new WeakSet<ArrayBufferLike>();
@@ -226,23 +227,10 @@ class ConnDuplex implements Duplex {
   constructor(readonly channel: ConnChannel) {}
 
   get readable(): ReadableStream<Uint8Array> {
-    const channel = this.channel;
-    return this.#readable ??= new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        const chunk = await channel.read();
-        if (chunk === null) controller.close();
-        else controller.enqueue(chunk);
-      },
-      cancel: () => channel.abort(),
-    }, { highWaterMark: 0 });
+    return this.#readable ??= readableOf(this.channel);
   }
 
   get writable(): WritableStream<Uint8Array> {
-    const channel = this.channel;
-    return this.#writable ??= new WritableStream<Uint8Array>({
-      write: (chunk) => channel.write(chunk),
-      close: () => channel.closeWrite(),
-      abort: () => channel.abort(),
-    });
+    return this.#writable ??= writableOf(this.channel);
   }
 }

@@ -1,6 +1,7 @@
 /**
  * Splicing two ByteChannels into each other: a read-then-write loop each way, with no Web
- * Streams between them (see ByteChannel for what that saves).
+ * Streams between them (see ByteChannel for what that saves); and the conversions between
+ * channels and Web Streams, both ways.
  */
 import type { ByteChannel, Duplex } from "./types.ts";
 
@@ -14,7 +15,7 @@ export function pump(a: ByteChannel, b: ByteChannel): Promise<void> {
   const fail = (error: unknown) => {
     if (failed) return;
     failed = true;
-    const reason = error instanceof Error ? error.message : String(error);
+    const reason = reasonText(error, "failed");
     a.abort(reason);
     b.abort(reason);
   };
@@ -61,4 +62,45 @@ export function channelOf(peer: ByteChannel | ResettableDuplex): ByteChannel {
       writer.abort(error).catch(() => {});
     },
   };
+}
+
+/**
+ * A ReadableStream of what `channel` reads; cancelling it calls `cancel` (by default, aborts
+ * the channel). Pulls only when read (high-water mark 0), so nothing waits in it.
+ */
+export function readableOf(
+  channel: ByteChannel,
+  cancel: () => void = () => channel.abort("reader cancelled"),
+): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const chunk = await channel.read();
+      if (chunk === null) controller.close();
+      else controller.enqueue(chunk);
+    },
+    cancel,
+  }, { highWaterMark: 0 });
+}
+
+/**
+ * A WritableStream that writes to `channel`: close() half-closes it, abort() aborts it with the
+ * reason. `start` is given the controller (to error the stream from outside).
+ */
+export function writableOf(
+  channel: ByteChannel,
+  start?: (controller: WritableStreamDefaultController) => void,
+): WritableStream<Uint8Array> {
+  return new WritableStream<Uint8Array>({
+    start,
+    write: (chunk) => channel.write(chunk),
+    close: () => channel.closeWrite(),
+    abort: (reason) => channel.abort(reasonText(reason, "writer aborted")),
+  });
+}
+
+/** An abort or failure reason as the text a stream reset carries. */
+function reasonText(reason: unknown, fallback: string): string {
+  if (reason instanceof Error) return reason.message;
+  if (typeof reason === "string" && reason) return reason;
+  return fallback;
 }

@@ -7,6 +7,7 @@ import { releaseChunk } from "./duplex.ts";
 import { FrameType } from "./frame.ts";
 import type { OpenRequest, TunnelStream } from "./types.ts";
 import type { FrameWriter } from "./writer.ts";
+import { readableOf, writableOf } from "./pump.ts";
 
 /** Largest DATA payload for TCP; keeps frames big when data is available. */
 export const MAX_DATA = 64 * 1024;
@@ -154,24 +155,12 @@ export class MuxStream implements TunnelStream {
 
   /** The receive side as a Web Stream (made on first use; see the class's doc). */
   get readable(): ReadableStream<Uint8Array> {
-    return this.webReadable ??= new ReadableStream<Uint8Array>({
-      pull: async (controller) => {
-        const chunk = await this.read();
-        if (chunk === null) controller.close();
-        else controller.enqueue(chunk);
-      },
-      cancel: () => this.onReadCancel(),
-    }, { highWaterMark: 0 });
+    return this.webReadable ??= readableOf(this, () => this.onReadCancel());
   }
 
   /** The send side as a Web Stream (made on first use; see the class's doc). */
   get writable(): WritableStream<Uint8Array> {
-    return this.webWritable ??= new WritableStream<Uint8Array>({
-      start: (c) => void (this.writeController = c),
-      write: (chunk) => this.write(chunk),
-      close: () => this.closeWrite(),
-      abort: (reason) => this.reset(reasonText(reason, "writer aborted")),
-    });
+    return this.webWritable ??= writableOf(this, (c) => void (this.writeController = c));
   }
 
   /** Bytes received and not yet read (for TCP never more than the receive window). */
@@ -453,12 +442,6 @@ export class MuxStream implements TunnelStream {
 }
 
 const EMPTY = new Uint8Array(0);
-
-function reasonText(reason: unknown, fallback: string): string {
-  if (reason instanceof Error) return reason.message;
-  if (typeof reason === "string" && reason) return reason;
-  return fallback;
-}
 
 /** The bytes of `pieces`, end to end. */
 function joinPieces(pieces: Uint8Array[]): Uint8Array {
