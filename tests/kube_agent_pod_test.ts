@@ -88,10 +88,13 @@ Deno.test("mergePatch follows RFC 7386", () => {
   assertEquals(mergePatch({ a: 1 }, ["x"]), ["x"]);
 });
 
-/** A stub cluster whose agent pod goes through `states` (one per poll), recording calls. */
+/**
+ * A stub cluster whose agent pod is listed in `states[0]` and then goes through the rest as
+ * watch events, recording calls.
+ */
 function stubApi(states: Partial<V1Pod>[]): AgentPodApi & { calls: string[] } {
   const calls: string[] = [];
-  let poll = 0;
+  const pod = (state: Partial<V1Pod>) => ({ metadata: { name: "relay-agent-x1-abc" }, ...state });
   const api: AgentPodApi & { calls: string[] } = {
     calls,
     batch: {
@@ -107,10 +110,7 @@ function stubApi(states: Partial<V1Pod>[]): AgentPodApi & { calls: string[] } {
       },
     } as unknown as AgentPodApi["batch"],
     core: {
-      listNamespacedPod: () => {
-        const state = states[Math.min(poll++, states.length - 1)];
-        return Promise.resolve({ items: [{ metadata: { name: "relay-agent-x1-abc" }, ...state }] });
-      },
+      listNamespacedPod: () => Promise.resolve({ items: [pod(states[0])] }),
       deleteNamespacedPod: ({ name }: { name: string }) => {
         calls.push(`delete pod ${name}`);
         return Promise.resolve({});
@@ -124,6 +124,18 @@ function stubApi(states: Partial<V1Pod>[]): AgentPodApi & { calls: string[] } {
           }],
         }),
     } as unknown as AgentPodApi["core"],
+    watch: {
+      watch: (_path, _params, onEvent) => {
+        const stop = new AbortController();
+        void (async () => {
+          for (const state of states.slice(1)) {
+            await new Promise((resolve) => setTimeout(resolve, 1));
+            if (!stop.signal.aborted) onEvent("MODIFIED", pod(state));
+          }
+        })();
+        return Promise.resolve(stop);
+      },
+    },
   };
   return api;
 }
@@ -147,7 +159,6 @@ Deno.test("startAgentPod: waits for Running; stop() deletes Job and pod once", a
   const agent = await startAgentPod(api, {
     namespace: "ns",
     podRunningTimeoutMs: 10_000,
-    pollMs: 1,
   });
   assertEquals([agent.podName, agent.namespace, agent.port], ["relay-agent-x1-abc", "ns", 4646]);
   assertEquals(agent.token.length, 64);
@@ -173,7 +184,7 @@ Deno.test("startAgentPod: Pending past the timeout deletes the Job and names the
     },
   }]);
   const error = await assertRejects(
-    () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 0, pollMs: 1 }),
+    () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 0 }),
     KubeError,
     "Unschedulable",
   );
@@ -196,7 +207,7 @@ Deno.test("startAgentPod: a hopeless image fails at once", async () => {
     },
   }]);
   await assertRejects(
-    () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 60_000, pollMs: 1 }),
+    () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 60_000 }),
     KubeError,
     "InvalidImageName",
   );
@@ -212,9 +223,33 @@ Deno.test("startAgentPod: a pod the kubelet rejects fails at once with the kubel
     },
   }]);
   await assertRejects(
-    () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 60_000, pollMs: 1 }),
+    () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 60_000 }),
     KubeError,
     'is Failed (SysctlForbidden: Pod forbidden sysctl: "net.core.somaxconn" not allowlisted)',
   );
+  assertEquals(api.calls.at(-1), "delete job relay-agent-x1 Background");
+});
+
+Deno.test("startAgentPod: a pod list the API server refuses fails at once, naming it", async () => {
+  const api = stubApi([{ status: { phase: "Pending" } }]);
+  api.core.listNamespacedPod = () => Promise.reject(Object.assign(new Error("no"), { code: 403 }));
+  await assertRejects(
+    () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 60_000 }),
+    KubeError,
+    "forbidden: cannot list pods in namespace ns",
+  );
+  assertEquals(api.calls.at(-1), "delete job relay-agent-x1 Background");
+});
+
+Deno.test("startAgentPod: stopping while it waits deletes the Job and rejects with the reason", async () => {
+  const api = stubApi([{ status: { phase: "Pending" } }]);
+  const stop = new AbortController();
+  const started = startAgentPod(api, {
+    namespace: "ns",
+    podRunningTimeoutMs: 60_000,
+    signal: stop.signal,
+  });
+  setTimeout(() => stop.abort(new Error("relay is stopping")), 5);
+  await assertRejects(() => started, Error, "relay is stopping");
   assertEquals(api.calls.at(-1), "delete job relay-agent-x1 Background");
 });

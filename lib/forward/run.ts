@@ -5,7 +5,6 @@
  * listener settled) before the agent pod exists, so a typo creates nothing in the cluster;
  * once the agent exists, every exit path deletes it.
  */
-import { Watch } from "@kubernetes/client-node";
 import { UsageError } from "../errors.ts";
 import { parseDuration } from "../cli/duration.ts";
 import {
@@ -114,15 +113,21 @@ export async function runForwards(options: RunForwardsOptions): Promise<void> {
     // Workload and headless-Service targets watch their pods until relay stops (stop.signal
     // ends every watch before kube.close() below).
     const follow = followPods({
-      watch: new Watch(kube.config),
+      watch: kube.watch,
       core: kube.core,
       signal: stop.signal,
       onError: (line) => logger.debug(line),
     });
-    const routes = await resolveRoutes(kube, plan, listeners, follow);
-    // A withheld permission fails here, naming it, before a Job exists that relay could not
-    // reach or delete.
-    await checkAgentAccess(kube, run.agentNamespace ?? kube.namespace);
+    // Both before any Job exists: a withheld permission fails naming it, before a Job relay
+    // could not reach or delete. They ask different questions, so at once; a bad target is
+    // told first, as it would be alone.
+    const [resolved, access] = await Promise.allSettled([
+      resolveRoutes(kube, plan, listeners, follow),
+      checkAgentAccess(kube, run.agentNamespace ?? kube.namespace),
+    ]);
+    if (resolved.status === "rejected") throw resolved.reason;
+    if (access.status === "rejected") throw access.reason;
+    const routes = resolved.value;
     if (stop.signal.aborted) return;
     started = true;
     const agent = await supervisor.start();

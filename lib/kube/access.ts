@@ -25,7 +25,9 @@ export interface Permission {
 export const AGENT_PERMISSIONS: readonly Permission[] = [
   { verb: "create", group: "batch", resource: "jobs" },
   { verb: "delete", group: "batch", resource: "jobs" },
+  // The agent's pod, listed and then watched until it runs.
   { verb: "list", group: "", resource: "pods" },
+  { verb: "watch", group: "", resource: "pods" },
   // Asked when a tunnel drops: is the agent's pod gone, or was it only the network?
   { verb: "get", group: "", resource: "pods" },
   { verb: "delete", group: "", resource: "pods" },

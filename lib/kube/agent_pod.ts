@@ -11,9 +11,11 @@ import type {
   V1Job,
   V1Pod,
   V1PodTemplateSpec,
+  Watch,
 } from "@kubernetes/client-node";
 import { DEFAULT_AGENT_IMAGE, VERSION } from "../version.ts";
 import { apiError, KubeError, statusMessageOf, statusOf, UsageError } from "./errors.ts";
+import { runListWatch } from "./list_watch.ts";
 import { mergePatch } from "./merge_patch.ts";
 
 /** The port the agent listens on, on its pod's 127.0.0.1. */
@@ -57,6 +59,7 @@ const HOPELESS_REASONS = new Set([
 export interface AgentPodApi {
   core: Pick<CoreV1Api, "listNamespacedPod" | "deleteNamespacedPod" | "listNamespacedEvent">;
   batch: Pick<BatchV1Api, "createNamespacedJob" | "deleteNamespacedJob">;
+  watch: Pick<Watch, "watch">;
 }
 
 /** What the agent pod should look like and how long to wait for it. */
@@ -69,8 +72,6 @@ export interface AgentPodOptions {
   patch?: Record<string, unknown>;
   /** How long the pod may take to be Running. */
   podRunningTimeoutMs: number;
-  /** Poll interval while waiting; default 250 ms. */
-  pollMs?: number;
   /** Default: random. */
   sessionId?: string;
   /** Default: random, 32 bytes as hex. */
@@ -247,7 +248,6 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
       jobName,
       sessionId,
       timeoutMs: opts.podRunningTimeoutMs,
-      pollMs: opts.pollMs ?? 250,
       signal: opts.signal,
     });
     const podName = pod.metadata!.name!;
@@ -309,56 +309,106 @@ function createError(error: unknown, namespace: string): Error {
   return apiError(error, { verb: "create", resource: "jobs", namespace });
 }
 
-async function waitRunning(api: AgentPodApi, opts: {
+/**
+ * Resolves with the agent's pod once it is Running, from a list+watch of the session's pods:
+ * the watch tells the moment it runs (a poll found out up to an interval late, on every
+ * start). Rejects at once for a pod that failed or cannot start, and at the deadline with
+ * the reason it is still pending.
+ */
+function waitRunning(api: AgentPodApi, opts: {
   namespace: string;
   jobName: string;
   sessionId: string;
   timeoutMs: number;
-  pollMs: number;
   signal?: AbortSignal;
 }): Promise<V1Pod> {
-  const deadline = Date.now() + opts.timeoutMs;
-  const labelSelector = `${SESSION_LABEL}=${opts.sessionId}`;
-  let pod: V1Pod | undefined;
-  while (true) {
-    opts.signal?.throwIfAborted();
-    try {
-      const pods = (await api.core.listNamespacedPod({ namespace: opts.namespace, labelSelector }))
-        .items;
-      pod = pods.find((p) => !p.metadata?.deletionTimestamp) ?? pods[0];
-    } catch (error) {
-      throw apiError(error, { verb: "list", resource: "pods", namespace: opts.namespace });
-    }
-    if (pod) {
-      const phase = pod.status?.phase;
-      const state = pod.status?.containerStatuses?.find((c) => c.name === CONTAINER_NAME)?.state;
-      if (phase === "Running" && state?.running) return pod;
-      if (phase === "Failed" || phase === "Succeeded" || state?.terminated) {
-        const t = state?.terminated;
-        throw agentFailed(
-          opts,
-          pod,
-          t
-            ? `exited (${t.reason ?? `code ${t.exitCode}`}${t.message ? `: ${t.message}` : ""})`
-            : `is ${phase}${podReason(pod)}`,
-        ); // deno-fmt-ignore
-      }
-      const waiting = state?.waiting;
-      if (waiting?.reason && HOPELESS_REASONS.has(waiting.reason)) {
-        throw agentFailed(
-          opts,
-          pod,
-          `cannot start: ${waiting.reason}${waiting.message ? ` (${waiting.message})` : ""}`,
-        ); // deno-fmt-ignore
-      }
-    }
-    if (Date.now() >= deadline) {
-      const why = await pendingReason(api, opts, pod);
-      const seconds = Math.round(opts.timeoutMs / 1000);
-      throw agentFailed(opts, pod, `was not Running after ${seconds}s: ${why}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, opts.pollMs));
+  const watching = new AbortController();
+  const pods = new Map<string, V1Pod>();
+  let settled = false;
+  return new Promise<V1Pod>((resolve, reject) => {
+    const settle = (outcome: () => void) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(deadline);
+      opts.signal?.removeEventListener("abort", onAbort);
+      watching.abort();
+      outcome();
+    };
+    const onAbort = () => settle(() => reject(opts.signal!.reason));
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    const current = () => {
+      const all = [...pods.values()];
+      return all.find((p) => !p.metadata?.deletionTimestamp) ?? all[0];
+    };
+    const check = () => {
+      const pod = current();
+      if (!pod) return;
+      const verdict = runningVerdict(pod);
+      if (verdict === "running") settle(() => resolve(pod));
+      else if (verdict) settle(() => reject(agentFailed(opts, pod, verdict)));
+    };
+    const deadline = setTimeout(() => {
+      const pod = current();
+      pendingReason(api, opts, pod).then((why) => {
+        const seconds = Math.round(opts.timeoutMs / 1000);
+        settle(() => reject(agentFailed(opts, pod, `was not Running after ${seconds}s: ${why}`)));
+      });
+    }, opts.timeoutMs);
+    if (opts.signal?.aborted) return onAbort();
+    void runListWatch<V1Pod>({
+      watch: api.watch,
+      path: `/api/v1/namespaces/${opts.namespace}/pods`,
+      labelSelector: `${SESSION_LABEL}=${opts.sessionId}`,
+      list: () =>
+        api.core.listNamespacedPod({
+          namespace: opts.namespace,
+          labelSelector: `${SESSION_LABEL}=${opts.sessionId}`,
+        }),
+      onReplace: (items) => {
+        pods.clear();
+        for (const pod of items) pods.set(pod.metadata?.name ?? "", pod);
+        check();
+      },
+      onEvent: (type, pod) => {
+        if (type === "DELETED") pods.delete(pod.metadata?.name ?? "");
+        else pods.set(pod.metadata?.name ?? "", pod);
+        check();
+      },
+      // A list that fails (no permission, no namespace) will not pass on a retry; a watch
+      // that fails is listed again by the loop.
+      onError: (error, during) => {
+        if (during !== "list") return;
+        const failure = apiError(error, {
+          verb: "list",
+          resource: "pods",
+          namespace: opts.namespace,
+        });
+        settle(() => reject(failure));
+      },
+      signal: watching.signal,
+    });
+  });
+}
+
+/**
+ * "running", why the pod will never run (it failed, exited, or cannot start), or undefined
+ * while it may still come up.
+ */
+function runningVerdict(pod: V1Pod): "running" | string | undefined {
+  const phase = pod.status?.phase;
+  const state = pod.status?.containerStatuses?.find((c) => c.name === CONTAINER_NAME)?.state;
+  if (phase === "Running" && state?.running) return "running";
+  if (phase === "Failed" || phase === "Succeeded" || state?.terminated) {
+    const t = state?.terminated;
+    return t
+      ? `exited (${t.reason ?? `code ${t.exitCode}`}${t.message ? `: ${t.message}` : ""})`
+      : `is ${phase}${podReason(pod)}`;
   }
+  const waiting = state?.waiting;
+  if (waiting?.reason && HOPELESS_REASONS.has(waiting.reason)) {
+    return `cannot start: ${waiting.reason}${waiting.message ? ` (${waiting.message})` : ""}`;
+  }
+  return undefined;
 }
 
 /** A kubelet's reason for failing a whole pod (e.g. SysctlForbidden), as " (reason: message)". */
@@ -368,10 +418,14 @@ function podReason(pod: V1Pod): string {
   return ` (${[reason, message].filter(Boolean).join(": ")})`;
 }
 
-function agentFailed(opts: { namespace: string; jobName: string }, pod: V1Pod, what: string) {
+function agentFailed(
+  opts: { namespace: string; jobName: string },
+  pod: V1Pod | undefined,
+  what: string,
+) {
   return new KubeError(
     `agent pod ${
-      pod.metadata?.name ?? `of job ${opts.jobName}`
+      pod?.metadata?.name ?? `of job ${opts.jobName}`
     } in namespace ${opts.namespace} ${what}`,
   );
 }

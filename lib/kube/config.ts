@@ -13,6 +13,7 @@ import {
   CoreV1Api,
   KubeConfig,
   type User,
+  Watch,
 } from "@kubernetes/client-node";
 import { Agent as UndiciAgent, type Dispatcher } from "undici";
 import { parse as parseYaml } from "yaml";
@@ -57,6 +58,8 @@ export interface Kube {
   readonly core: CoreV1Api;
   readonly apps: AppsV1Api;
   readonly batch: BatchV1Api;
+  /** Watches, with the same credentials, impersonation and timeouts as the API clients. */
+  readonly watch: Watch;
   /** Credentials and TLS for a raw request, refreshed (exec plugins, token files) on each call. */
   rawConnection(): Promise<RawConnection>;
   /** Release the HTTP clients made for raw connections. */
@@ -152,6 +155,7 @@ export function loadKube(opts: LoadKubeOptions = {}): Kube {
     core: kc.makeApiClient(CoreV1Api),
     apps: kc.makeApiClient(AppsV1Api),
     batch: kc.makeApiClient(BatchV1Api),
+    watch: new Watch(kc),
     rawConnection: () => raw.get(),
     close: () => raw.close(),
   };
