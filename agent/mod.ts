@@ -12,6 +12,7 @@
  */
 import { VERSION } from "../lib/version.ts";
 import { AGENT_DEFAULTS, type AgentConfig, startAgent } from "./server.ts";
+import { describeError } from "../lib/errors.ts";
 
 export { AGENT_DEFAULTS, type AgentConfig, type AgentHandle, startAgent } from "./server.ts";
 export type { Dialer, Resolver, TcpConnector } from "./dial.ts";
@@ -58,7 +59,11 @@ export async function runAgent(options: AgentOptions = {}): Promise<number> {
       } satisfies AgentConfig,
     );
   } catch (e) {
-    log(`relay agent: cannot listen on 127.0.0.1:${options.port ?? AGENT_DEFAULTS.port}: ${e}`);
+    log(
+      `relay agent: cannot listen on 127.0.0.1:${options.port ?? AGENT_DEFAULTS.port}: ${
+        describeError(e)
+      }`,
+    );
     return 2;
   }
   const signals: Deno.Signal[] = ["SIGTERM", "SIGINT"];

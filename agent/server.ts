@@ -3,11 +3,13 @@
  * open, and exits by itself when no tunnel has been connected for a while.
  */
 import { VERSION } from "../lib/version.ts";
-import { acceptTunnel, HandshakeError } from "../lib/tunnel/handshake.ts";
+import { acceptTunnel } from "../lib/tunnel/handshake.ts";
 import { connDuplex } from "../lib/tunnel/duplex.ts";
 import type { Duplex, OpenRequest, Tunnel, TunnelStream } from "../lib/tunnel/types.ts";
 import { denoConnector, type Dialer, dialTcp, systemResolver } from "./dial.ts";
 import { dialUdp } from "./udp.ts";
+import { describeError } from "../lib/errors.ts";
+import { AcceptBackoff } from "../lib/listen/accept_backoff.ts";
 
 /** Defaults for the `relay agent` flags. */
 export const AGENT_DEFAULTS = {
@@ -143,7 +145,7 @@ export function startAgent(config: AgentConfig): AgentHandle {
         keepAliveMs: config.keepAliveMs ?? AGENT_KEEPALIVE_MS,
       });
     } catch (e) {
-      const why = e instanceof HandshakeError ? e.message : String(e);
+      const why = describeError(e);
       log(`relay agent: refused a tunnel from ${from.hostname}:${from.port}: ${why}`);
       return;
     } finally {
@@ -157,11 +159,24 @@ export function startAgent(config: AgentConfig): AgentHandle {
     armIdleExit();
   };
 
+  // A failed accept (out of file descriptors, with every tunnel's dialed connections open)
+  // must not end the agent and the tunnels it carries: pause and accept again.
   const acceptLoop = async () => {
-    try {
-      for await (const conn of listener) serve(conn);
-    } catch (e) {
-      if (!stopped) stop(`listener failed: ${e}`);
+    const backoff = new AcceptBackoff();
+    while (!stopped) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+        backoff.succeeded();
+      } catch (e) {
+        if (stopped) return;
+        if (e instanceof Deno.errors.BadResource) return stop("listener closed");
+        const { report, pause } = backoff.failed();
+        if (report) log(`relay agent: cannot accept a tunnel: ${describeError(e)}`);
+        await pause();
+        continue;
+      }
+      serve(conn);
     }
   };
 

@@ -2,6 +2,7 @@
 import { deepStrictEqual, ok, rejects, strictEqual, throws } from "node:assert/strict";
 import { UsageError } from "../lib/errors.ts";
 import { bindForwards, readyFacts, TcpListener } from "../lib/listen/mod.ts";
+import { AcceptBackoff } from "../lib/listen/accept_backoff.ts";
 import { formatReadyLine } from "../lib/log.ts";
 import type { ForwardSpec } from "../lib/plan.ts";
 
@@ -199,3 +200,19 @@ function udpPortWithFreeTcp(): Deno.DatagramConn {
     }
   }
 }
+
+Deno.test("AcceptBackoff: a run of failed accepts is told once and paused ever longer, up to 1 s; a success resets it", async () => {
+  const backoff = new AcceptBackoff();
+  const seen: [boolean, number][] = [];
+  for (let i = 0; i < 9; i++) {
+    const { report, pauseMs, pause } = backoff.failed();
+    seen.push([report, pauseMs]);
+    if (i < 2) await pause();
+  }
+  deepStrictEqual(seen.map(([, ms]) => ms), [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+  deepStrictEqual(seen.map(([report]) => report), [true, ...Array(8).fill(false)]);
+  backoff.succeeded();
+  const next = backoff.failed();
+  deepStrictEqual([next.report, next.pauseMs], [true, 10]);
+  await next.pause();
+});

@@ -2,6 +2,7 @@
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
 import { UsageError } from "../lib/errors.ts";
 import { UdpListener, type UdpSession } from "../lib/listen/mod.ts";
+import { SessionLimitError } from "../lib/listen/udp.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -184,6 +185,34 @@ Deno.test("closing the listener ends every session and releases the port", async
     Deno.listenDatagram({ hostname: "127.0.0.1", port: listener.port, transport: "udp" }).close();
   } finally {
     sender.close();
+  }
+});
+
+Deno.test("with every session taken, datagrams from new sources are dropped and told, not per datagram", async () => {
+  const listener = UdpListener.bind(
+    { hostname: "127.0.0.1", port: 0 },
+    { idleTimeoutMs: 60_000, maxSessions: 2 },
+  );
+  const target = { transport: "udp" as const, hostname: "127.0.0.1", port: listener.port };
+  const told: unknown[] = [];
+  const served = listener.serve(() => {}, (error) => told.push(error));
+  const sources = [client(), client(), client(), client()];
+  try {
+    for (const source of sources) await source.send(encoder.encode("hello"), target);
+    await sources[3].send(encoder.encode("again"), target);
+    await eventually(() => listener.dropped === 3);
+    strictEqual(listener.sessionCount, 2);
+    strictEqual(told.length, 1);
+    ok(told[0] instanceof SessionLimitError);
+    strictEqual(
+      (told[0] as Error).message,
+      "all 2 UDP sessions are taken: datagrams from new sources are dropped until one ends " +
+        "(after --udp-idle-timeout without traffic); 1 dropped so far",
+    );
+  } finally {
+    for (const source of sources) source.close();
+    listener.close();
+    await served;
   }
 });
 

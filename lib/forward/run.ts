@@ -5,7 +5,7 @@
  * listener settled) before the agent pod exists, so a typo creates nothing in the cluster;
  * once the agent exists, every exit path deletes it.
  */
-import { UsageError } from "../errors.ts";
+import { describeError, UsageError } from "../errors.ts";
 import { parseDuration } from "../cli/duration.ts";
 import {
   AGENT_IDLE_EXIT_ENV,
@@ -267,39 +267,47 @@ async function serve(
     for (const listener of binding.tcp) {
       serving.push(listener.serve(
         (conn) => forwardConnection(conn, forward, pool, logger),
-        (error) => logger.error(`accepting on ${listener.hostname}:${listener.port}: ${error}`),
+        (error) =>
+          logger.error(
+            `accepting on ${listener.hostname}:${listener.port}: ${describeError(error)}`,
+          ),
       ));
     }
     for (const listener of binding.udp) {
       serving.push(
-        listener.serve(async (session) => {
-          const source = `${session.remote.hostname}:${session.remote.port}`;
-          try {
-            const destination = await forward.destination();
-            const stream = await pool.open({ protocol: "udp", ...destination });
-            logger.debug(`udp session ${source} -> ${forward.label} opened`);
-            splice(stream, session);
-            // Either end may finish first: the local idle timer, or the agent's (a FIN).
-            await Promise.race([stream.closed, session.closed]);
-            stream.reset("session ended");
-            session.close();
-            // Drops are how UDP sessions shed overload; say how many, never hide them.
-            const dropped = session.dropped + stream.dropped;
-            logger.debug(`udp session ${source} -> ${forward.label} ended; ${dropped} dropped`);
-          } catch (error) {
-            logger.error(`${forward.label}/udp: ${reason(error)}`);
-            session.close();
-          }
-        }).then(() => {
-          // Datagrams lost before relay could read them belong to no session; report them once.
-          const lost = listener.kernelDropped;
-          if (lost > 0) {
-            logger.info(
-              `udp ${listener.hostname}:${listener.port}: ${lost} datagrams dropped before relay ` +
-                `read them (receive buffer full)`,
-            );
-          }
-        }),
+        listener.serve(
+          async (session) => {
+            const source = `${session.remote.hostname}:${session.remote.port}`;
+            try {
+              const destination = await forward.destination();
+              const stream = await pool.open({ protocol: "udp", ...destination });
+              logger.debug(`udp session ${source} -> ${forward.label} opened`);
+              splice(stream, session);
+              // Either end may finish first: the local idle timer, or the agent's (a FIN).
+              await Promise.race([stream.closed, session.closed]);
+              stream.reset("session ended");
+              session.close();
+              // Drops are how UDP sessions shed overload; say how many, never hide them.
+              const dropped = session.dropped + stream.dropped;
+              logger.debug(`udp session ${source} -> ${forward.label} ended; ${dropped} dropped`);
+            } catch (error) {
+              logger.error(`${forward.label}/udp: ${reason(error)}`);
+              session.close();
+            }
+          },
+          (error) =>
+            logger.error(`udp ${listener.hostname}:${listener.port}: ${describeError(error)}`),
+        )
+          .then(() => {
+            // Datagrams lost before relay could read them belong to no session; report them once.
+            const lost = listener.kernelDropped;
+            if (lost > 0) {
+              logger.info(
+                `udp ${listener.hostname}:${listener.port}: ${lost} datagrams dropped before relay ` +
+                  `read them (receive buffer full)`,
+              );
+            }
+          }),
       );
     }
   }

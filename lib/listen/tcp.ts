@@ -1,4 +1,5 @@
 /** A local TCP listener that hands each accepted connection to a callback. */
+import { AcceptBackoff } from "./accept_backoff.ts";
 import { bindError } from "./bind_error.ts";
 import { closeQuietly } from "./splice.ts";
 
@@ -51,14 +52,18 @@ export class TcpListener {
    * A handler that throws only loses its own connection.
    */
   async serve(onConnection: ConnectionHandler, onError?: (error: unknown) => void): Promise<void> {
+    const backoff = new AcceptBackoff();
     while (!this.#closed) {
       let conn: Deno.TcpConn;
       try {
         conn = await this.#listener.accept();
+        backoff.succeeded();
       } catch (error) {
         if (this.#closed) return;
-        // Out of file descriptors and the like: report, keep accepting.
-        onError?.(error);
+        // Out of file descriptors and the like: report, pause, keep accepting.
+        const { report, pause } = backoff.failed();
+        if (report) onError?.(error);
+        await pause();
         continue;
       }
       if (this.#closed) {

@@ -16,6 +16,14 @@ import { kernelDrops } from "./udp_drops.ts";
  */
 export const MAX_DATAGRAM = 65_535;
 
+/** While new sources keep being turned away for lack of sessions, one report this often. */
+const SESSION_LIMIT_REPORT_MS = 10_000;
+
+/** Told through `serve`'s onError: datagrams from new sources are dropped, no session is free. */
+export class SessionLimitError extends Error {
+  override name = "SessionLimitError";
+}
+
 /** Tuning for a UDP listener's sessions. */
 export interface UdpListenerOptions {
   /** A session with no datagram either way for this long ends (ms). */
@@ -48,6 +56,9 @@ export class UdpListener {
   readonly #sessions = new Map<string, Session>();
   #closed = false;
   #dropped = 0;
+  /** Datagrams from new sources refused for lack of a session, and when that was last told. */
+  #refused = 0;
+  #lastRefusalReport = -Infinity;
   #kernelDroppedAtClose = 0;
 
   private constructor(socket: Deno.DatagramConn, options: UdpListenerOptions) {
@@ -120,6 +131,20 @@ export class UdpListener {
       if (!session) {
         if (this.#sessions.size >= this.#options.maxSessions) {
           this.#dropped++;
+          this.#refused++;
+          const now = performance.now();
+          // Never silent (a resolver asking from a new port per query fills the table), but
+          // told once per interval, not per datagram.
+          if (now - this.#lastRefusalReport >= SESSION_LIMIT_REPORT_MS) {
+            this.#lastRefusalReport = now;
+            onError?.(
+              new SessionLimitError(
+                `all ${this.#options.maxSessions} UDP sessions are taken: datagrams from new ` +
+                  `sources are dropped until one ends (after --udp-idle-timeout without ` +
+                  `traffic); ${this.#refused} dropped so far`,
+              ),
+            );
+          }
           continue;
         }
         session = new Session(this.#socket, from, this.#options, () => {

@@ -14,6 +14,7 @@ import { DEFAULT_STREAM_WINDOW, Session } from "./session.ts";
 import type { ByteChannel, Duplex, Tunnel, TunnelOptions } from "./types.ts";
 import { FrameWriter } from "./writer.ts";
 import { channelOf } from "./pump.ts";
+import { describeError } from "../errors.ts";
 
 /** Options for connectTunnel / acceptTunnel beyond the shared TunnelOptions. */
 export interface HandshakeOptions extends TunnelOptions {
@@ -208,7 +209,7 @@ async function readFirst(io: Io): Promise<[Frame, Frame[]]> {
     try {
       chunk = await io.reader.read();
     } catch (e) {
-      throw new HandshakeError("closed", `tunnel failed during the handshake: ${e}`);
+      throw new HandshakeError("closed", `tunnel failed during the handshake: ${describeError(e)}`);
     }
     if (chunk === null) {
       throw new HandshakeError("closed", "tunnel closed during the handshake");

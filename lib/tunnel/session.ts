@@ -18,6 +18,7 @@ import {
   type TunnelOptions,
   type TunnelStream,
 } from "./types.ts";
+import { describeError } from "../errors.ts";
 
 /**
  * Default per-stream receive window a stream starts with. Every open stream may have this
@@ -99,7 +100,7 @@ export class Session implements Tunnel {
     this.onOpen = init.options.onOpen;
     this.onStreamEnd = init.options.onStreamEnd;
     this.writer = init.frameWriter;
-    this.writer.onError = (e) => this.shutdown(`transport write failed: ${e}`);
+    this.writer.onError = (e) => this.shutdown(`transport write failed: ${describeError(e)}`);
     this.limits = {
       receiveWindow: init.receiveWindow,
       maxReceiveWindow: Math.max(

@@ -185,7 +185,9 @@ export class MuxStream implements TunnelStream {
 
   /** Abandons both directions and tells the peer. */
   reset(reason = "reset"): void {
-    if (this.done) return;
+    // Already failed (the peer's RESET, the tunnel's end): its splice aborting in answer must
+    // not send the peer a RESET back.
+    if (this.done || this.failure) return;
     this.host.writer.sendRaw(FrameType.RESET, this.id, new TextEncoder().encode(reason));
     this.teardown(new StreamResetError(`stream reset: ${reason}`));
   }
