@@ -31,5 +31,14 @@ export function exitCodeOf(error: unknown): number {
 /** A short, one-line description of any thrown value, for the final error line. */
 export function describeError(error: unknown): string {
   const text = error instanceof Error ? error.message : String(error);
-  return text.replace(/\s*\n\s*/g, " ").trim() || "unknown error";
+  // One line, and nothing a terminal would act on: a value typed or read with an escape or
+  // NUL in it is shown escaped, as JSON would.
+  const oneLine = text.replace(/\s*\n\s*|\t/g, " ").trim();
+  // deno-lint-ignore no-control-regex
+  const shown = oneLine.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\u${hex4(c.charCodeAt(0))}`);
+  return shown || "unknown error";
+}
+
+function hex4(code: number): string {
+  return code.toString(16).padStart(4, "0");
 }

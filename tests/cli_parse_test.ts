@@ -19,6 +19,7 @@ const FILES: Record<string, string> = {
   "badflag.txt": "--context x svc/a 80\n",
   "dangling-n.txt": "svc/a 80 -n\n",
   "only-n.txt": "-n foo\n",
+  "bad-n.txt": "-n Bad_NS pod/echo 9000\n",
   "badkind.txt": "job/x 80\n",
   "patch.yaml": "metadata:\n  generateName: foo-\nspec:\n  nodeSelector:\n    disk: ssd\n",
   "list.yaml": "- a\n- b\n",
@@ -105,6 +106,16 @@ const BAD: [argv: string[], message: string | RegExp][] = [
     ["--agent-image", "a", "--server.image", "b", "svc/x", "80"],
     /--agent-image "a" and --server.image "b" disagree/,
   ],
+  [
+    ["--agent-namespace", "a", "--server.namespace", "b", "svc/x", "80"],
+    /--agent-namespace "a" and --server.namespace "b" disagree/,
+  ],
+  [
+    ["--pod-running-timeout", "0", "svc/x", "80"],
+    /invalid --pod-running-timeout "0": expected a duration above 0/,
+  ],
+  [["-v=abc", "svc/x", "80"], /invalid -v "abc": expected a level/],
+  [["--v=", "svc/x", "80"], /invalid --v "": expected a level/],
   [["--agent-image", "has space", "svc/x", "80"], /invalid --agent-image "has space"/],
   [["--kubeconfig", "", "svc/x", "80"], /--kubeconfig is empty/],
   [["version", "extra"], /"relay version" takes no arguments, got "extra"/],
@@ -119,7 +130,10 @@ const BAD: [argv: string[], message: string | RegExp][] = [
     ["--address", "example.com", "svc/x", "80"],
     /invalid --address "example.com": expected an IP address or localhost/,
   ],
-  [["-l", "127.0.0.1,", "svc/x", "80"], /invalid --address "": expected an IP address/],
+  [
+    ["-l", "127.0.0.1,", "svc/x", "80"],
+    /invalid --address "127.0.0.1,": an empty address in the list/,
+  ],
   [["-l", "300.0.0.1", "svc/x", "80"], /invalid --address "300.0.0.1"/],
   [["-l", "localhost,nope", "svc/x", "80"], /invalid --address "nope"/],
   // -L
@@ -159,6 +173,7 @@ const BAD: [argv: string[], message: string | RegExp][] = [
   [["-f", "badflag.txt"], /badflag.txt:1: unknown flag "--context"/],
   [["-f", "dangling-n.txt"], /dangling-n.txt:1: "-n" needs a namespace/],
   [["-f", "only-n.txt"], /only-n.txt:1: no target after "-n foo"/],
+  [["-f", "bad-n.txt"], /bad-n.txt:1: invalid -n "Bad_NS": expected a namespace name/],
   [["-f", "badkind.txt"], /badkind.txt:1: invalid target "job\/x"/],
   [["-f", "targets.txt", "svc/nginx", "8080:80"], /local port 8080\/tcp is used twice/],
   // patches
@@ -445,6 +460,9 @@ Deno.test("kubectl's flags", async () => {
   strictEqual((await plan("-v=6", "svc/x", "80")).options.verbose, true);
   strictEqual((await plan("-v", "4", "svc/x", "80")).options.verbose, true);
   strictEqual((await plan("-v=0", "svc/x", "80")).options.verbose, false);
+  // pflag's -X=VALUE for short flags.
+  strictEqual((await plan("-n=shop", "svc/x", "80")).options.namespace, "shop");
+  deepStrictEqual((await plan("-l=::1", "svc/x", "80")).options.addresses, ["::1"]);
 });
 
 Deno.test("flags may come after targets, as kubectl allows", async () => {

@@ -112,6 +112,26 @@ Deno.test("bindForwards binds every port on every address, sharing a random port
   Deno.listen({ hostname: "127.0.0.1", port }).close();
 });
 
+Deno.test("--address 0.0.0.0,:: (either order) binds, as kubectl does: a dual-stack :: takes IPv4 too", async () => {
+  for (const addresses of [["0.0.0.0", "::"], ["::", "0.0.0.0"]]) {
+    const port = freePort();
+    const set = bindForwards([forward("a", { remote: port })], { addresses, udp: UDP });
+    try {
+      const listeners = set.bindings[0].tcp;
+      ok(listeners.some((l) => l.hostname === "::"), JSON.stringify(addresses));
+      const served = listeners.map((l) => l.serve((conn) => void conn.close()));
+      for (const hostname of ["127.0.0.1", "::1"]) {
+        const conn = await Deno.connect({ hostname, port });
+        conn.close();
+      }
+      set.close();
+      await Promise.all(served);
+    } finally {
+      set.close();
+    }
+  }
+});
+
 Deno.test("bindForwards leaves nothing bound when one port is busy", () => {
   const free = freePort();
   using busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });

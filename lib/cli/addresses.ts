@@ -21,6 +21,11 @@ export function parseAddresses(values: readonly string[]): string[] {
         continue;
       }
       const ip = stripBrackets(text);
+      if (text === "") {
+        throw new UsageError(
+          `invalid --address ${JSON.stringify(value)}: an empty address in the list`,
+        );
+      }
       if (!isIP(ip)) {
         throw new UsageError(
           `invalid --address ${JSON.stringify(text)}: expected an IP address or localhost`,

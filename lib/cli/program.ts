@@ -140,8 +140,14 @@ export type CommandOptions = {
   verbose?: true;
 };
 
-// kubectl and krelay users type -v=6 or -v 6; relay has one verbose level.
-function normalizeVerbosity(argv: readonly string[]): string[] {
+/** Short flags that take a value, which kubectl (pflag) also accepts as `-n=VALUE`. */
+const SHORT_VALUE_FLAGS = new Set(["-n", "-l", "-f", "-L", "-R", "-p"]);
+
+/**
+ * kubectl's spellings commander does not know: `-v=6`, `-v 6` or `--v=6` (relay has one
+ * verbose level) and `-n=NS` for any short flag that takes a value.
+ */
+function normalizeKubectlSpellings(argv: readonly string[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -150,10 +156,18 @@ function normalizeVerbosity(argv: readonly string[]): string[] {
       break;
     }
     const level = /^--?v(?:=|)(\d+)$/.exec(arg);
+    const badLevel = /^--?v=(.*)$/.exec(arg);
+    const shortWithValue = /^(-[a-zA-Z])=(.*)$/s.exec(arg);
     if (level) {
       if (Number(level[1]) > 0) out.push("--verbose");
+    } else if (badLevel) {
+      throw new UsageError(
+        `invalid ${arg.split("=")[0]} ${JSON.stringify(badLevel[1])}: expected a level (a number)`,
+      );
     } else if (arg === "-v" && /^\d+$/.test(argv[i + 1] ?? "")) {
       if (Number(argv[++i]) > 0) out.push("--verbose");
+    } else if (shortWithValue && SHORT_VALUE_FLAGS.has(shortWithValue[1])) {
+      out.push(shortWithValue[1], shortWithValue[2]);
     } else {
       out.push(arg);
     }
@@ -196,7 +210,7 @@ export async function parseCommandLine(
       outputError: () => {},
     });
   try {
-    program.parse(normalizeVerbosity(argv), { from: "user" });
+    program.parse(normalizeKubectlSpellings(argv), { from: "user" });
   } catch (error) {
     if (!(error instanceof CommanderError)) throw error;
     if (error.exitCode === 0) return { command: "print", text: printed };
@@ -245,7 +259,7 @@ async function toPlan(words: string[], opts: CommandOptions, io: CliIo): Promise
       "--request-timeout",
     ),
     agentImage: pickAgentImage(opts.agentImage, opts["server.image"]),
-    podRunningTimeoutMs: parseDuration(
+    podRunningTimeoutMs: parsePositiveDuration(
       opts.podRunningTimeout ?? DEFAULTS.podRunningTimeout,
       "--pod-running-timeout",
     ),
@@ -256,23 +270,32 @@ async function toPlan(words: string[], opts: CommandOptions, io: CliIo): Promise
   if (opts.context !== undefined) options.context = nonEmpty(opts.context, "--context");
   if (namespace !== undefined) options.namespace = namespace;
   if (opts.as !== undefined) options.as = nonEmpty(opts.as, "--as");
-  const agentNamespace = opts.agentNamespace ?? opts["server.namespace"];
+  const agentNamespace = pickAgreed(
+    ["--agent-namespace", opts.agentNamespace],
+    ["--server.namespace", opts["server.namespace"]],
+  );
   if (agentNamespace !== undefined) {
     options.agentNamespace = parseNamespace(agentNamespace, "--agent-namespace");
   }
   const patch = await readPatch(opts.patch, opts.patchFile, io);
   if (patch) options.patch = patch;
 
-  const udpIdleTimeout = opts.udpIdleTimeout ?? DEFAULTS.udpIdleTimeout;
-  const udpIdleTimeoutMs = parseDuration(udpIdleTimeout, "--udp-idle-timeout");
-  if (udpIdleTimeoutMs <= 0) {
-    throw new UsageError(
-      `invalid --udp-idle-timeout "${udpIdleTimeout}": expected a duration above 0, like 60s`,
-    );
-  }
+  const udpIdleTimeoutMs = parsePositiveDuration(
+    opts.udpIdleTimeout ?? DEFAULTS.udpIdleTimeout,
+    "--udp-idle-timeout",
+  );
   const plan: Plan = { options, forwards, reverses, udpIdleTimeoutMs };
   if (agentTarget) plan.agentTarget = agentTarget;
   return plan;
+}
+
+/** A duration that must be above 0: a zero timeout could never be met. */
+function parsePositiveDuration(text: string, flag: string): number {
+  const ms = parseDuration(text, flag);
+  if (ms <= 0) {
+    throw new UsageError(`invalid ${flag} "${text}": expected a duration above 0, like 60s`);
+  }
+  return ms;
 }
 
 async function readNamed(path: string, flag: string, io: CliIo): Promise<string> {
@@ -317,13 +340,23 @@ function parseAgentTarget(text: string, namespace: string | undefined): TargetRe
   return target;
 }
 
-function pickAgentImage(agentImage?: string, serverImage?: string): string {
-  if (agentImage !== undefined && serverImage !== undefined && agentImage !== serverImage) {
+/** The value of a flag given under either of its two names (relay's and krelay's), if any. */
+function pickAgreed(
+  [name, value]: [string, string | undefined],
+  [aliasName, aliasValue]: [string, string | undefined],
+): string | undefined {
+  if (value !== undefined && aliasValue !== undefined && value !== aliasValue) {
     throw new UsageError(
-      `--agent-image "${agentImage}" and --server.image "${serverImage}" disagree: give one`,
+      `${name} ${JSON.stringify(value)} and ${aliasName} ${
+        JSON.stringify(aliasValue)
+      } disagree: give one`,
     );
   }
-  const image = agentImage ?? serverImage;
+  return value ?? aliasValue;
+}
+
+function pickAgentImage(agentImage?: string, serverImage?: string): string {
+  const image = pickAgreed(["--agent-image", agentImage], ["--server.image", serverImage]);
   if (image === undefined) return DEFAULT_AGENT_IMAGE;
   if (image.trim() === "" || /\s/.test(image)) {
     throw new UsageError(

@@ -6,6 +6,7 @@
 import { UsageError } from "../errors.ts";
 import type { ForwardSpec } from "../plan.ts";
 import { parseForwardArgs } from "./forward_args.ts";
+import { parseNamespace } from "./target.ts";
 
 /** Options for {@link parseTargetsFile}. */
 export interface TargetsFileOptions {
@@ -61,5 +62,7 @@ function splitNamespace(
     }
   }
   if (namespace === "") throw new UsageError(`empty namespace after -n`);
+  // The global -n was checked already; a line's own is checked as strictly.
+  if (namespace !== fallback && namespace !== undefined) parseNamespace(namespace, "-n");
   return { namespace, words };
 }

@@ -115,11 +115,11 @@ const SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/tok
 export function loadKube(opts: LoadKubeOptions = {}): Kube {
   const env = opts.env ?? ((name: string) => Deno.env.get(name));
   const kc = new RelayKubeConfig();
-  loadFiles(kc, opts.kubeconfig, env);
+  const source = loadFiles(kc, opts.kubeconfig, env);
 
   if (opts.context !== undefined) {
     if (!kc.getContextObject(opts.context)) {
-      throw new UsageError(`context "${opts.context}" not found in the kubeconfig`);
+      throw new UsageError(`context "${opts.context}" not found in the kubeconfig (${source})`);
     }
     kc.setCurrentContext(opts.context);
   }
@@ -128,8 +128,8 @@ export function loadKube(opts: LoadKubeOptions = {}): Kube {
   if (!context) {
     throw new UsageError(
       contextName
-        ? `current-context "${contextName}" is not defined in the kubeconfig`
-        : "the kubeconfig has no current-context: pass --context",
+        ? `current-context "${contextName}" is not defined in the kubeconfig (${source})`
+        : `the kubeconfig (${source}) has no current-context: pass --context`,
     );
   }
   const cluster = kc.getCurrentCluster();
@@ -161,16 +161,19 @@ export function loadKube(opts: LoadKubeOptions = {}): Kube {
   };
 }
 
-/** Fill `kc` from --kubeconfig, $KUBECONFIG, ~/.kube/config or the pod's service account. */
+/**
+ * Fill `kc` from --kubeconfig, $KUBECONFIG, ~/.kube/config or the pod's service account;
+ * returns which, for messages about what it holds.
+ */
 function loadFiles(
   kc: KubeConfig,
   flag: string | undefined,
   env: (name: string) => string | undefined,
-): void {
+): string {
   if (flag) {
     if (!exists(flag)) throw new UsageError(`kubeconfig ${flag} does not exist`);
     loadFile(kc, flag);
-    return;
+    return flag;
   }
   const list = env("KUBECONFIG");
   if (list) {
@@ -180,17 +183,17 @@ function loadFiles(
       throw new UsageError(`none of the files in KUBECONFIG exists (${list})`);
     }
     mergeFiles(kc, files);
-    return;
+    return files.join(Deno.build.os === "windows" ? ";" : ":");
   }
   const home = env("HOME") ?? env("USERPROFILE");
   const defaultFile = home ? `${home}/.kube/config` : undefined;
   if (defaultFile && exists(defaultFile)) {
     loadFile(kc, defaultFile);
-    return;
+    return defaultFile;
   }
   if (env("KUBERNETES_SERVICE_HOST") && exists(SERVICE_ACCOUNT_TOKEN)) {
     kc.loadFromCluster();
-    return;
+    return "the pod's service account";
   }
   throw new UsageError(
     "no kubeconfig found: pass --kubeconfig, set KUBECONFIG or create ~/.kube/config",

@@ -88,10 +88,18 @@ export function bindPort(
   const bound: (TcpListener | UdpListener)[] = [];
   let chosen = binding.localPort ?? port;
   try {
-    for (const hostname of options.addresses) {
-      const listener = protocol === "tcp"
-        ? TcpListener.bind({ hostname, port: chosen })
-        : UdpListener.bind({ hostname, port: chosen }, options.udp);
+    for (const hostname of wildcardsFirst(options.addresses)) {
+      let listener: TcpListener | UdpListener;
+      try {
+        listener = protocol === "tcp"
+          ? TcpListener.bind({ hostname, port: chosen })
+          : UdpListener.bind({ hostname, port: chosen }, options.udp);
+      } catch (error) {
+        // Where `::` is dual-stack (Linux's default), the `::` socket bound just before
+        // already takes IPv4 on this port, and holds 0.0.0.0's place: not an error.
+        if (hostname === "0.0.0.0" && bound.some((l) => l.hostname === "::")) continue;
+        throw error;
+      }
       bound.push(listener);
       chosen = listener.port;
     }
@@ -102,6 +110,12 @@ export function bindPort(
   binding.localPort = chosen;
   if (protocol === "tcp") binding.tcp.push(...(bound as TcpListener[]));
   else binding.udp.push(...(bound as UdpListener[]));
+}
+
+/** `::` before `0.0.0.0`, so that a dual-stack `::` is what takes a port both ask for. */
+function wildcardsFirst(addresses: readonly string[]): string[] {
+  const rank = (a: string) => (a === "::" ? 0 : a === "0.0.0.0" ? 1 : 2);
+  return [...addresses].sort((a, b) => rank(a) - rank(b));
 }
 
 // Both protocols, keeping a failure as deferred; if both fail, the TCP error is the answer.
