@@ -99,6 +99,43 @@ Deno.test("nodelay bridge: an API server it cannot reach is a 502 that says so",
   );
 });
 
+Deno.test("nodelay bridge: an API server that accepts and never answers is a 502 once the connect timeout passes", async () => {
+  const pki = await testPki();
+  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of silent) held.push(conn);
+  })();
+  try {
+    const client = {
+      cert: await Deno.readTextFile(pki.clientCertFile),
+      key: await Deno.readTextFile(pki.clientKeyFile),
+    };
+    for (const identity of [{}, client]) {
+      const got = await getThroughBridge(
+        {
+          server: new URL(`https://127.0.0.1:${silent.addr.port}`),
+          ca: pki.caPem,
+          connectTimeoutMs: 200,
+          ...identity,
+        },
+        "/version",
+      );
+      assertEquals(got.status, 502);
+      assertMatch(got.body, /relay cannot reach the API server at .*: no answer within 0\.2 s/);
+    }
+    // The connection the bridge gave up on through node:tls was closed: the server reads its
+    // end. (Deno's TLS keeps a socket closed mid-handshake until the server ends it.)
+    assertEquals(held.length, 2);
+    const buffer = new Uint8Array(4096);
+    while ((await held[1].read(buffer)) !== null) { /* the ClientHello */ }
+  } finally {
+    silent.close();
+    held.forEach((conn) => conn.close());
+    await accepting.catch(() => {});
+  }
+});
+
 Deno.test("nodelay bridge: a server certificate its CA did not sign is a 502, with and without a client certificate", async () => {
   const pki = await testPki();
   const other = await makeTestPki();

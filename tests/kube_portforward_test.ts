@@ -184,3 +184,37 @@ Deno.test("dialPortForward: an unreachable API server is one clear error", async
   );
   assert(!error.message.includes("\n"));
 });
+
+Deno.test("dialPortForward: an upgrade never answered is given up when its signal aborts, and its socket closed", async () => {
+  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of silent) held.push(conn);
+  })();
+  const client = Deno.createHttpClient({});
+  const kube = {
+    rawConnection: () =>
+      Promise.resolve({
+        server: new URL(`http://127.0.0.1:${silent.addr.port}`),
+        headers: new Headers(),
+        client,
+      }),
+  };
+  try {
+    const giveUp = new AbortController();
+    const dial = dialPortForward(kube, { namespace: "n", pod: "p", port: 1 }, {
+      signal: giveUp.signal,
+    });
+    while (held.length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    giveUp.abort(new Error("port-forward timed out"));
+    await assertRejects(() => dial, Error, "port-forward timed out");
+    // The server sees the request, then the end of the connection.
+    const buffer = new Uint8Array(4096);
+    while ((await held[0].read(buffer)) !== null) { /* the upgrade request */ }
+  } finally {
+    client.close();
+    silent.close();
+    held.forEach((conn) => conn.close());
+    await accepting.catch(() => {});
+  }
+});

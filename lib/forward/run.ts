@@ -189,7 +189,11 @@ async function openTunnel(kube: Kube, agent: AgentPod): Promise<Tunnel> {
   // An API server that is still starting may accept the upgrade and never answer it; a
   // dial that hangs would stall the pool's reconnect loop for good.
   const transport = await withDeadline(
-    dialPortForward(kube, { namespace: agent.namespace, pod: agent.podName, port: agent.port }),
+    dialPortForward(
+      kube,
+      { namespace: agent.namespace, pod: agent.podName, port: agent.port },
+      { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) },
+    ),
     DIAL_TIMEOUT_MS,
     `port-forward to pod/${agent.podName}`,
     (late) => void late.readable.cancel().catch(() => {}),

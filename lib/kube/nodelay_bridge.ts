@@ -32,6 +32,8 @@ export interface BridgeTarget {
   /** PEM: the client certificate and its key, when the kubeconfig authenticates with one. */
   cert?: string;
   key?: string;
+  /** Longest the API server may take to accept and finish TLS; default 15 s. */
+  connectTimeoutMs?: number;
 }
 
 /** A listening bridge; `path` goes into the HTTP client's `proxy: { transport: "unix" }`. */
@@ -86,18 +88,31 @@ export function startNoDelayBridge(target: BridgeTarget): NoDelayBridge | undefi
  */
 const READ_SIZE = 256 * 1024;
 
+/**
+ * Longest the API server may take to accept a connection and finish TLS by default. One that
+ * accepts and never answers (still starting, or a proxy before it) would otherwise hold the
+ * connection, and the request waiting on it, for good.
+ */
+const CONNECT_TIMEOUT_MS = 15_000;
+
 async function forward(local: Deno.UnixConn, target: BridgeTarget): Promise<void> {
   const { server } = target;
   const hostname = server.hostname.replace(/^\[(.*)\]$/, "$1");
   const https = server.protocol === "https:";
   const port = Number(server.port) || (https ? 443 : 80);
   let opened: Deno.Conn | undefined;
+  const timeoutMs = target.connectTimeoutMs ?? CONNECT_TIMEOUT_MS;
+  const connecting = AbortSignal.timeout(timeoutMs);
+  // Closing a Deno TLS connection mid-handshake ends the wait here, but Deno (2.9) keeps its
+  // socket until the server answers or closes it; node:tls's socket closes at once.
+  const giveUp = () => opened && closeQuietly(opened);
+  connecting.addEventListener("abort", giveUp, { once: true });
   try {
     if (https && target.cert && target.key) {
-      spliceNode(local, await nodeTls(hostname, port, target));
+      spliceNode(local, await nodeTls(hostname, port, target, connecting));
       return;
     }
-    const tcp = opened = await Deno.connect({ hostname, port });
+    const tcp = opened = await Deno.connect({ hostname, port, signal: connecting });
     tcp.setNoDelay(true);
     let remote: Deno.Conn = tcp;
     if (https) {
@@ -109,11 +124,17 @@ async function forward(local: Deno.UnixConn, target: BridgeTarget): Promise<void
       await tls.handshake();
       remote = tls;
     }
+    connecting.removeEventListener("abort", giveUp);
     spliceNative(local, remote);
   } catch (error) {
+    connecting.removeEventListener("abort", giveUp);
     if (opened) closeQuietly(opened);
     // Told as an HTTP answer, so the client's error names the reason, not a closed socket.
-    const reason = error instanceof Error ? error.message : String(error);
+    const reason = connecting.aborted
+      ? `no answer within ${timeoutMs / 1000} s`
+      : error instanceof Error
+      ? error.message
+      : String(error);
     const body = `relay cannot reach the API server at ${server.origin}: ${reason}`;
     await local.write(new TextEncoder().encode(
       `HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\n` +
@@ -124,7 +145,12 @@ async function forward(local: Deno.UnixConn, target: BridgeTarget): Promise<void
   }
 }
 
-function nodeTls(host: string, port: number, target: BridgeTarget): Promise<TLSSocket> {
+function nodeTls(
+  host: string,
+  port: number,
+  target: BridgeTarget,
+  signal: AbortSignal,
+): Promise<TLSSocket> {
   return new Promise((resolve, reject) => {
     const socket = connectNodeTls({
       host,
@@ -136,11 +162,17 @@ function nodeTls(host: string, port: number, target: BridgeTarget): Promise<TLSS
       key: target.key,
     });
     socket.setNoDelay(true);
+    const giveUp = () => socket.destroy(new Error("timed out"));
+    signal.addEventListener("abort", giveUp, { once: true });
     socket.once("secureConnect", () => {
+      signal.removeEventListener("abort", giveUp);
       socket.off("error", reject);
       resolve(socket);
     });
-    socket.once("error", reject);
+    socket.once("error", (error) => {
+      signal.removeEventListener("abort", giveUp);
+      reject(error);
+    });
   });
 }
 

@@ -34,6 +34,11 @@ export interface PortForwardTarget {
 export interface PortForwardOptions {
   /** Writes wait while the socket has more than this many bytes unsent. Default 1 MiB. */
   maxBufferedBytes?: number;
+  /**
+   * Gives up on an upgrade not yet answered, closing its socket: an API server (or a proxy
+   * before it) that accepts a connection and never answers would otherwise hold it for good.
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -56,11 +61,25 @@ export async function dialPortForward(
   socket.binaryType = "arraybuffer";
   // Messages may arrive before the caller reads; queue them from the start.
   const duplex = new PortForwardDuplex(socket, target, options.maxBufferedBytes ?? 1 << 20);
-  const opened = await new Promise<boolean>((resolve) => {
-    socket.addEventListener("open", () => resolve(true), { once: true });
-    socket.addEventListener("close", () => resolve(false), { once: true });
-  });
-  if (!opened) throw await diagnoseUpgrade(conn, url, target);
+  const { signal } = options;
+  const giveUp = () => socket.close();
+  signal?.addEventListener("abort", giveUp, { once: true });
+  let opened = false;
+  try {
+    if (signal?.aborted) socket.close();
+    else {
+      opened = await new Promise<boolean>((resolve) => {
+        socket.addEventListener("open", () => resolve(true), { once: true });
+        socket.addEventListener("close", () => resolve(false), { once: true });
+      });
+    }
+  } finally {
+    signal?.removeEventListener("abort", giveUp);
+  }
+  if (!opened) {
+    if (signal?.aborted) throw signal.reason;
+    throw await diagnoseUpgrade(conn, url, target);
+  }
   if (socket.protocol !== PORT_FORWARD_PROTOCOL) {
     socket.close();
     throw new KubeError(
