@@ -4,7 +4,7 @@
  */
 import { parseIPv4, parseIPv6 } from "../lib/tunnel/frame.ts";
 import type { Duplex } from "../lib/tunnel/types.ts";
-import { kernelDrops } from "../lib/listen/udp_drops.ts";
+import { kernelDropsSoon } from "../lib/listen/udp_drops.ts";
 import { MAX_DATAGRAM } from "../lib/listen/udp.ts";
 import { resolveHost, type Resolver } from "./dial.ts";
 
@@ -43,20 +43,23 @@ export async function dialUdp(
   let closed = false;
   let lastActive = Date.now();
   let idleTimer: ReturnType<typeof setTimeout> | undefined;
-  const close = () => {
-    if (closed) return;
-    closed = true;
-    clearTimeout(idleTimer);
-    // Read before closing: the kernel forgets a socket's counters with the socket.
-    if (options.onDrops) {
-      const dropped = kernelDrops(localPort, address.includes(":"));
-      if (dropped !== undefined) options.onDrops(dropped);
-    }
+  const closeSocket = () => {
     try {
       socket.close();
     } catch {
       // already closed
     }
+  };
+  const close = () => {
+    if (closed) return;
+    closed = true;
+    clearTimeout(idleTimer);
+    const { onDrops } = options;
+    if (!onDrops) return closeSocket();
+    // Read before closing: the kernel forgets a socket's counters with the socket.
+    void kernelDropsSoon(localPort, address.includes(":")).then((dropped) => {
+      if (dropped !== undefined) onDrops(dropped);
+    }).finally(closeSocket);
   };
   // One timer, re-armed lazily, rather than one per datagram.
   const armIdle = (delay: number) => {

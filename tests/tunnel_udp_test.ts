@@ -11,7 +11,7 @@ import {
   type Tunnel,
 } from "../lib/tunnel/mod.ts";
 import { UDP_SHARED_WINDOW, UDP_WINDOW } from "../lib/tunnel/stream.ts";
-import { kernelDrops } from "../lib/listen/udp_drops.ts";
+import { kernelDrops, kernelDropsSoon } from "../lib/listen/udp_drops.ts";
 
 const TOKEN = "t0ken";
 
@@ -134,6 +134,12 @@ Deno.test("udp drops: the kernel's count of datagrams a full socket buffer disca
     const dropped = kernelDrops(port, false, "127.0.0.1");
     assert(dropped !== undefined && dropped > 0, `kernel drops: ${dropped}`);
     assertEquals(kernelDrops(port, false, "127.0.0.2"), undefined);
+    // Off the event loop, as the agent reads it when a session ends; reads at once share one.
+    const [soon, alsoSoon] = await Promise.all([
+      kernelDropsSoon(port, false, "127.0.0.1"),
+      kernelDropsSoon((source.addr as Deno.NetAddr).port, false),
+    ]);
+    assertEquals([soon, alsoSoon], [dropped, 0]);
   } finally {
     sink.close();
     source.close();
