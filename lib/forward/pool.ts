@@ -62,6 +62,11 @@ export class TunnelPool {
     return this.#peerVersion;
   }
 
+  /** Whether {@link close} was called: opens that fail from now on fail because of it. */
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
   /** Tunnels currently up. */
   get size(): number {
     return this.#tunnels.length;

@@ -295,7 +295,7 @@ async function serve(
               const dropped = session.dropped + stream.dropped;
               logger.debug(`udp session ${source} -> ${forward.label} ended; ${dropped} dropped`);
             } catch (error) {
-              logger.error(`${forward.label}/udp: ${reason(error)}`);
+              if (!pool.stopped) logger.error(`${forward.label}/udp: ${reason(error)}`);
               session.close();
             }
           },
@@ -334,7 +334,8 @@ async function forwardConnection(
     const destination = await forward.destination();
     stream = await pool.open({ protocol: "tcp", ...destination });
   } catch (error) {
-    logger.error(`connection to ${forward.label} failed: ${reason(error)}`);
+    // A connection that came in as relay stops is simply closed.
+    if (!pool.stopped) logger.error(`connection to ${forward.label} failed: ${reason(error)}`);
     closeQuietly(conn);
     return;
   }
