@@ -4,7 +4,7 @@
  *
  *   deno task bench [--quick] [--rounds N] [--json FILE] [--markdown FILE]
  *                   [--only bulk,connrate,...] [--bulk-mib N] [--connrate-seconds S]
- *                   [--connections N] [--udp-rates 500,1000,...]
+ *                   [--connections N] [--udp-rates 500,1000,...] [--startup-runs N]
  *
  * Each scenario starts a fresh instance of every forwarding tool (so one scenario's peak
  * RSS or warm buffers never leak into the next), then runs rounds in which the tools take
@@ -32,8 +32,15 @@ import {
   type RawResults,
   summarize,
 } from "./bench/report.ts";
-import { type BenchConfig, defaultConfig, quickConfig, scenarios } from "./bench/scenarios.ts";
-import { rotate } from "./bench/stats.ts";
+import {
+  type BenchConfig,
+  defaultConfig,
+  quickConfig,
+  type Scenario,
+  scenarios,
+} from "./bench/scenarios.ts";
+import { timeToFirstEcho } from "./bench/startup.ts";
+import { median, rotate } from "./bench/stats.ts";
 import {
   type BenchPods,
   type Endpoint,
@@ -61,14 +68,15 @@ function parseFlags(): { config: BenchConfig; json?: string; markdown?: string; 
       "connrate-seconds": { type: "string" },
       connections: { type: "string" },
       "udp-rates": { type: "string" },
+      "startup-runs": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
   if (values.help) {
     console.log(
       "deno task bench [--quick] [--rounds N] [--json FILE] [--markdown FILE]\n" +
-        "  [--only bulk,connrate,latency,concurrency,hol,udp] [--bulk-mib N]\n" +
-        "  [--connrate-seconds S] [--connections N] [--udp-rates R1,R2,...]",
+        "  [--only bulk,connrate,latency,concurrency,hol,udp,startup] [--bulk-mib N]\n" +
+        "  [--connrate-seconds S] [--connections N] [--udp-rates R1,R2,...] [--startup-runs N]",
     );
     Deno.exit(0);
   }
@@ -87,6 +95,7 @@ function parseFlags(): { config: BenchConfig; json?: string; markdown?: string; 
   if (values["udp-rates"]) {
     config.udpRates = values["udp-rates"].split(",").map((r) => num(r, "udp-rates"));
   }
+  if (values["startup-runs"]) config.startupRuns = num(values["startup-runs"], "startup-runs");
   return {
     config,
     json: values.json,
@@ -173,6 +182,43 @@ function brief(result: Record<string, unknown>, keys: string[]): string {
     .join(" ");
 }
 
+/**
+ * The startup scenario's rounds: each tool started anew `config.startupRuns` times a round,
+ * in turns as the other scenarios take them; a round's figure is the median of its starts.
+ */
+async function runStartups(
+  scenario: Scenario,
+  pods: BenchPods,
+  config: BenchConfig,
+  raw: RawResults,
+): Promise<void> {
+  const [port] = scenario.ports;
+  const tools = scenario.tools.filter((tool) => {
+    if (tool !== "krelay" || !("skipped" in pods.krelay)) return true;
+    raw.skipped[scenario.name][tool] = pods.krelay.skipped;
+    return false;
+  });
+  for (let round = 0; round < config.rounds; round++) {
+    for (const tool of rotate(tools, round)) {
+      const rounds = (raw.rounds[scenario.name][tool] ??= []);
+      try {
+        const samples: number[] = [];
+        for (let i = 0; i < config.startupRuns; i++) {
+          samples.push(await timeToFirstEcho(tool, pods, port));
+        }
+        const result = { first_echo_ms: median(samples), samples_ms: samples };
+        rounds.push(result);
+        console.error(
+          `bench: ${scenario.name} round ${round + 1} ${tool}: ${brief(result, ["first_echo_ms"])}`,
+        );
+      } catch (error) {
+        rounds.push(null);
+        console.error(`bench: ${scenario.name} round ${round + 1} ${tool} failed: ${error}`);
+      }
+    }
+  }
+}
+
 async function main(): Promise<void> {
   const { config, json, markdown, only } = parseFlags();
   const chosen = scenarios.filter((s) => !only || only.includes(s.name));
@@ -209,6 +255,11 @@ async function main(): Promise<void> {
     }
     raw.rounds[scenario.name] = {};
     raw.skipped[scenario.name] = {};
+    if (!scenario.request) {
+      await runStartups(scenario, pods, config, raw);
+      continue;
+    }
+    const request = scenario.request;
     const endpoints = new Map<ToolName, Endpoint>();
     try {
       for (const tool of scenario.tools) {
@@ -237,7 +288,7 @@ async function main(): Promise<void> {
           const pids = { ...pathPids, client: endpoint.pid, agent: endpoint.agentPid };
           try {
             const cpuBefore = await snapshotCpu(pids);
-            const result = await runLoad(endpoint, scenario.request(endpoint, config));
+            const result = await runLoad(endpoint, request(endpoint, config));
             if (scenario.cpuPer) {
               const cpuAfter = await snapshotCpu(pids);
               const loadCpu = typeof result.cpu_s === "number" ? result.cpu_s : undefined;

@@ -65,6 +65,10 @@ Deno.test("figures, summary and table from raw rounds", () => {
         relay: [{ errors: 0, seconds: 2, rss_mb: 90 }, null],
       },
       latency: { relay: [{ p50_us: 400, p99_us: 900 }], kubectl: [{ p50_us: 800, p99_us: 2000 }] },
+      startup: {
+        relay: [{ first_echo_ms: 900, samples_ms: [800, 900, 950] }, { first_echo_ms: 1100 }],
+        kubectl: [{ first_echo_ms: 100 }, { first_echo_ms: 100 }],
+      },
     },
     skipped: {},
   });
@@ -81,6 +85,9 @@ Deno.test("figures, summary and table from raw rounds", () => {
   assertEquals(summary.concurrency_errors, 1);
   assertEquals(summary.client_rss_mb, 90);
   assertEquals(summary.hol_fraction, null);
+  // Startup: the median of the rounds' medians, lower is better.
+  assertEquals(summary.startup_vs_kubectl, 10);
+  assertEquals(summary.startup_vs_krelay, null);
   const table = formatTable(scenarios, figures);
   assert(table.includes("2.50×"), table);
   const header = table.split("\n")[0].split(/\s+/);

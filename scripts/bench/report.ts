@@ -75,6 +75,9 @@ export interface Summary {
   /** The kubelet shim's per-connection path against direct (≈1 means it adds nothing). */
   node_path_connrate_vs_direct: number | null;
   node_path_latency_p50_vs_direct: number | null;
+  /** Start to first echoed byte, relay over kubectl and krelay (lower is better). */
+  startup_vs_kubectl: number | null;
+  startup_vs_krelay: number | null;
 }
 
 /** The summary object of `--json`. */
@@ -104,6 +107,8 @@ export function summarize(figures: Figures): Summary {
     udp_max_qps_vs_krelay: vs("udp", "max_qps_no_loss", "krelay"),
     node_path_connrate_vs_direct: vs("connrate", "per_second", "direct", "node-path"),
     node_path_latency_p50_vs_direct: vs("latency", "p50_us", "direct", "node-path"),
+    startup_vs_kubectl: vs("startup", "first_echo_ms", "kubectl"),
+    startup_vs_krelay: vs("startup", "first_echo_ms", "krelay"),
   };
 }
 

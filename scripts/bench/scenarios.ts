@@ -1,6 +1,7 @@
 /**
- * The six scenarios of the benchmark (issue 6): which tools each runs, which echo ports it
- * needs, the load-client request for one round, and the figures it reports.
+ * The scenarios of the benchmark (issue 6's six, and how long each tool takes to start):
+ * which tools each runs, which echo ports it needs, the load-client request for one round,
+ * and the figures it reports.
  */
 import { CPU_PARTS } from "./cpu.ts";
 import type { LoadRequest } from "./load.ts";
@@ -19,6 +20,8 @@ export interface BenchConfig {
   holPauseMs: number;
   udpRates: number[];
   udpStepSeconds: number;
+  /** Starts of each tool per round in the startup scenario. */
+  startupRuns: number;
 }
 
 /** The issue's sizes, in about ten minutes on a 2-core machine (two rounds; `--rounds` for more). */
@@ -34,6 +37,7 @@ export const defaultConfig: BenchConfig = {
   holPauseMs: 1_000,
   udpRates: [500, 1_000, 2_000, 4_000, 8_000],
   udpStepSeconds: 2,
+  startupRuns: 3,
 };
 
 /** Every scenario, shortened, in under two minutes: a smoke run for CI. */
@@ -49,6 +53,7 @@ export const quickConfig: BenchConfig = {
   holPauseMs: 500,
   udpRates: [500, 1_000, 2_000],
   udpStepSeconds: 1,
+  startupRuns: 1,
 };
 
 /** How the rounds of one figure combine into the reported one. */
@@ -69,7 +74,7 @@ export interface Figure {
 
 /** One scenario. */
 export interface Scenario {
-  name: "bulk" | "connrate" | "latency" | "concurrency" | "hol" | "udp";
+  name: "bulk" | "connrate" | "latency" | "concurrency" | "hol" | "udp" | "startup";
   title: string;
   tools: ToolName[];
   ports: PortSpec[];
@@ -80,7 +85,11 @@ export interface Scenario {
   /** When set, the CPU of every process on the path is counted, per this much of the work. */
   cpuPer?(result: Record<string, unknown>): number;
   figures: Figure[];
-  request(endpoint: Endpoint, config: BenchConfig): LoadRequest;
+  /**
+   * What the load client runs against a started tool each round; absent where the tool is
+   * started anew for each sample instead (startup: `first_echo_ms`, timed by the bench).
+   */
+  request?(endpoint: Endpoint, config: BenchConfig): LoadRequest;
 }
 
 const TCP_ECHO = 9000;
@@ -202,6 +211,13 @@ export const scenarios: Scenario[] = [
       stepSeconds: c.udpStepSeconds,
       size: 64,
     }),
+  },
+  {
+    name: "startup",
+    title: "From starting the tool to the first bytes echoed through it",
+    tools: ["relay", "kubectl", "krelay"],
+    ports: [TCP_ECHO],
+    figures: [fig("first_echo_ms", "start to first echo", "ms", "median", false)],
   },
 ];
 

@@ -81,12 +81,23 @@ export async function findKrelay(): Promise<Krelay | { skipped: string }> {
 /** A port the scenario needs: a TCP port number, or `N/udp`. */
 export type PortSpec = number | `${number}/udp`;
 
+/** Options of {@link startTool}. */
+export interface StartOptions {
+  /** Tunnels relay keeps (default: relay's own). */
+  tunnels?: number;
+  /**
+   * Told as soon as the tool says it listens, before the bench's own bookkeeping (finding its
+   * agent's pid, letting relay's pool fill): what a user's first connection would meet.
+   */
+  onListening?: (host: string, ports: Record<string, number>) => Promise<void>;
+}
+
 /** Starts `tool` so that it reaches `ports` of the echo pod. */
 export async function startTool(
   tool: ToolName,
   pods: BenchPods,
   ports: PortSpec[],
-  options: { tunnels?: number } = {},
+  options: StartOptions = {},
 ): Promise<Endpoint> {
   const direct = Object.fromEntries(ports.map((p) => [String(p), parseInt(String(p))]));
   switch (tool) {
@@ -95,18 +106,18 @@ export async function startTool(
     case "node-path":
       return { host: pods.echoIP, ports: direct, netns: pods.nodeNetns, stop: async () => {} };
     case "relay":
-      return await startRelayTool(pods, ports, options.tunnels);
+      return await startRelayTool(pods, ports, options);
     case "kubectl":
-      return await startKubectl(pods, ports);
+      return await startKubectl(pods, ports, options);
     case "krelay":
-      return await startKrelay(pods, ports);
+      return await startKrelay(pods, ports, options);
   }
 }
 
 async function startRelayTool(
   pods: BenchPods,
   ports: PortSpec[],
-  tunnels?: number,
+  { tunnels, onListening }: StartOptions,
 ): Promise<Endpoint> {
   const specs = ports.map((p) => typeof p === "number" ? `:${p}` : `:${parseInt(p)}@udp`);
   const relay = await startRelay(
@@ -121,8 +132,13 @@ async function startRelayTool(
   );
   // Ready lines come in the order of the port arguments.
   const local = Object.fromEntries(ports.map((p, i) => [String(p), relay.ports[i]]));
-  // The pool fills its other tunnels in the background; let it, so round one is not short.
-  await new Promise((resolve) => setTimeout(resolve, 1_000));
+  if (onListening) {
+    await onListening("127.0.0.1", local).catch(async (error) => {
+      await relay.stop();
+      throw error;
+    });
+  } // The pool fills its other tunnels in the background; let it, so round one is not short.
+  else await new Promise((resolve) => setTimeout(resolve, 1_000));
   return {
     host: "127.0.0.1",
     ports: local,
@@ -151,15 +167,24 @@ async function agentPid(
   return await podPid(namespace, live[0].metadata.name, container).catch(() => undefined);
 }
 
-async function startKubectl(pods: BenchPods, ports: PortSpec[]): Promise<Endpoint> {
+async function startKubectl(
+  pods: BenchPods,
+  ports: PortSpec[],
+  { onListening }: StartOptions,
+): Promise<Endpoint> {
   if (ports.some((p) => typeof p !== "number")) {
     throw new Error("kubectl port-forward does not forward UDP");
   }
   const tcp = ports as number[];
   const forward = await kubectlPortForward(pods.namespace, `pod/${pods.echoPod}`, tcp);
+  const local = Object.fromEntries(tcp.map((p, i) => [String(p), forward.localPorts[i]]));
+  await onListening?.("127.0.0.1", local).catch(async (error) => {
+    await forward.close();
+    throw error;
+  });
   return {
     host: "127.0.0.1",
-    ports: Object.fromEntries(tcp.map((p, i) => [String(p), forward.localPorts[i]])),
+    ports: local,
     pid: forward.pid,
     stop: forward.close,
   };
@@ -169,7 +194,11 @@ async function startKubectl(pods: BenchPods, ports: PortSpec[]): Promise<Endpoin
  * krelay forwarding `ports` of the echo pod. Its server runs as a Job, put in the bench's
  * namespace (by its --patch) so the namespace's deletion takes anything left behind.
  */
-async function startKrelay(pods: BenchPods, ports: PortSpec[]): Promise<Endpoint> {
+async function startKrelay(
+  pods: BenchPods,
+  ports: PortSpec[],
+  { onListening }: StartOptions,
+): Promise<Endpoint> {
   if ("skipped" in pods.krelay) throw new Error(pods.krelay.skipped);
   const child = new Deno.Command(pods.krelay.client, {
     args: [
@@ -194,6 +223,10 @@ async function startKrelay(pods: BenchPods, ports: PortSpec[]): Promise<Endpoint
     await child.status;
   };
   const local = await readKrelayPorts(child.stderr, ports.length).catch(async (error) => {
+    await stop();
+    throw error;
+  });
+  await onListening?.("127.0.0.1", local).catch(async (error) => {
     await stop();
     throw error;
   });
