@@ -3,7 +3,8 @@
  * replies accepted only from it, closed after a spell of silence.
  */
 import { parseIPv4, parseIPv6 } from "../lib/tunnel/frame.ts";
-import type { Duplex } from "../lib/tunnel/types.ts";
+import type { ByteChannel, Duplex } from "../lib/tunnel/types.ts";
+import { readableOf, writableOf } from "../lib/tunnel/pump.ts";
 import { kernelDropsSoon } from "../lib/listen/udp_drops.ts";
 import { MAX_DATAGRAM } from "../lib/listen/udp.ts";
 import { resolveHost, type Resolver } from "./dial.ts";
@@ -23,8 +24,8 @@ export interface UdpSessionOptions {
 
 /**
  * Opens a UDP "connection" to host:port: each chunk written is sent as one datagram, each
- * datagram from host:port is one chunk read. The readable ends when the session idles out
- * or the writable is closed.
+ * datagram from host:port is one chunk read. Reading ends when the session idles out or the
+ * writing side is closed.
  */
 export async function dialUdp(
   host: string,
@@ -71,8 +72,10 @@ export async function dialUdp(
   };
   armIdle(options.idleMs);
 
-  const readable = new ReadableStream<Uint8Array>({
-    async pull(controller) {
+  // Read and written as a channel, with no Web Streams per datagram; the streams are made
+  // only if asked for.
+  const channel: ByteChannel = {
+    async read() {
       while (!closed) {
         let datagram: Uint8Array, from: Deno.Addr;
         try {
@@ -83,16 +86,11 @@ export async function dialUdp(
         const peer = from as Deno.NetAddr;
         if (peer.port !== port || !sameAddress(addressBytes(peer.hostname), target)) continue;
         lastActive = Date.now();
-        controller.enqueue(datagram.slice());
-        return;
+        return datagram.slice();
       }
       close();
-      controller.close();
+      return null;
     },
-    cancel: close,
-  }, { highWaterMark: 0 });
-
-  const writable = new WritableStream<Uint8Array>({
     async write(datagram) {
       if (closed) return;
       lastActive = Date.now();
@@ -102,10 +100,20 @@ export async function dialUdp(
         // UDP gives no delivery promise; a datagram the kernel refuses is simply lost
       }
     },
-    close,
+    closeWrite: close,
     abort: close,
-  });
-  return { readable, writable };
+  };
+  let readable: ReadableStream<Uint8Array> | undefined;
+  let writable: WritableStream<Uint8Array> | undefined;
+  return {
+    channel,
+    get readable() {
+      return readable ??= readableOf(channel, close);
+    },
+    get writable() {
+      return writable ??= writableOf(channel);
+    },
+  };
 }
 
 function addressBytes(address: string): Uint8Array | null {

@@ -2,7 +2,8 @@
  * A local UDP listener. Each distinct source address is a session: a duplex whose chunks
  * are whole datagrams, so it splices with a UDP tunnel stream as is.
  */
-import type { Duplex } from "../tunnel/types.ts";
+import type { ByteChannel, Duplex } from "../tunnel/types.ts";
+import { readableOf, writableOf } from "../tunnel/pump.ts";
 import { bindError } from "./bind_error.ts";
 import type { BindAddress } from "./tcp.ts";
 import { closeQuietly } from "./splice.ts";
@@ -175,17 +176,26 @@ export class UdpListener {
   }
 }
 
-/** A session's state: its queue towards the reader, its idle timer, its reply path. */
-class Session implements UdpSession {
+/**
+ * A session's state: its queue towards the reader, its idle timer, its reply path. It is read
+ * and written as a ByteChannel (a datagram each), with no Web Streams per datagram; its
+ * `readable` and `writable` are made only if asked for.
+ */
+class Session implements UdpSession, ByteChannel {
   readonly remote: Deno.NetAddr;
-  readonly readable: ReadableStream<Uint8Array>;
-  readonly writable: WritableStream<Uint8Array>;
   readonly closed: Promise<void>;
   #dropped = 0;
   #ended = false;
   #lastActivity = Date.now();
   #timer: ReturnType<typeof setTimeout> | undefined;
-  #controller!: ReadableStreamDefaultController<Uint8Array>;
+  /** Datagrams received and not yet read, at most queueLength. */
+  #queue: Uint8Array[] = [];
+  /** The read() waiting for a datagram, if any. */
+  #reader: ((datagram: Uint8Array | null) => void) | null = null;
+  #readable: ReadableStream<Uint8Array> | undefined;
+  #writable: WritableStream<Uint8Array> | undefined;
+  readonly #socket: Deno.DatagramConn;
+  readonly #queueLength: number;
   readonly #resolveClosed: () => void;
   readonly #onEnd: () => void;
   readonly #idleTimeoutMs: number;
@@ -197,57 +207,80 @@ class Session implements UdpSession {
     onEnd: () => void,
   ) {
     this.remote = remote;
+    this.#socket = socket;
+    this.#queueLength = options.queueLength;
     this.#onEnd = onEnd;
     this.#idleTimeoutMs = options.idleTimeoutMs;
     let resolveClosed!: () => void;
     this.closed = new Promise((resolve) => resolveClosed = resolve);
     this.#resolveClosed = resolveClosed;
-    this.readable = new ReadableStream<Uint8Array>(
-      {
-        start: (controller) => void (this.#controller = controller),
-        cancel: () => this.close(),
-      },
-      new CountQueuingStrategy({ highWaterMark: options.queueLength }),
-    );
-    this.writable = new WritableStream<Uint8Array>({
-      write: async (datagram) => {
-        if (this.#ended) return;
-        this.#touch();
-        try {
-          await socket.send(datagram, remote);
-        } catch {
-          // A reply that cannot be sent is lost, as UDP would lose it.
-          this.#dropped++;
-        }
-      },
-      // The tunnel side ending means the far end has forgotten this session.
-      close: () => this.close(),
-      abort: () => this.close(),
-    });
     this.#arm(this.#idleTimeoutMs);
+  }
+
+  get channel(): ByteChannel {
+    return this;
+  }
+
+  get readable(): ReadableStream<Uint8Array> {
+    return this.#readable ??= readableOf(this, () => this.close());
+  }
+
+  get writable(): WritableStream<Uint8Array> {
+    return this.#writable ??= writableOf(this);
+  }
+
+  /** The next datagram from the local client; null once the session has ended and is read. */
+  read(): Promise<Uint8Array | null> {
+    const datagram = this.#queue.shift();
+    if (datagram) return Promise.resolve(datagram);
+    if (this.#ended) return Promise.resolve(null);
+    return new Promise((resolve) => this.#reader = resolve);
+  }
+
+  /** Sends a reply to the local client. */
+  async write(datagram: Uint8Array): Promise<void> {
+    if (this.#ended) return;
+    this.#touch();
+    try {
+      await this.#socket.send(datagram, this.remote);
+    } catch {
+      // A reply that cannot be sent is lost, as UDP would lose it.
+      this.#dropped++;
+    }
+  }
+
+  /** The tunnel side ending means the far end has forgotten this session. */
+  closeWrite(): void {
+    this.close();
+  }
+
+  abort(): void {
+    this.close();
   }
 
   get dropped(): number {
     return this.#dropped;
   }
 
-  /** Queues a datagram for the reader, or drops it when the queue is full. */
+  /** Hands a datagram to the reader, queues it, or drops it when the queue is full. */
   deliver(datagram: Uint8Array): void {
     if (this.#ended) return;
     this.#touch();
-    if ((this.#controller.desiredSize ?? 0) > 0) this.#controller.enqueue(datagram);
+    const reader = this.#reader;
+    this.#reader = null;
+    if (reader) reader(datagram);
+    else if (this.#queue.length < this.#queueLength) this.#queue.push(datagram);
     else this.#dropped++;
   }
 
+  /** Ends the session; what was queued is still read, then null. */
   close(): void {
     if (this.#ended) return;
     this.#ended = true;
     clearTimeout(this.#timer);
-    try {
-      this.#controller.close();
-    } catch {
-      // Already closed or cancelled by the reader.
-    }
+    const reader = this.#reader;
+    this.#reader = null;
+    reader?.(null);
     this.#onEnd();
     this.#resolveClosed();
   }
