@@ -62,6 +62,7 @@ const SAMPLES: Frame[] = [
   { type: FrameType.DATA, streamId: 9, payload: new Uint8Array(MAX_PAYLOAD).fill(7) },
   { type: FrameType.DATA, streamId: 9, payload: new Uint8Array(0) },
   { type: FrameType.WINDOW, streamId: 9, increment: 0xffffffff },
+  { type: FrameType.WINDOW_RETURN, streamId: 9, decrement: 8 * 1024 * 1024 },
   { type: FrameType.FIN, streamId: 9 },
   { type: FrameType.RESET, streamId: 9, reason: "bye" },
   { type: FrameType.PING, streamId: 0, nonce: bytes(1, 2, 3, 4, 5, 6, 7, 8) },
@@ -182,6 +183,7 @@ Deno.test("frame: malformed payloads are clean FrameErrors", () => {
     [FrameType.OPEN_RESULT, bytes(200)],
     [FrameType.WINDOW, bytes(1, 2, 3)],
     [FrameType.WINDOW, bytes(1, 2, 3, 4, 5)],
+    [FrameType.WINDOW_RETURN, bytes(1, 2, 3)],
     [FrameType.FIN, bytes(1)],
     [FrameType.PING, new Uint8Array(65)],
   ];

@@ -25,6 +25,7 @@ async function tunnelPair(
     maxStreamWindow?: number;
     maxSessionGrowth?: number;
     udpQueue?: number;
+    idleCreditMs?: number;
   } = {},
 ): Promise<{ client: Tunnel; agent: Tunnel; close: () => Promise<void> }> {
   const [a, b] = duplexPair();
@@ -392,6 +393,61 @@ Deno.test("session: fast streams share one growth budget, and give it back when 
   const next = await client.open({ protocol: "tcp", host: "h", port: 5 }) as MuxStream;
   assertEquals(await drain(next), 8 * MiB);
   assert(next.receiveWindow > WINDOW + GROWTH / 2, `grew only to ${next.receiveWindow}`);
+  await close();
+});
+
+Deno.test("session: a stream quiet for a while gives back its grown credit, so another stream can grow while it stays open", async () => {
+  const WINDOW = 64 * 1024;
+  const MAX = 4 * MiB;
+  const GROWTH = 1 * MiB;
+  // Stream 1's far end sends 8 MiB, then holds the stream open (no FIN) until the end.
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => release = resolve);
+  const burstThenHold = () => {
+    const pattern = patternSource(8 * MiB).getReader();
+    return new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        const { done, value } = await pattern.read();
+        if (!done) return controller.enqueue(value);
+        await held;
+        controller.close();
+      },
+    });
+  };
+  const handler: OpenHandler = (req) =>
+    Promise.resolve({
+      readable: req.port === 1 ? burstThenHold() : patternSource(8 * MiB),
+      writable: new WritableStream(),
+    });
+  const { client, close } = await tunnelPair(handler, {
+    streamWindow: WINDOW,
+    maxStreamWindow: MAX,
+    maxSessionGrowth: GROWTH,
+    idleCreditMs: 100,
+  });
+  const first = await client.open({ protocol: "tcp", host: "h", port: 1 }) as MuxStream;
+  const reader = first.readable.getReader();
+  for (let read = 0; read < 8 * MiB;) read += (await reader.read()).value!.length;
+  const grown = first.receiveWindow - WINDOW;
+  assert(grown > GROWTH / 2, `the first stream grew only by ${grown}`);
+  // Quiet now: its far end gives the credit back, and the window shrinks to about the
+  // initial one (plus what was read and not yet granted back, under a quarter window).
+  const deadline = Date.now() + 5_000;
+  while (first.receiveWindow - WINDOW > grown / 2 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  assert(first.receiveWindow - WINDOW <= grown / 2, `still ${first.receiveWindow}`);
+  // With the first stream still open, the second may take most of the budget.
+  const second = await client.open({ protocol: "tcp", host: "h", port: 2 }) as MuxStream;
+  let maxWindow = 0;
+  for await (const chunk of second.readable) {
+    assert(chunk.length > 0);
+    maxWindow = Math.max(maxWindow, second.receiveWindow);
+  }
+  assert(maxWindow - WINDOW > GROWTH / 2, `the second stream grew only to ${maxWindow}`);
+  release();
+  reader.releaseLock();
+  first.reset("done");
   await close();
 });
 

@@ -23,7 +23,7 @@ export const HEADER_SIZE = 10;
 export const MAX_PAYLOAD = 65536;
 
 /** The tunnel protocol version; peers that differ refuse each other in the handshake. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 
 /** The first four payload bytes of HELLO: "RLAY". */
 export const MAGIC = 0x524c4159;
@@ -44,6 +44,7 @@ export const FrameType = {
   GO_AWAY: 12,
   LISTEN: 13,
   LISTEN_RESULT: 14,
+  WINDOW_RETURN: 15,
 } as const;
 
 /** Why a handshake was refused. */
@@ -114,6 +115,17 @@ export interface WindowFrame {
   increment: number;
 }
 
+/**
+ * Credit given back: the sender of a stream idle for a while lowered its own credit by
+ * `decrement` (what it held beyond the initial window) before sending this, so the receiver
+ * may shrink the stream's window by as much. Sent in order with DATA, never ahead of it.
+ */
+export interface WindowReturnFrame {
+  type: typeof FrameType.WINDOW_RETURN;
+  streamId: number;
+  decrement: number;
+}
+
 /** The sender will send no more data on the stream (TCP half-close). */
 export interface FinFrame {
   type: typeof FrameType.FIN;
@@ -165,6 +177,7 @@ export type Frame =
   | OpenResultFrame
   | DataFrame
   | WindowFrame
+  | WindowReturnFrame
   | FinFrame
   | ResetFrame
   | PingFrame
@@ -313,6 +326,9 @@ export function encodePayload(frame: Frame): Uint8Array {
       break;
     case FrameType.WINDOW:
       w.u32(frame.increment);
+      break;
+    case FrameType.WINDOW_RETURN:
+      w.u32(frame.decrement);
       break;
     case FrameType.RESET:
     case FrameType.GO_AWAY:
@@ -473,6 +489,11 @@ export function decodePayload(type: number, streamId: number, payload: Uint8Arra
       r.end();
       return { type, streamId, increment };
     }
+    case FrameType.WINDOW_RETURN: {
+      const decrement = r.u32();
+      r.end();
+      return { type, streamId, decrement };
+    }
     case FrameType.RESET:
     case FrameType.GO_AWAY:
       return { type, streamId, reason: r.tailString() };
@@ -570,7 +591,7 @@ export class FrameDecoder {
       const type = view.getUint8(0);
       const streamId = view.getUint32(2);
       const length = view.getUint32(6);
-      if (type < FrameType.HELLO || type > FrameType.LISTEN_RESULT) {
+      if (type < FrameType.HELLO || type > FrameType.WINDOW_RETURN) {
         throw new FrameError(`unknown frame type ${type}`);
       }
       if (length > MAX_PAYLOAD) {

@@ -135,6 +135,9 @@ export class MuxStream implements TunnelStream {
   private sendCredit: number;
   private creditWaiter: { resolve: () => void; reject: (e: unknown) => void } | null = null;
   private localFin = false;
+  /** When a write last started or finished (TCP): how long the sender has been quiet. */
+  private lastWrite = performance.now();
+  private writing = false;
 
   private failure: StreamResetError | null = null;
   private done = false;
@@ -241,6 +244,39 @@ export class MuxStream implements TunnelStream {
     this.remoteFin = true;
     if (this.reader && this.queueHead === this.queue.length) this.endRead();
     this.maybeDone();
+  }
+
+  /**
+   * The peer's sender gave back `decrement` bytes of credit it held beyond the initial
+   * window (having lowered its own credit first): the window shrinks by as much, not below
+   * the initial one, and the growth goes back to the session's budget.
+   */
+  onWindowReturn(decrement: number): void {
+    if (this.done || this.udp) return;
+    const shrink = Math.min(decrement, this.window - this.limits.receiveWindow);
+    if (shrink <= 0) return;
+    this.window -= shrink;
+    this.limits.growth.left += shrink;
+    // Growth starts over, measured from now, should the stream get busy again.
+    this.readSinceGrowth = 0;
+    this.epochStart = performance.now();
+  }
+
+  /**
+   * Called now and then by the session: a TCP stream that has written nothing for `idleMs`
+   * gives back the credit it holds beyond the initial window (see onWindowReturn). Its own
+   * credit is lowered first, and the frame goes in order behind any DATA already queued, so
+   * the peer never sees more than the smaller window allows.
+   */
+  returnIdleCredit(now: number, idleMs: number): void {
+    if (this.udp || this.done || this.failure || this.localFin || this.writing) return;
+    if (now - this.lastWrite < idleMs) return;
+    const excess = this.sendCredit - this.initialCredit;
+    if (excess <= 0) return;
+    this.sendCredit -= excess;
+    const payload = new Uint8Array(4);
+    new DataView(payload.buffer).setUint32(0, excess);
+    this.host.writer.sendRaw(FrameType.WINDOW_RETURN, this.id, payload);
   }
 
   /** The peer granted `increment` more bytes. */
@@ -390,6 +426,8 @@ export class MuxStream implements TunnelStream {
       this.sendCredit -= chunk.length;
       return;
     }
+    // A write that throws has failed the stream, which then gives nothing back.
+    this.writing = true;
     let at = 0;
     while (at < chunk.length) {
       while (this.sendCredit <= 0) {
@@ -407,6 +445,8 @@ export class MuxStream implements TunnelStream {
       this.sendCredit -= n;
       at += n;
     }
+    this.writing = false;
+    this.lastWrite = performance.now();
   }
 
   /** Whether this UDP stream has its share in flight while others share the tunnel. */

@@ -115,6 +115,12 @@ export interface TunnelOptions {
   maxSessionGrowth?: number;
   /** Send a ping after this much silence (ms); 0 turns keep-alive off. */
   keepAliveMs?: number;
+  /**
+   * A stream that has sent nothing for this long gives back the credit it holds beyond the
+   * initial window, so its peer's window shrinks and the growth returns to the session's
+   * budget (default 5 s; 0: never).
+   */
+  idleCreditMs?: number;
   /** Told once per stream, in either direction, when it has ended (e.g. to report UDP drops). */
   onStreamEnd?: (stream: TunnelStream) => void;
 }
