@@ -1,23 +1,27 @@
 /** Bounding calls that have no timeout of their own (a WebSocket upgrade, an API read). */
 
 /**
- * Resolves as `promise` does, or rejects with "`what` timed out after N s" once `ms` have
- * passed. A result that arrives late is handed to `discard` so nothing leaks (a WebSocket
- * that opened after its caller gave up is closed there).
+ * Runs `start` and resolves as its promise does, or rejects with "`what` timed out after N s"
+ * once `ms` have passed. The signal `start` is given aborts then, with that error, so the work
+ * can stop (a WebSocket still opening is closed). A result that arrives late anyway is handed
+ * to `discard` so nothing leaks.
  */
 export function withDeadline<T>(
-  promise: Promise<T>,
+  start: (signal: AbortSignal) => Promise<T>,
   ms: number,
   what: string,
   discard?: (late: T) => void,
 ): Promise<T> {
+  const giveUp = new AbortController();
   return new Promise<T>((resolve, reject) => {
     let settled = false;
     const timer = setTimeout(() => {
       settled = true;
-      reject(new Error(`${what} timed out after ${Math.round(ms / 1000)} s`));
+      const error = new Error(`${what} timed out after ${Math.round(ms / 1000)} s`);
+      giveUp.abort(error);
+      reject(error);
     }, ms);
-    promise.then(
+    start(giveUp.signal).then(
       (value) => {
         clearTimeout(timer);
         if (settled) discard?.(value);

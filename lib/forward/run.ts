@@ -101,7 +101,7 @@ export async function runForwards(options: RunForwardsOptions): Promise<void> {
       }),
     connect: (agent) => openTunnel(kube, agent),
     goneReason: (agent) =>
-      withDeadline(agentGoneReason(kube, agent), DIAL_TIMEOUT_MS, "reading the agent pod"),
+      withDeadline(() => agentGoneReason(kube, agent), DIAL_TIMEOUT_MS, "reading the agent pod"),
     log: (line) => logger.info(line),
     onFailure: (error) => {
       fatal ??= error;
@@ -189,11 +189,12 @@ async function openTunnel(kube: Kube, agent: AgentPod): Promise<Tunnel> {
   // An API server that is still starting may accept the upgrade and never answer it; a
   // dial that hangs would stall the pool's reconnect loop for good.
   const transport = await withDeadline(
-    dialPortForward(
-      kube,
-      { namespace: agent.namespace, pod: agent.podName, port: agent.port },
-      { signal: AbortSignal.timeout(DIAL_TIMEOUT_MS) },
-    ),
+    (signal) =>
+      dialPortForward(
+        kube,
+        { namespace: agent.namespace, pod: agent.podName, port: agent.port },
+        { signal },
+      ),
     DIAL_TIMEOUT_MS,
     `port-forward to pod/${agent.podName}`,
     (late) => void late.readable.cancel().catch(() => {}),

@@ -21,6 +21,7 @@
  */
 import type { EventEmitter } from "node:events";
 import { connect as connectNodeTls, type TLSSocket } from "node:tls";
+import { describeError } from "../errors.ts";
 import { closeQuietly, writeAll } from "../tunnel/duplex.ts";
 
 /** Where the bridge connects, and the TLS material it connects with. */
@@ -132,9 +133,7 @@ async function forward(local: Deno.UnixConn, target: BridgeTarget): Promise<void
     // Told as an HTTP answer, so the client's error names the reason, not a closed socket.
     const reason = connecting.aborted
       ? `no answer within ${timeoutMs / 1000} s`
-      : error instanceof Error
-      ? error.message
-      : String(error);
+      : describeError(error);
     const body = `relay cannot reach the API server at ${server.origin}: ${reason}`;
     await local.write(new TextEncoder().encode(
       `HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\n` +
