@@ -12,8 +12,7 @@ import type { Plan } from "./lib/plan.ts";
 /**
  * Runs relay with `argv` (without the program name) and returns its exit code. Each command
  * loads only the modules it runs: `relay agent` starts in its pod on every relay start, and
- * without the forwarding side's CLI it starts sooner and smaller (under `deno run`: `relay
- * agent --help` in 60 ms against 90, an idle agent at 52–54 MB resident against 57–59).
+ * without the forwarding side's CLI it starts sooner and smaller.
  */
 export async function main(argv: readonly string[]): Promise<number> {
   const logger = createLogger();
@@ -68,7 +67,15 @@ async function print(text: string): Promise<number> {
 
 /** Binds every listener first, so a busy port fails before the cluster is touched. */
 async function forward(plan: Plan, logger: Logger): Promise<number> {
-  const { bindForwards } = await import("./lib/listen/bind.ts");
+  // Loaded here, not at the top: the session brings @kubernetes/client-node, which `relay
+  // agent` in its pod has no use for.
+  const [{ bindForwards }, { refuseUnsupported, runSession }, { forwardEntry }] = await Promise
+    .all([
+      import("./lib/listen/bind.ts"),
+      import("./lib/session/run.ts"),
+      import("./lib/forward/entry.ts"),
+    ]);
+  refuseUnsupported(plan);
   const listeners = bindForwards(plan.forwards, {
     addresses: plan.options.addresses,
     udp: { idleTimeoutMs: plan.udpIdleTimeoutMs },
@@ -76,10 +83,8 @@ async function forward(plan: Plan, logger: Logger): Promise<number> {
   const stop = new AbortController();
   const removeSignals = onStopSignals(stop);
   try {
-    // Loaded here, not at the top: the forwarding side brings @kubernetes/client-node
-    // (~90 MB resident), which `relay agent` in its pod has no use for.
-    const { runForwards } = await import("./lib/forward/run.ts");
-    await runForwards({ plan, listeners, logger, signal: stop.signal });
+    const entries = [forwardEntry(plan, listeners, logger)];
+    await runSession({ plan, logger, signal: stop.signal, entries });
     return 0;
   } finally {
     removeSignals();

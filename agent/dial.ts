@@ -3,9 +3,12 @@
  * every failure into an OpenError with the code the client shows.
  */
 import { lookup } from "node:dns/promises";
-import { connDuplex } from "../lib/tunnel/duplex.ts";
-import { parseIPv4, parseIPv6 } from "../lib/tunnel/frame.ts";
-import { type Duplex, OpenError, type OpenFailure } from "../lib/tunnel/types.ts";
+import { describeError } from "../lib/errors.ts";
+import { formatHostPort, isIP, stripBrackets } from "../lib/net/address.ts";
+import type { BufferPool } from "../lib/net/buffer_pool.ts";
+import { connDuplex } from "../lib/net/socket.ts";
+import type { Duplex } from "../lib/net/types.ts";
+import { OpenError, type OpenFailure } from "../lib/tunnel/types.ts";
 
 /** Resolves a hostname to IP literals, in the order to try them. */
 export type Resolver = (hostname: string) => Promise<string[]>;
@@ -43,26 +46,30 @@ export const denoConnector: TcpConnector = async ({ hostname, port, signal }) =>
   return conn;
 };
 
-/** True for an IPv4 or IPv6 literal, which needs no resolver. */
-export function isIpLiteral(host: string): boolean {
-  return parseIPv4(host) !== null || parseIPv6(host) !== null;
-}
-
 /** The addresses `host` stands for; a resolver failure is `no-such-host`. */
 export async function resolveHost(host: string, resolve: Resolver): Promise<string[]> {
-  if (isIpLiteral(host)) return [host.replace(/^\[(.*)\]$/, "$1")];
+  const literal = stripBrackets(host);
+  if (isIP(literal)) return [literal];
   let addresses: string[];
   try {
     addresses = await resolve(host);
   } catch (e) {
-    throw new OpenError("no-such-host", `cannot resolve ${host}: ${describe(e)}`);
+    throw new OpenError("no-such-host", `cannot resolve ${host}: ${describeError(e)}`);
   }
   if (addresses.length === 0) throw new OpenError("no-such-host", `${host} has no addresses`);
   return addresses;
 }
 
-/** Connects to host:port over TCP, trying each address in turn; a Duplex with half-close. */
-export async function dialTcp(host: string, port: number, dialer: Dialer): Promise<Duplex> {
+/**
+ * Connects to host:port over TCP, trying each address in turn; a Duplex with half-close whose
+ * large reads are lent from `buffers`.
+ */
+export async function dialTcp(
+  host: string,
+  port: number,
+  dialer: Dialer,
+  buffers?: BufferPool,
+): Promise<Duplex> {
   const addresses = await resolveHost(host, dialer.resolve);
   let last: OpenError | null = null;
   for (const address of addresses) {
@@ -70,7 +77,7 @@ export async function dialTcp(host: string, port: number, dialer: Dialer): Promi
     const timer = setTimeout(() => abort.abort(), dialer.connectTimeoutMs);
     try {
       const conn = await dialer.connect({ hostname: address, port, signal: abort.signal });
-      return connDuplex(conn);
+      return connDuplex(conn, buffers);
     } catch (e) {
       last = abort.signal.aborted
         ? new OpenError("timeout", `connect to ${where(host, address, port)} timed out`)
@@ -85,7 +92,7 @@ export async function dialTcp(host: string, port: number, dialer: Dialer): Promi
 /** Maps a connect error to the OpenFailure the client will show. */
 export function dialFailure(error: unknown, target: string): OpenError {
   const code = failureCode(error);
-  return new OpenError(code, `connect to ${target}: ${describe(error)}`);
+  return new OpenError(code, `connect to ${target}: ${describeError(error)}`);
 }
 
 function failureCode(error: unknown): OpenFailure {
@@ -97,7 +104,7 @@ function failureCode(error: unknown): OpenFailure {
   }
   if (error instanceof e.NotFound) return "no-such-host";
   if (error instanceof e.PermissionDenied || error instanceof e.NotCapable) return "forbidden";
-  const text = describe(error);
+  const text = describeError(error);
   if (/unreachable|no route to host/i.test(text)) return "unreachable";
   if (/refused/i.test(text)) return "refused";
   if (/timed? ?out/i.test(text)) return "timeout";
@@ -106,16 +113,6 @@ function failureCode(error: unknown): OpenFailure {
 }
 
 function where(host: string, address: string, port: number): string {
-  const hostPort = address.includes(":") ? `[${address}]:${port}` : `${address}:${port}`;
+  const hostPort = formatHostPort(address, port);
   return host === address ? hostPort : `${host} (${hostPort})`;
-}
-
-function describe(error: unknown): string {
-  if (error instanceof Error) {
-    const code = (error as { code?: unknown }).code;
-    return typeof code === "string" && !error.message.includes(code)
-      ? `${code} ${error.message}`
-      : error.message;
-  }
-  return String(error);
 }

@@ -1,31 +1,20 @@
 /**
  * `relay agent`: the in-pod end of relay's tunnels.
  *
- * Flags (for main.ts to wire into commander; all optional):
- * - `--port <n>`               TCP port on 127.0.0.1 to accept tunnels on (default 4646)
- * - `--udp-idle-timeout <dur>` close a UDP session after this much silence (default 60s)
- * - `--idle-exit <dur>`        exit when no tunnel has been connected this long (default 300s;
- *                              0 never)
- * - `--connect-timeout <dur>`  give up on one TCP connect after this long (default 10s)
- * The session token comes only from the environment, RELAY_AGENT_TOKEN, so it never shows
- * in the pod's command line.
+ * Its flags are the AgentSettings of lib/contract.ts (parsed in lib/cli/agent_args.ts). The
+ * session token comes only from the environment, so it never shows in the command line.
  */
-import { VERSION } from "../lib/version.ts";
-import { AGENT_DEFAULTS, type AgentConfig, startAgent } from "./server.ts";
+import { AGENT_DEFAULTS, AGENT_TOKEN_ENV, type AgentSettings } from "../lib/contract.ts";
 import { describeError } from "../lib/errors.ts";
+import { VERSION } from "../lib/version.ts";
+import { type AgentConfig, startAgent } from "./server.ts";
 
-export { AGENT_DEFAULTS, type AgentConfig, type AgentHandle, startAgent } from "./server.ts";
+export { type AgentConfig, type AgentHandle, startAgent } from "./server.ts";
 export type { Dialer, Resolver, TcpConnector } from "./dial.ts";
-
-/** The environment variable that carries the session token. */
-export const TOKEN_ENV = "RELAY_AGENT_TOKEN";
+export { AGENT_DEFAULTS };
 
 /** `relay agent` options as parsed from the command line (durations in milliseconds). */
-export interface AgentOptions {
-  port?: number;
-  udpIdleMs?: number;
-  idleExitMs?: number;
-  connectTimeoutMs?: number;
+export interface AgentOptions extends Partial<AgentSettings> {
   /** The token; default: the RELAY_AGENT_TOKEN environment variable. */
   token?: string;
   /** Where the ready line goes (default: stdout). */
@@ -41,9 +30,9 @@ export interface AgentOptions {
 export async function runAgent(options: AgentOptions = {}): Promise<number> {
   const log = options.log ?? ((line: string) => console.error(line));
   const out = options.out ?? ((line: string) => console.log(line));
-  const token = options.token ?? Deno.env.get(TOKEN_ENV);
+  const token = options.token ?? Deno.env.get(AGENT_TOKEN_ENV);
   if (!token) {
-    log(`relay agent: ${TOKEN_ENV} is not set; refusing to start without a session token`);
+    log(`relay agent: ${AGENT_TOKEN_ENV} is not set; refusing to start without a session token`);
     return 2;
   }
   let agent;

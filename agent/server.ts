@@ -2,44 +2,25 @@
  * The agent's listener: accepts tunnels on 127.0.0.1, checks their token, dials what they
  * open, and exits by itself when no tunnel has been connected for a while.
  */
-import { VERSION } from "../lib/version.ts";
+import { AGENT_DEFAULTS, AGENT_KEEPALIVE_MS, type AgentSettings } from "../lib/contract.ts";
+import { describeError } from "../lib/errors.ts";
+import { AcceptBackoff } from "../lib/net/accept_backoff.ts";
+import { formatHostPort } from "../lib/net/address.ts";
+import { BufferPool } from "../lib/net/buffer_pool.ts";
+import { connDuplex } from "../lib/net/socket.ts";
+import type { Duplex } from "../lib/net/types.ts";
 import { acceptTunnel } from "../lib/tunnel/handshake.ts";
-import { connDuplex } from "../lib/tunnel/duplex.ts";
-import type { Duplex, OpenRequest, Tunnel, TunnelStream } from "../lib/tunnel/types.ts";
+import type { OpenRequest, Tunnel, TunnelStream } from "../lib/tunnel/types.ts";
+import { VERSION } from "../lib/version.ts";
 import { denoConnector, type Dialer, dialTcp, systemResolver } from "./dial.ts";
 import { dialUdp } from "./udp.ts";
-import { describeError } from "../lib/errors.ts";
-import { AcceptBackoff } from "../lib/listen/accept_backoff.ts";
 
-/** Defaults for the `relay agent` flags. */
-export const AGENT_DEFAULTS = {
-  port: 4646,
-  udpIdleMs: 60_000,
-  idleExitMs: 300_000,
-  connectTimeoutMs: 10_000,
-} as const;
+export { AGENT_DEFAULTS };
 
-/**
- * The agent's keep-alive interval. The client pings every 2 s of silence; the agent's own,
- * slightly longer, interval is how it learns that a client vanished without closing (SIGKILL,
- * a laptop lid, an API server restart that the port-forward path does not pass on): such a
- * tunnel is dropped within about 9 s, which frees its port-forward stream and starts the
- * idle-exit clock.
- */
-const AGENT_KEEPALIVE_MS = 3_000;
-
-/** Everything a running agent needs; the token is required here (runAgent reads the env). */
-export interface AgentConfig {
+/** Everything a running agent needs: its settings (defaults where absent) and the token. */
+export interface AgentConfig extends Partial<AgentSettings> {
   /** The session token every tunnel must present. */
   token: string;
-  /** TCP port on 127.0.0.1 (0 picks a free one, for tests). */
-  port?: number;
-  /** Idle timeout of a UDP session (ms). */
-  udpIdleMs?: number;
-  /** Exit after this long with no tunnel connected (ms); 0 never. */
-  idleExitMs?: number;
-  /** Give up on a TCP connect after this long (ms). */
-  connectTimeoutMs?: number;
   /** Keep-alive ping interval on tunnels (ms); see TunnelOptions. */
   keepAliveMs?: number;
   /** Replace name resolution or connecting (tests). */
@@ -76,6 +57,8 @@ export function startAgent(config: AgentConfig): AgentHandle {
     transport: "tcp",
   });
   const port = (listener.addr as Deno.NetAddr).port;
+  // One pool for the agent's sockets and tunnels: what one reads, another releases.
+  const buffers = new BufferPool();
   const tunnels = new Set<Tunnel>();
   const handshaking = new Set<Deno.Conn>();
   let stopped = false;
@@ -99,10 +82,10 @@ export function startAgent(config: AgentConfig): AgentHandle {
             }
           },
         })
-        : await dialTcp(request.host, request.port, dialer);
+        : await dialTcp(request.host, request.port, dialer, buffers);
     } catch (e) {
       const code = (e as { code?: string }).code ?? "error";
-      log(`relay agent: open ${describe(request)} failed (${code}): ${(e as Error).message}`);
+      log(`relay agent: open ${describe(request)} failed (${code}): ${describeError(e)}`);
       throw e;
     }
   };
@@ -134,7 +117,7 @@ export function startAgent(config: AgentConfig): AgentHandle {
     } catch {
       // not fatal: only latency
     }
-    const transport = connDuplex(conn);
+    const transport = connDuplex(conn, buffers);
     handshaking.add(conn);
     let tunnel: Tunnel;
     try {
@@ -142,6 +125,7 @@ export function startAgent(config: AgentConfig): AgentHandle {
         token: config.token,
         onOpen,
         onStreamEnd,
+        buffers,
         keepAliveMs: config.keepAliveMs ?? AGENT_KEEPALIVE_MS,
       });
     } catch (e) {
@@ -207,6 +191,5 @@ export function startAgent(config: AgentConfig): AgentHandle {
 }
 
 function describe(request: OpenRequest): string {
-  const host = request.host.includes(":") ? `[${request.host}]` : request.host;
-  return `${request.protocol} ${host}:${request.port}`;
+  return `${request.protocol} ${formatHostPort(request.host, request.port)}`;
 }

@@ -2,11 +2,11 @@
  * One UDP session for the agent: a socket of its own, datagrams sent to one destination and
  * replies accepted only from it, closed after a spell of silence.
  */
-import { parseIPv4, parseIPv6 } from "../lib/tunnel/frame.ts";
-import type { ByteChannel, Duplex } from "../lib/tunnel/types.ts";
-import { readableOf, writableOf } from "../lib/tunnel/pump.ts";
-import { kernelDropsSoon } from "../lib/listen/udp_drops.ts";
-import { MAX_DATAGRAM } from "../lib/listen/udp.ts";
+import { MAX_DATAGRAM } from "../lib/contract.ts";
+import { addressBytes } from "../lib/net/address.ts";
+import { duplexOf } from "../lib/net/channel.ts";
+import type { ByteChannel, Duplex } from "../lib/net/types.ts";
+import { kernelDropsSoon } from "../lib/net/udp_drops.ts";
 import { resolveHost, type Resolver } from "./dial.ts";
 
 /** What a UDP session needs. */
@@ -103,23 +103,7 @@ export async function dialUdp(
     closeWrite: close,
     abort: close,
   };
-  let readable: ReadableStream<Uint8Array> | undefined;
-  let writable: WritableStream<Uint8Array> | undefined;
-  return {
-    channel,
-    get readable() {
-      return readable ??= readableOf(channel, close);
-    },
-    get writable() {
-      return writable ??= writableOf(channel);
-    },
-  };
-}
-
-function addressBytes(address: string): Uint8Array | null {
-  const v4 = parseIPv4(address);
-  if (v4) return Uint8Array.of(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, ...v4);
-  return parseIPv6(address);
+  return duplexOf(channel, { cancel: close });
 }
 
 /** Compares addresses as bytes, so `::ffff:1.2.3.4` and `1.2.3.4` are the same peer. */

@@ -28,15 +28,22 @@ export function exitCodeOf(error: unknown): number {
   return error instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE;
 }
 
-/** A short, one-line description of any thrown value, for the final error line. */
-export function describeError(error: unknown): string {
-  const text = error instanceof Error ? error.message : String(error);
-  // One line, and nothing a terminal would act on: a value typed or read with an escape or
-  // NUL in it is shown escaped, as JSON would.
+/**
+ * Any thrown value as one line of text: the one way relay turns an error into words. An
+ * operating-system error's code (ECONNREFUSED) leads when its message lacks it; nothing a
+ * terminal would act on survives (an escape or NUL typed or read is shown escaped, as JSON
+ * would). An empty reason gives `fallback`.
+ */
+export function describeError(error: unknown, fallback = "unknown error"): string {
+  let text = error instanceof Error ? error.message : error == null ? "" : String(error);
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === "string" && /^E[A-Z0-9_]+$/.test(code) && !text.includes(code)) {
+    text = `${code} ${text}`;
+  }
   const oneLine = text.replace(/\s*\n\s*|\t/g, " ").trim();
   // deno-lint-ignore no-control-regex
   const shown = oneLine.replace(/[\u0000-\u001f\u007f]/g, (c) => `\\u${hex4(c.charCodeAt(0))}`);
-  return shown || "unknown error";
+  return shown || fallback;
 }
 
 function hex4(code: number): string {

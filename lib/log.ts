@@ -2,13 +2,11 @@
  * What relay prints: ready lines on stdout (kubectl's format, so scripts that parse
  * `kubectl port-forward` output keep working), status and errors on stderr.
  */
-import type { Protocol } from "./tunnel/types.ts";
+import { formatHostPort } from "./net/address.ts";
+import type { Protocol } from "./net/types.ts";
 import type { TargetRef } from "./plan.ts";
 
-/** `host:port`, with an IPv6 host in brackets: `127.0.0.1:6379`, `[::1]:6379`. */
-export function formatHostPort(host: string, port: number | string): string {
-  return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
-}
+export { formatHostPort };
 
 /** A target as the user would write it: `svc/kube-dns`, `host/redis.example`, `ip/[fd00::1]`. */
 export function formatTarget(target: TargetRef): string {

@@ -2,7 +2,7 @@
  * What the command line asks for, after parsing and before any API call: the contract
  * between the CLI (lib/cli/) and the parts that talk to the cluster (lib/kube/, lib/forward/).
  */
-import type { Protocol } from "./tunnel/types.ts";
+import type { Protocol } from "./net/types.ts";
 
 /** The kinds of target relay forwards to, in their canonical (krelay) spelling. */
 export type TargetKind = "pod" | "svc" | "deploy" | "sts" | "ds" | "rs" | "host" | "ip";
@@ -53,6 +53,11 @@ export interface RunOptions {
   podRunningTimeoutMs: number;
   /** How many tunnels to keep open to the agent. */
   tunnels: number;
+  /**
+   * The agent's `--idle-exit` (a duration such as `20s`), from the hidden
+   * RELAY_AGENT_IDLE_EXIT environment variable; absent: the agent's default.
+   */
+  agentIdleExit?: string;
   verbose: boolean;
 }
 

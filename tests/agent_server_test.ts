@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { type AgentConfig, type AgentHandle, runAgent, startAgent } from "../agent/mod.ts";
+import { connDuplex } from "../lib/net/mod.ts";
 import {
-  connDuplex,
   connectTunnel,
   HandshakeError,
   type HandshakeOptions,

@@ -2,7 +2,6 @@ import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { dialPortForward, PORT_FORWARD_PROTOCOL, portForwardUrl } from "../lib/kube/portforward.ts";
 import { loadKube } from "../lib/kube/config.ts";
 import { KubeError } from "../lib/kube/errors.ts";
-import { withHeadroom } from "../lib/tunnel/duplex.ts";
 import { UsageError } from "../lib/errors.ts";
 import {
   type FakeApiServer,
@@ -117,11 +116,11 @@ Deno.test("dialPortForward: framing, headers, large messages and close", async (
     assertEquals(await echoed, big);
 
     // A chunk with room for the channel byte in front goes out in place, bytes unchanged.
-    assertEquals(duplex.headroom, 1);
-    const roomy = withHeadroom(1000, 1);
+    assertEquals(duplex.headroom?.bytes, 1);
+    const roomy = new Uint8Array(new ArrayBuffer(1001), 1, 1000);
     roomy.fill(7);
     const echoedRoomy = readAll(duplex.readable, 1000);
-    await writer.write(roomy);
+    await duplex.headroom!.write(roomy);
     assertEquals(await echoedRoomy, new Uint8Array(1000).fill(7));
 
     await writer.close();

@@ -1,6 +1,7 @@
 /** Splicing a TCP connection with a tunnel-like duplex: bytes, half-close, resets. */
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
-import { spliceConn, TcpListener } from "../lib/listen/mod.ts";
+import { TcpListener } from "../lib/listen/mod.ts";
+import { ConnChannel, splice } from "../lib/net/mod.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -26,7 +27,9 @@ async function splicedPair() {
   const listener = TcpListener.bind({ hostname: "127.0.0.1", port: 0 });
   const { peer, far, resets } = fakePeer();
   const spliced = Promise.withResolvers<void>();
-  const served = listener.serve((conn) => spliceConn(conn, peer).then(spliced.resolve));
+  const served = listener.serve((conn) =>
+    splice(new ConnChannel(conn), peer).then(spliced.resolve)
+  );
   const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.port });
   return {
     client,

@@ -2,7 +2,7 @@
 import { deepStrictEqual, ok, rejects, strictEqual, throws } from "node:assert/strict";
 import { UsageError } from "../lib/errors.ts";
 import { bindForwards, readyFacts, TcpListener } from "../lib/listen/mod.ts";
-import { AcceptBackoff } from "../lib/listen/accept_backoff.ts";
+import { AcceptBackoff } from "../lib/net/mod.ts";
 import { formatReadyLine } from "../lib/log.ts";
 import type { ForwardSpec } from "../lib/plan.ts";
 

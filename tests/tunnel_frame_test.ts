@@ -1,17 +1,15 @@
 import { assertEquals, assertInstanceOf, assertThrows } from "./assert.ts";
 import fc from "fast-check";
 import {
-  decodePayload,
-  encodeFrame,
   type Frame,
-  FrameDecoder,
   FrameError,
   FrameType,
   HEADER_SIZE,
   MAX_PAYLOAD,
-  parseIPv6,
-  writeHeader,
 } from "../lib/tunnel/frame.ts";
+import { decodePayload, encodeFrame, writeHeader } from "../lib/tunnel/codec.ts";
+import { FrameDecoder } from "../lib/tunnel/decoder.ts";
+import { parseIPv6 } from "../lib/net/address.ts";
 import { FrameWriter, HIGH_WATER } from "../lib/tunnel/writer.ts";
 
 const bytes = (...xs: number[]) => new Uint8Array(xs);

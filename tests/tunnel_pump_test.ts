@@ -1,14 +1,7 @@
 /** Splicing by read/write loops (pump.ts): what pipeTo used to guarantee, a loop must too. */
 import { assertEquals } from "./assert.ts";
-import {
-  acceptTunnel,
-  connectTunnel,
-  type Duplex,
-  duplexPair,
-  type OpenHandler,
-} from "../lib/tunnel/mod.ts";
-import { channelOf, pump } from "../lib/tunnel/pump.ts";
-import { spliceConn } from "../lib/listen/splice.ts";
+import { acceptTunnel, connectTunnel, type OpenHandler } from "../lib/tunnel/mod.ts";
+import { ConnChannel, type Duplex, duplexPair, splice } from "../lib/net/mod.ts";
 
 const text = (s: string) => new TextEncoder().encode(s);
 const untext = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -29,7 +22,7 @@ async function settles<T>(promise: Promise<T>, what: string): Promise<T> {
 Deno.test("pump: bytes and each direction's end pass both ways between two channels", async () => {
   const [a, aFar] = duplexPair();
   const [b, bFar] = duplexPair();
-  const pumped = pump(channelOf(a), channelOf(b));
+  const pumped = splice(a, b);
   const aWriter = aFar.writable.getWriter();
   const bWriter = bFar.writable.getWriter();
   const aReader = aFar.readable.getReader();
@@ -62,8 +55,8 @@ Deno.test("a stream reset while its socket idles, after the socket's other half 
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const accepted = listener.accept();
   const local = await Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port });
-  const spliced = spliceConn(
-    await accepted,
+  const spliced = splice(
+    new ConnChannel(await accepted),
     await client.open({ protocol: "tcp", host: "h", port: 1 }),
   );
   try {

@@ -1,10 +1,7 @@
 import { assert, assertEquals, assertInstanceOf, assertRejects } from "./assert.ts";
 import {
   acceptTunnel,
-  connDuplex,
   connectTunnel,
-  type Duplex,
-  duplexPair,
   HandshakeError,
   type MuxStream,
   OpenError,
@@ -12,7 +9,7 @@ import {
   StreamResetError,
   type Tunnel,
 } from "../lib/tunnel/mod.ts";
-import { releaseChunk } from "../lib/tunnel/duplex.ts";
+import { BufferPool, connDuplex, type Duplex, duplexPair } from "../lib/net/mod.ts";
 
 const TOKEN = "t0ken";
 const MiB = 1024 * 1024;
@@ -512,7 +509,8 @@ Deno.test("connDuplex: a released read chunk's buffer takes a later read; an unr
   const accepted = server.accept();
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
   const peer = await accepted;
-  const reader = connDuplex(conn).readable.getReader();
+  const pool = new BufferPool();
+  const reader = connDuplex(conn, pool).readable.getReader();
   // Full reads switch to the large buffer; keep the socket well ahead of the reader.
   const writing = peer.write(new Uint8Array(4 * MiB).fill(1));
   // The next chunk read into a large buffer (a short read is copied out of it instead).
@@ -526,9 +524,9 @@ Deno.test("connDuplex: a released read chunk's buffer takes a later read; an unr
   const second = await large();
   assert(second.buffer !== first.buffer, "an unreleased buffer was read into again");
   // A view of the same buffer (a frame payload cut out of a tunnel read) releases nothing.
-  releaseChunk(new Uint8Array(second.buffer));
+  pool.release(new Uint8Array(second.buffer));
   assert((await large()).buffer !== second.buffer, "a view released its buffer");
-  releaseChunk(second);
+  pool.release(second);
   const third = await large();
   assert(third.buffer === second.buffer, "the released buffer was not reused");
   await reader.cancel();
@@ -557,13 +555,18 @@ Deno.test("over a real TCP tunnel, with read buffers reused on both of the agent
     tunnelServer.accept(),
     Deno.connect({ hostname: "127.0.0.1", port: tunnelServer.addr.port }),
   ]);
+  // The agent's end: tunnel reads are lent to frame payloads, socket reads to DATA frames.
+  const buffers = new BufferPool();
   const [client, agent] = await Promise.all([
     connectTunnel(connDuplex(clientConn), { token: TOKEN }),
-    // The agent's end: tunnel reads are lent to frame payloads, socket reads to DATA frames.
-    acceptTunnel(connDuplex(agentConn), {
+    acceptTunnel(connDuplex(agentConn, buffers), {
       token: TOKEN,
+      buffers,
       onOpen: async () =>
-        connDuplex(await Deno.connect({ hostname: "127.0.0.1", port: echoServer.addr.port })),
+        connDuplex(
+          await Deno.connect({ hostname: "127.0.0.1", port: echoServer.addr.port }),
+          buffers,
+        ),
     }),
   ]);
   try {

@@ -3,15 +3,9 @@
  * credit waits alone (its source sheds the excess), and the kernel's drop counter is read.
  */
 import { assert, assertEquals } from "./assert.ts";
-import {
-  acceptTunnel,
-  connectTunnel,
-  duplexPair,
-  type OpenHandler,
-  type Tunnel,
-} from "../lib/tunnel/mod.ts";
-import { UDP_SHARED_WINDOW, UDP_WINDOW } from "../lib/tunnel/stream.ts";
-import { kernelDrops, kernelDropsSoon } from "../lib/listen/udp_drops.ts";
+import { acceptTunnel, connectTunnel, type OpenHandler, type Tunnel } from "../lib/tunnel/mod.ts";
+import { UDP_SHARED_WINDOW, UDP_WINDOW } from "../lib/contract.ts";
+import { duplexPair, kernelDrops, kernelDropsSoon } from "../lib/net/mod.ts";
 
 const TOKEN = "t0ken";
 

@@ -1,6 +1,6 @@
 /** `-l/--address`: the local addresses to listen on. */
 import { UsageError } from "../errors.ts";
-import { isIP, stripBrackets } from "./ip.ts";
+import { isIP, stripBrackets } from "../net/address.ts";
 
 /** Used when no `--address` is given (krelay's and the plan's default). */
 export const DEFAULT_ADDRESSES: readonly string[] = ["127.0.0.1"];

@@ -4,7 +4,7 @@
  */
 import { UsageError } from "../errors.ts";
 import type { ForwardSpec, PortSpec, ReverseSpec } from "../plan.ts";
-import { isHostname, isIP, isIPv6 } from "./ip.ts";
+import { isHostname, isIP, isIPv6 } from "../net/address.ts";
 import { parsePortNumber, splitProtocol } from "./ports.ts";
 
 const L_GRAMMAR = "[local:]host:port[@tcp|@udp]";

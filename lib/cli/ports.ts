@@ -4,7 +4,7 @@
  */
 import { UsageError } from "../errors.ts";
 import type { PortSpec } from "../plan.ts";
-import type { Protocol } from "../tunnel/types.ts";
+import type { Protocol } from "../net/types.ts";
 
 /** The grammar, quoted in every port error so the user sees what would have worked. */
 export const PORT_GRAMMAR = "[local:]remote[@tcp|@udp]";

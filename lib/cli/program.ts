@@ -37,6 +37,13 @@ export const denoIo: CliIo = {
   readStdin: () => new Response(Deno.stdin.readable).text(),
 };
 
+/**
+ * Hidden knob: how long an agent with no tunnel waits before exiting (its `--idle-exit`), as
+ * a duration (`20s`). Tests set it short to show a SIGKILLed client leaves nothing behind;
+ * users keep the agent's default.
+ */
+export const AGENT_IDLE_EXIT_ENV = "RELAY_AGENT_IDLE_EXIT";
+
 const DEFAULTS = {
   tunnels: 2,
   podRunningTimeout: "1m",
@@ -266,6 +273,11 @@ async function toPlan(words: string[], opts: CommandOptions, io: CliIo): Promise
     tunnels: parseTunnels(opts.tunnels ?? String(DEFAULTS.tunnels)),
     verbose: opts.verbose ?? false,
   };
+  const agentIdleExit = Deno.env.get(AGENT_IDLE_EXIT_ENV);
+  if (agentIdleExit) {
+    parseDuration(agentIdleExit, AGENT_IDLE_EXIT_ENV);
+    options.agentIdleExit = agentIdleExit;
+  }
   if (opts.kubeconfig !== undefined) options.kubeconfig = nonEmpty(opts.kubeconfig, "--kubeconfig");
   if (opts.context !== undefined) options.context = nonEmpty(opts.context, "--context");
   if (namespace !== undefined) options.namespace = namespace;

@@ -4,7 +4,7 @@
  */
 import { UsageError } from "../errors.ts";
 import type { TargetKind, TargetRef } from "../plan.ts";
-import { isHostname, isIP, stripBrackets } from "./ip.ts";
+import { isHostname, isIP, stripBrackets } from "../net/address.ts";
 
 // Every resource spelling kubectl accepts for the kinds relay forwards to.
 const KIND_SPELLINGS: Record<string, TargetKind> = {

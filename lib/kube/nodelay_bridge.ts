@@ -22,7 +22,7 @@
 import type { EventEmitter } from "node:events";
 import { connect as connectNodeTls, type TLSSocket } from "node:tls";
 import { describeError } from "../errors.ts";
-import { closeQuietly, writeAll } from "../tunnel/duplex.ts";
+import { closeQuietly, writeAll } from "../net/socket.ts";
 
 /** Where the bridge connects, and the TLS material it connects with. */
 export interface BridgeTarget {

@@ -6,9 +6,8 @@
  * message on each channel carries the port, two bytes little-endian, which is checked and
  * stripped. Outgoing data is `[0, ...bytes]`. Text on the error channel fails the readable.
  */
-import { claimHeadroom } from "../tunnel/duplex.ts";
-import { readableOf, writableOf } from "../tunnel/pump.ts";
-import type { ByteChannel, Duplex } from "../tunnel/types.ts";
+import { readableOf, writableOf } from "../net/channel.ts";
+import type { ByteChannel, Duplex, HeadroomWriter } from "../net/types.ts";
 import type { RawConnection } from "./config.ts";
 import { KubeError, UsageError } from "./errors.ts";
 
@@ -160,7 +159,7 @@ function statusMessage(body: string): string | undefined {
  */
 class PortForwardDuplex implements Duplex, ByteChannel {
   /** Room for the channel byte, so the tunnel's batches are sent without another copy. */
-  readonly headroom = 1;
+  readonly headroom: HeadroomWriter = { bytes: 1, write: (chunk) => this.#send(chunk, true) };
   /** Deno's WebSocket copies a message in send(), before a write here resolves. */
   readonly chunkFreeAfterWrite = true;
   readonly #socket: WebSocket;
@@ -267,14 +266,22 @@ class PortForwardDuplex implements Duplex, ByteChannel {
     return bytes.subarray(take);
   }
 
-  async write(chunk: Uint8Array): Promise<void> {
+  write(chunk: Uint8Array): Promise<void> {
+    return this.#send(chunk, false);
+  }
+
+  /**
+   * Sends `chunk` on the data channel. The channel byte must precede the payload in one
+   * message: in the byte before the chunk when `inHeadroom` says it is free, else in a copy.
+   */
+  async #send(chunk: Uint8Array, inHeadroom: boolean): Promise<void> {
     if (this.#socket.readyState !== WebSocket.OPEN) {
       throw new KubeError(`port-forward to pod/${this.#target.pod} is closed`);
     }
-    // The channel byte must precede the payload in one message: in the chunk's headroom
-    // when it has some (the tunnel's batches do), else in a copy.
-    let message = claimHeadroom(chunk, 1);
-    if (message === null) {
+    let message: Uint8Array;
+    if (inHeadroom && chunk.byteOffset >= 1) {
+      message = new Uint8Array(chunk.buffer, chunk.byteOffset - 1, chunk.length + 1);
+    } else {
       message = new Uint8Array(chunk.length + 1);
       message.set(chunk, 1);
     }

@@ -14,7 +14,7 @@ import type {
   V1ServicePort,
 } from "@kubernetes/client-node";
 import type { PortSpec, TargetKind, TargetRef } from "../plan.ts";
-import type { Protocol } from "../tunnel/types.ts";
+import type { Protocol } from "../net/types.ts";
 import { apiError, KubeError, UsageError } from "./errors.ts";
 import { pickReadyPod, selectorString } from "./pods.ts";
 import type { FollowPods, PodFollower } from "./ready_pods.ts";

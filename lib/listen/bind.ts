@@ -5,7 +5,7 @@
 import type { UsageError } from "../errors.ts";
 import type { ReadyLineFacts } from "../log.ts";
 import type { ForwardSpec, PortSpec } from "../plan.ts";
-import type { Protocol } from "../tunnel/types.ts";
+import type { Protocol } from "../net/types.ts";
 import { TcpListener } from "./tcp.ts";
 import { UdpListener, type UdpListenerOptions } from "./udp.ts";
 

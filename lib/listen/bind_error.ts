@@ -1,7 +1,7 @@
 /** Words a failed bind as the one-line usage error the user acts on. */
 import { UsageError } from "../errors.ts";
-import { formatHostPort } from "../log.ts";
-import type { Protocol } from "../tunnel/types.ts";
+import { formatHostPort } from "../net/address.ts";
+import type { Protocol } from "../net/types.ts";
 
 /** Turns the error from binding `hostname:port/protocol` into a {@link UsageError}. */
 export function bindError(

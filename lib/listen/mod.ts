@@ -1,9 +1,7 @@
-/** Local listeners: binding, accepting TCP, sorting UDP into sessions, splicing. */
+/** Local listeners: binding, accepting TCP, sorting UDP into sessions. */
 export { bindForwards, bindPort, closeBinding, readyFacts } from "./bind.ts";
 export type { BindOptions, ListenerSet, PortBinding } from "./bind.ts";
 export { TcpListener } from "./tcp.ts";
 export type { BindAddress, ConnectionHandler } from "./tcp.ts";
 export { UdpListener } from "./udp.ts";
 export type { SessionHandler, UdpListenerOptions, UdpSession } from "./udp.ts";
-export { closeQuietly, spliceConn } from "./splice.ts";
-export type { Peer } from "./splice.ts";

@@ -1,7 +1,7 @@
 /** A local TCP listener that hands each accepted connection to a callback. */
-import { AcceptBackoff } from "./accept_backoff.ts";
+import { AcceptBackoff } from "../net/accept_backoff.ts";
+import { closeQuietly } from "../net/socket.ts";
 import { bindError } from "./bind_error.ts";
-import { closeQuietly } from "./splice.ts";
 
 /** Receives one accepted connection; the listener closes it once the returned promise settles. */
 export type ConnectionHandler = (conn: Deno.TcpConn) => void | Promise<void>;

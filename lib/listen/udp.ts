@@ -2,20 +2,13 @@
  * A local UDP listener. Each distinct source address is a session: a duplex whose chunks
  * are whole datagrams, so it splices with a UDP tunnel stream as is.
  */
-import type { ByteChannel, Duplex } from "../tunnel/types.ts";
-import { readableOf, writableOf } from "../tunnel/pump.ts";
+import { MAX_DATAGRAM } from "../contract.ts";
+import { readableOf, writableOf } from "../net/channel.ts";
+import { closeQuietly } from "../net/socket.ts";
+import type { ByteChannel, Duplex } from "../net/types.ts";
+import { kernelDrops } from "../net/udp_drops.ts";
 import { bindError } from "./bind_error.ts";
 import type { BindAddress } from "./tcp.ts";
-import { closeQuietly } from "./splice.ts";
-import { kernelDrops } from "./udp_drops.ts";
-
-/**
- * Room for the largest UDP payload. Sockets receive into one buffer of this size and copy
- * each datagram out at its length: receiving without a buffer makes Deno allocate this much
- * per datagram, which under a flood of small datagrams is hundreds of MB/s of garbage and
- * measurably delayed the other sessions (flooded-session test: their p50 4.6 → 2.0 ms).
- */
-export const MAX_DATAGRAM = 65_535;
 
 /** While new sources keep being turned away for lack of sessions, one report this often. */
 const SESSION_LIMIT_REPORT_MS = 10_000;

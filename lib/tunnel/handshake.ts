@@ -2,19 +2,15 @@
  * Opening a tunnel: the client's HELLO, the agent's HELLO_OK or HELLO_ERR, then a Session.
  */
 import { VERSION } from "../version.ts";
-import {
-  type Frame,
-  FrameDecoder,
-  FrameError,
-  FrameType,
-  type HelloErrorCode,
-  PROTOCOL_VERSION,
-} from "./frame.ts";
-import { DEFAULT_STREAM_WINDOW, Session } from "./session.ts";
-import type { ByteChannel, Duplex, Tunnel, TunnelOptions } from "./types.ts";
-import { FrameWriter } from "./writer.ts";
-import { channelOf } from "./pump.ts";
+import { PROTOCOL_VERSION } from "../contract.ts";
 import { describeError } from "../errors.ts";
+import { channelOf } from "../net/channel.ts";
+import type { ByteChannel, Duplex } from "../net/types.ts";
+import { FrameDecoder } from "./decoder.ts";
+import { type Frame, FrameError, FrameType, type HelloErrorCode } from "./frame.ts";
+import { DEFAULT_STREAM_WINDOW, Session } from "./session.ts";
+import type { Tunnel, TunnelOptions } from "./types.ts";
+import { FrameWriter } from "./writer.ts";
 
 /** Options for connectTunnel / acceptTunnel beyond the shared TunnelOptions. */
 export interface HandshakeOptions extends TunnelOptions {
@@ -176,16 +172,19 @@ interface Io {
 /** The transport read and written as a channel: per chunk, no Web Streams when it has one. */
 function openIo(transport: Duplex): Io {
   const channel = channelOf(transport);
+  const framed = transport.headroom;
   const sink = {
-    write: (chunk: Uint8Array) => channel.write(chunk),
+    write: framed
+      ? (batch: Uint8Array) => framed.write(batch)
+      : (batch: Uint8Array) => channel.write(batch),
     close: async () => await channel.closeWrite(),
     abort: () => Promise.resolve(channel.abort("tunnel closed")),
   };
-  return {
-    reader: channel,
-    frameWriter: new FrameWriter(sink, transport),
-    decoder: new FrameDecoder(),
-  };
+  const frameWriter = new FrameWriter(sink, {
+    headroom: framed?.bytes ?? 0,
+    chunkFreeAfterWrite: transport.chunkFreeAfterWrite,
+  });
+  return { reader: channel, frameWriter, decoder: new FrameDecoder() };
 }
 
 /** Reads until one whole frame arrives; returns it and any frames that came with it. */

@@ -1,5 +1,6 @@
 /**
- * The tunnel protocol, as the client (lib/) and the agent (agent/) use it.
+ * The tunnel protocol, as the client (lib/) and the agent (agent/) use it: the wire format
+ * and the multiplexer. Sockets and splicing live in lib/net/.
  */
 export * from "./types.ts";
 export {
@@ -9,7 +10,6 @@ export {
   type HandshakeFailure,
   type HandshakeOptions,
 } from "./handshake.ts";
-export { DEFAULT_KEEPALIVE_MS, DEFAULT_STREAM_WINDOW, Session, splice } from "./session.ts";
+export { DEFAULT_KEEPALIVE_MS, DEFAULT_STREAM_WINDOW, Session } from "./session.ts";
 export { MuxStream, StreamResetError } from "./stream.ts";
-export { connDuplex, duplexPair } from "./duplex.ts";
 export { FrameError, MAX_PAYLOAD, PROTOCOL_VERSION } from "./frame.ts";

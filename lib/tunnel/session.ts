@@ -2,14 +2,16 @@
  * The multiplexer: a Tunnel over one transport Duplex. One reader loop decodes frames and
  * dispatches them synchronously to streams; one FrameWriter serializes everything sent.
  */
-import { shareChunk } from "./duplex.ts";
-import { type Frame, type FrameDecoder, FrameError, FrameType } from "./frame.ts";
+import { describeError } from "../errors.ts";
+import type { BufferPool } from "../net/buffer_pool.ts";
+import { channelOf } from "../net/channel.ts";
+import { splice } from "../net/splice.ts";
+import type { ByteChannel } from "../net/types.ts";
+import type { FrameDecoder } from "./decoder.ts";
+import { type Frame, FrameError, FrameType } from "./frame.ts";
 import { MuxStream, type StreamLimits, StreamResetError } from "./stream.ts";
 import type { FrameWriter } from "./writer.ts";
-import { channelOf, pump } from "./pump.ts";
 import {
-  type ByteChannel,
-  type Duplex,
   OpenError,
   type OpenFailure,
   type OpenHandler,
@@ -18,7 +20,6 @@ import {
   type TunnelOptions,
   type TunnelStream,
 } from "./types.ts";
-import { describeError } from "../errors.ts";
 
 /**
  * Default per-stream receive window a stream starts with. Every open stream may have this
@@ -89,6 +90,7 @@ export class Session implements Tunnel {
   private readonly onOpen?: OpenHandler;
   private readonly onStreamEnd?: (stream: TunnelStream) => void;
   private readonly limits: StreamLimits;
+  private readonly buffers?: BufferPool;
   private nextId: number;
   private lastPeerId = 0;
   private peerParity: number;
@@ -107,6 +109,7 @@ export class Session implements Tunnel {
     this.decoder = init.decoder;
     this.onOpen = init.options.onOpen;
     this.onStreamEnd = init.options.onStreamEnd;
+    this.buffers = init.options.buffers;
     this.writer = init.frameWriter;
     this.writer.onError = (e) => this.shutdown(`transport write failed: ${describeError(e)}`);
     this.limits = {
@@ -135,7 +138,7 @@ export class Session implements Tunnel {
     try {
       for (const frame of init.pending) this.dispatch(frame);
     } catch (e) {
-      this.shutdown(`protocol error: ${e instanceof Error ? e.message : e}`);
+      this.shutdown(`protocol error: ${describeError(e)}`);
     }
     this.readLoop();
   }
@@ -209,13 +212,13 @@ export class Session implements Tunnel {
         }
         this.heard = true;
         const frames = this.decoder.push(value);
-        lendPayloads(value, frames);
+        this.buffers?.share(value, () => payloadViews(value, frames));
         for (const frame of frames) this.dispatch(frame);
       }
     } catch (e) {
       reason = e instanceof FrameError
         ? `protocol error: ${e.message}`
-        : `tunnel read failed: ${e instanceof Error ? e.message : e}`;
+        : `tunnel read failed: ${describeError(e)}`;
     }
     this.shutdown(reason);
   }
@@ -304,7 +307,7 @@ export class Session implements Tunnel {
           return;
         }
         this.writer.send({ type: FrameType.OPEN_RESULT, streamId: id, result: "ok", message: "" });
-        splice(stream, duplex);
+        void splice(stream, duplex);
       },
       (error) => {
         const code: OpenFailure = error instanceof OpenError ? error.code : "error";
@@ -331,6 +334,7 @@ export class Session implements Tunnel {
     const stream = new MuxStream(id, request, {
       writer: this.writer,
       streamDone: (doneId) => this.streamDone(doneId, stream),
+      release: (chunk) => this.buffers?.release(chunk),
     }, this.limits);
     this.streams.set(id, stream);
     return stream;
@@ -383,23 +387,14 @@ export class Session implements Tunnel {
 }
 
 /**
- * Lets a tunnel read's buffer be reused once its DATA payloads have been written out (see
- * shareChunk): they are the only parts of a read that decoding leaves as views.
+ * The DATA payloads of `frames` that are views of `chunk`: the only parts of a read that
+ * decoding leaves as views, so the read's buffer is free once they are (BufferPool.share).
+ * Pieces of a DATA frame cut across reads are views of their own read, like whole ones.
  */
-function lendPayloads(chunk: Uint8Array, frames: Frame[]): void {
-  shareChunk(chunk, () =>
-    frames.flatMap((frame) =>
-      // Pieces of a DATA frame cut across reads are views of their own read, like whole ones.
-      frame.type === FrameType.DATA && frame.payload.buffer === chunk.buffer ? [frame.payload] : []
-    ));
-}
-
-/**
- * Copies a tunnel stream and a local duplex into each other, both directions independent; a
- * failure on either side resets the stream and aborts the duplex.
- */
-export function splice(stream: TunnelStream, duplex: Duplex): void {
-  void pump(stream, channelOf(duplex));
+function payloadViews(chunk: Uint8Array, frames: Frame[]): Uint8Array[] {
+  return frames.flatMap((frame) =>
+    frame.type === FrameType.DATA && frame.payload.buffer === chunk.buffer ? [frame.payload] : []
+  );
 }
 
 function hex(bytes: Uint8Array): string {

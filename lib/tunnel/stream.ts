@@ -3,33 +3,16 @@
  * credit (what we may still send the peer), half-close and reset. Driven synchronously by
  * the session's frame dispatcher, so one stream never holds up another.
  */
-import { releaseChunk } from "./duplex.ts";
+import { UDP_SHARED_WINDOW, UDP_WINDOW } from "../contract.ts";
+import { readableOf, writableOf } from "../net/channel.ts";
 import { FrameType } from "./frame.ts";
 import type { OpenRequest, TunnelStream } from "./types.ts";
 import type { FrameWriter } from "./writer.ts";
-import { readableOf, writableOf } from "./pump.ts";
+
+export { UDP_SHARED_WINDOW, UDP_WINDOW };
 
 /** Largest DATA payload for TCP; keeps frames big when data is available. */
 export const MAX_DATA = 64 * 1024;
-
-/**
- * Bytes of datagrams one UDP stream may have in flight (sent, not yet taken by the far end's
- * reader) while it is the only UDP stream of its tunnel. Both ends use this constant, so each
- * knows the other's grant.
- */
-export const UDP_WINDOW = 64 * 1024;
-
-/**
- * In flight per UDP stream while the tunnel carries others too. Another session's datagram
- * waits behind what a flooded session has in flight (plus one datagram: one is sent while any
- * credit is left), in queues and kernel buffers alike, and at the few MB/s of datagrams a busy
- * 2-core machine carries, 64 KiB is ~8 ms of it. Measured on the test cluster, the other
- * session's p50/p99 under a flood: 64 KiB 6–9/23–42 ms, 32 KiB 5/17–19, 16 KiB 3.5–4.3/11–13,
- * 8 KiB 2.6–4.2/7–14, 4 KiB 1.9–2.4/6–9 with 1.4–2.5/3.4–6.9 calm. The price: while it shares
- * its tunnel, one session carries at most this much per round trip. A lone stream keeps
- * UDP_WINDOW.
- */
-export const UDP_SHARED_WINDOW = 4 * 1024;
 
 /**
  * A UDP receiver grants credit back every this many bytes taken, whatever the sender's
@@ -40,16 +23,10 @@ export const UDP_SHARED_WINDOW = 4 * 1024;
 const UDP_GRANT_EVERY = UDP_SHARED_WINDOW / 2;
 
 /**
- * Receive-window auto-tuning (as HTTP/2 and QUIC stacks do): a TCP stream starts with the
- * handshake's window, so an idle, slow or short stream costs little memory, and doubles it
- * (up to limits.maxReceiveWindow) each time its reader takes a whole window in less than
- * this long — a stream that fast is held back by the credit round trip (which, under load,
- * includes the tunnel's queues), not by its reader. A stalled reader takes nothing, grants
- * nothing and never grows, so what a stream buffers stays within its current window. Growth
- * is sent as extra WINDOW credit: the wire protocol is unchanged and the sender needs no
- * part in it. On the test cluster's bulk echo, 25 ms did not grow the window; 50 ms grows
- * it to 8 MiB within the first MiBs, and bulk went from ~25–35 to ~50–60 MB/s (a fixed
- * 2 MiB window: ~58) on a busy 2-core machine.
+ * Receive-window auto-tuning, as HTTP/2 and QUIC stacks do: a TCP stream's window doubles
+ * (up to limits.maxReceiveWindow) each time its reader takes a whole window within this
+ * long, since a stream that fast is held back by the credit round trip, not by its reader.
+ * Growth is sent as extra WINDOW credit; docs/ARCHITECTURE.md has the measurements.
  */
 const GROW_WITHIN_MS = 50;
 
@@ -58,6 +35,8 @@ export interface StreamHost {
   readonly writer: FrameWriter;
   /** Called once, when the stream has finished both ways or was reset. */
   streamDone(id: number): void;
+  /** Nothing holds `chunk`'s bytes any more (see TunnelOptions.buffers). */
+  release(chunk: Uint8Array): void;
 }
 
 /** Tunables for one stream. */
@@ -210,7 +189,7 @@ export class MuxStream implements TunnelStream {
         this.datagramPieces.push(payload);
         if (more) return true;
         payload = joinPieces(this.datagramPieces);
-        for (const piece of this.datagramPieces) releaseChunk(piece);
+        for (const piece of this.datagramPieces) this.host.release(piece);
         this.datagramPieces = [];
       }
       if (this.queue.length - this.queueHead >= this.limits.udpQueue) {
@@ -229,7 +208,7 @@ export class MuxStream implements TunnelStream {
       // so the window would no longer bound memory: copy those out.
       if (payload.length * 4 < payload.buffer.byteLength) {
         const copy = payload.slice();
-        releaseChunk(payload);
+        this.host.release(payload);
         payload = copy;
       }
       this.queue.push(payload);
@@ -440,7 +419,7 @@ export class MuxStream implements TunnelStream {
       const n = Math.min(this.sendCredit, chunk.length - at, MAX_DATA);
       // Frames are copied out in order, so once the last piece is, the whole chunk is free
       // for its source to read into again.
-      const copied = at + n === chunk.length ? () => releaseChunk(chunk) : undefined;
+      const copied = at + n === chunk.length ? () => this.host.release(chunk) : undefined;
       writer.sendRaw(FrameType.DATA, this.id, chunk.subarray(at, at + n), copied);
       this.sendCredit -= n;
       at += n;

@@ -7,51 +7,10 @@
  * On it, either end opens **streams**: one per TCP connection or UDP session. Stream ids
  * opened by the client are odd, those opened by the agent (reverse forwards) are even.
  */
+import type { BufferPool } from "../net/buffer_pool.ts";
+import type { ByteChannel, Duplex, Protocol } from "../net/types.ts";
 
-/** A pair of Web Streams carrying bytes: a TCP connection, a WebSocket, a tunnel stream. */
-export interface Duplex {
-  readonly readable: ReadableStream<Uint8Array>;
-  readonly writable: WritableStream<Uint8Array>;
-  /**
-   * Bytes a message-framed writable (the port-forward WebSocket: a channel byte) would put in
-   * front of each chunk. A writer that allocates its chunks with `withHeadroom` (duplex.ts)
-   * lets the transport write its header there instead of copying the chunk.
-   */
-  readonly headroom?: number;
-  /**
-   * True when the writable is done with a chunk's bytes once its write() resolves (it sent
-   * or copied them), so the writer may fill that buffer again: one batch buffer per tunnel
-   * instead of a fresh one per batch, whose churn drove V8 into back-to-back full GCs.
-   */
-  readonly chunkFreeAfterWrite?: boolean;
-  /** The same bytes as a ByteChannel, when the duplex has one: splices use it (see pump.ts). */
-  readonly channel?: ByteChannel;
-}
-
-/**
- * A byte stream read and written one chunk at a time, without Web Streams: how a splice
- * moves a connection's bytes (pump.ts). A pipeTo costs several promises and queue entries per
- * chunk; on a ping-pong through one proxy hop on loopback that was p50 87 µs and p99 245–273
- * µs, against 78–81 and 139–209 µs for a loop of reads and writes.
- */
-export interface ByteChannel {
-  /** The next chunk, or null once the far side has finished sending (EOF/FIN). */
-  read(): Promise<Uint8Array | null>;
-  /** Resolves when the chunk is taken (sent or queued within the flow-control limits). */
-  write(chunk: Uint8Array): Promise<void>;
-  /** Nothing more will be written: a half-close (FIN); reading goes on. */
-  closeWrite(): Promise<void> | void;
-  /** Abandon both directions at once (a socket closed, a stream reset). */
-  abort(reason: string): void;
-  /**
-   * Registers a callback for the channel failing by itself (a stream reset by its peer or
-   * its tunnel), so a splice learns of it while it is waiting only on the other side.
-   */
-  onFailure?(callback: (error: Error) => void): void;
-}
-
-/** The transport protocol a stream carries to its destination. */
-export type Protocol = "tcp" | "udp";
+export type { ByteChannel, Duplex, Protocol };
 
 /** What a stream should connect to, as the agent will dial it. */
 export interface OpenRequest {
@@ -123,6 +82,11 @@ export interface TunnelOptions {
   idleCreditMs?: number;
   /** Told once per stream, in either direction, when it has ended (e.g. to report UDP drops). */
   onStreamEnd?: (stream: TunnelStream) => void;
+  /**
+   * The pool the transport's reads are lent from, if any: DATA payloads are views of those
+   * reads, released to it once written out (see lib/net/buffer_pool.ts).
+   */
+  buffers?: BufferPool;
 }
 
 /** A live tunnel, as either end sees it. */

@@ -3,8 +3,8 @@
  * back to back into one buffer per batch and written with one call, so many small frames
  * (window updates, pongs, small data) cost one transport write.
  */
-import { withHeadroom } from "./duplex.ts";
-import { encodePayload, type Frame, FrameType, HEADER_SIZE, writeHeader } from "./frame.ts";
+import { encodePayload, writeHeader } from "./codec.ts";
+import { type Frame, FrameType, HEADER_SIZE } from "./frame.ts";
 
 /** Bytes queued beyond which data senders wait (control frames are never refused). */
 export const HIGH_WATER = 1024 * 1024;
@@ -16,9 +16,12 @@ const ROOM_PER_WAITER = 64 * 1024;
 /** Most bytes copied into one transport write. */
 const BATCH_BYTES = 256 * 1024;
 
-/** Where batches go: a transport's WritableStream writer, or the same calls on its channel. */
+/**
+ * Where batches go: the transport's channel. Each batch has `headroom` free bytes before it
+ * in its buffer (see HeadroomWriter).
+ */
 export interface BatchSink {
-  write(chunk: Uint8Array): Promise<void>;
+  write(batch: Uint8Array): Promise<void>;
   close(): Promise<void>;
   abort(): Promise<void>;
 }
@@ -56,8 +59,8 @@ export class FrameWriter {
   private readonly reuseBatches: boolean;
 
   /**
-   * `transport`: what the writable is (Duplex.headroom is left free before each batch;
-   * Duplex.chunkFreeAfterWrite lets one buffer carry every batch).
+   * `transport`: `headroom` bytes are left free before each batch; `chunkFreeAfterWrite`
+   * lets one buffer carry every batch (see Duplex).
    */
   constructor(
     private readonly writer: BatchSink,
@@ -171,8 +174,12 @@ export class FrameWriter {
     // reused buffer is batch-sized from the start, so every later batch fits in it; it is
     // lent to this batch's write and handed back in flush once that resolves.
     if (this.reuseBatches) this.spare ??= new ArrayBuffer(this.headroom + BATCH_BYTES);
-    const out = withHeadroom(size, this.headroom, this.spare);
+    const spare = this.spare;
     this.spare = undefined;
+    const buffer = spare !== undefined && spare.byteLength >= this.headroom + size
+      ? spare
+      : new ArrayBuffer(this.headroom + size);
+    const out = new Uint8Array(buffer, this.headroom, size);
     let at = 0;
     for (const { type, streamId, payload, copied } of urgent) {
       writeHeader(out, at, type, streamId, payload.length);

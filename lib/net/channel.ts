@@ -1,42 +1,20 @@
 /**
- * Splicing two ByteChannels into each other: a read-then-write loop each way, with no Web
- * Streams between them (see ByteChannel for what that saves); and the conversions between
- * channels and Web Streams, both ways.
+ * Conversions between ByteChannels and Web Streams, both ways, and an in-memory Duplex pair.
  */
+import { describeError } from "../errors.ts";
 import type { ByteChannel, Duplex } from "./types.ts";
-
-/**
- * Copies `a` into `b` and `b` into `a` until both directions have ended; resolves then, or
- * once either side failed. The end of one direction (EOF, FIN) is passed on as a half-close
- * while the other keeps flowing; a failure on either side aborts both, with the reason.
- */
-export function pump(a: ByteChannel, b: ByteChannel): Promise<void> {
-  let failed = false;
-  const fail = (error: unknown) => {
-    if (failed) return;
-    failed = true;
-    const reason = reasonText(error, "failed");
-    a.abort(reason);
-    b.abort(reason);
-  };
-  a.onFailure?.(fail);
-  b.onFailure?.(fail);
-  return Promise.all([copy(a, b).catch(fail), copy(b, a).catch(fail)]).then(() => {});
-}
-
-async function copy(from: ByteChannel, to: ByteChannel): Promise<void> {
-  for (let chunk; (chunk = await from.read()) !== null;) await to.write(chunk);
-  await to.closeWrite();
-}
 
 /** A Duplex that may also be reset (as a tunnel stream can), which is how it is aborted. */
 export type ResettableDuplex = Duplex & { reset?(reason?: string): void };
+
+/** What a splice joins: a channel, or any duplex (see channelOf). */
+export type Peer = ByteChannel | ResettableDuplex;
 
 /**
  * `peer` as a ByteChannel: itself if it is one (a tunnel stream), its `channel` if it has one
  * (a connection), else a channel reading and writing its Web Streams (which it then locks).
  */
-export function channelOf(peer: ByteChannel | ResettableDuplex): ByteChannel {
+export function channelOf(peer: Peer): ByteChannel {
   if ("read" in peer) return peer;
   if (peer.channel) return peer.channel;
   const duplex = peer;
@@ -49,7 +27,7 @@ export function channelOf(peer: ByteChannel | ResettableDuplex): ByteChannel {
     },
     write: (chunk) => writer.write(chunk),
     closeWrite: () => writer.close(),
-    // pipeTo watched both ends; a loop waiting on one side must still hear the other fail.
+    // A loop waiting on one side must still hear the other fail.
     onFailure(callback) {
       const failed = (e: unknown) => callback(e instanceof Error ? e : new Error(String(e)));
       reader.closed.catch(failed);
@@ -94,13 +72,38 @@ export function writableOf(
     start,
     write: (chunk) => channel.write(chunk),
     close: () => channel.closeWrite(),
-    abort: (reason) => channel.abort(reasonText(reason, "writer aborted")),
+    abort: (reason) => channel.abort(describeError(reason, "writer aborted")),
   });
 }
 
-/** An abort or failure reason as the text a stream reset carries. */
-function reasonText(reason: unknown, fallback: string): string {
-  if (reason instanceof Error) return reason.message;
-  if (typeof reason === "string" && reason) return reason;
-  return fallback;
+/**
+ * A Duplex over `channel` whose Web Streams are made only when first asked for; `cancel` is
+ * what cancelling its readable does (default: abort the channel).
+ */
+export function duplexOf(
+  channel: ByteChannel,
+  options: { cancel?: () => void; chunkFreeAfterWrite?: boolean } = {},
+): Duplex {
+  let readable: ReadableStream<Uint8Array> | undefined;
+  let writable: WritableStream<Uint8Array> | undefined;
+  return {
+    channel,
+    chunkFreeAfterWrite: options.chunkFreeAfterWrite,
+    get readable() {
+      return readable ??= readableOf(channel, options.cancel);
+    },
+    get writable() {
+      return writable ??= writableOf(channel);
+    },
+  };
+}
+
+/** Two connected duplexes: bytes written to one's writable come out of the other's readable. */
+export function duplexPair(): [Duplex, Duplex] {
+  const aToB = new TransformStream<Uint8Array, Uint8Array>();
+  const bToA = new TransformStream<Uint8Array, Uint8Array>();
+  return [
+    { readable: bToA.readable, writable: aToB.writable },
+    { readable: aToB.readable, writable: bToA.writable },
+  ];
 }

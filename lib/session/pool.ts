@@ -18,6 +18,8 @@ export interface TunnelPoolOptions {
   log?: (line: string) => void;
   /** How long `open` waits for a tunnel when none is up, in milliseconds. */
   waitMs?: number;
+  /** Told of every tunnel as it joins the pool, the first and each replacement. */
+  onTunnel?: (tunnel: Tunnel) => void;
 }
 
 const BACKOFF_MIN_MS = 100;
@@ -93,6 +95,7 @@ export class TunnelPool {
     }
     this.#peerVersion ||= tunnel.peerVersion;
     this.#tunnels.push(tunnel);
+    this.options.onTunnel?.(tunnel);
     for (const wake of this.#waiters.splice(0)) wake();
     tunnel.closed.finally(() => {
       this.#tunnels = this.#tunnels.filter((t) => t !== tunnel);

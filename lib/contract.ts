@@ -1,0 +1,66 @@
+/**
+ * The client–agent contract: what the two ends of a tunnel must agree on, in one place.
+ * The client writes the agent's pod or container from it; the agent reads its settings and
+ * limits from it; the tunnel protocol's version is here too.
+ */
+
+/**
+ * The tunnel protocol's version, sent in both ends' handshake; ends of different versions
+ * refuse each other with a message naming both.
+ */
+export const PROTOCOL_VERSION = 2;
+
+/** The port the agent listens on, on its pod's 127.0.0.1, unless told another. */
+export const AGENT_PORT = 4646;
+
+/** The environment variable that hands the session token to the agent. */
+export const AGENT_TOKEN_ENV = "RELAY_AGENT_TOKEN";
+
+/**
+ * The client's keep-alive interval. A ping goes out after one to two intervals of silence,
+ * so 2 s keeps an idle tunnel alive through anything that cuts connections idle for 5 s or
+ * more, and a tunnel whose agent stopped answering is replaced within about 6 s.
+ */
+export const CLIENT_KEEPALIVE_MS = 2_000;
+
+/**
+ * The agent's keep-alive interval: slightly longer than the client's, it is how the agent
+ * learns that a client vanished without closing (SIGKILL, a laptop lid), within about 9 s.
+ */
+export const AGENT_KEEPALIVE_MS = 3_000;
+
+/** How the agent runs: its flags, as both the client's manifest and `relay agent` spell them. */
+export interface AgentSettings {
+  /** TCP port on 127.0.0.1 to accept tunnels on (`--port`; 0 picks a free one). */
+  port: number;
+  /** A UDP session with no datagram either way for this long ends (`--udp-idle-timeout`). */
+  udpIdleMs: number;
+  /** Exit when no tunnel has been connected this long (`--idle-exit`; 0 never). */
+  idleExitMs: number;
+  /** Give up on one TCP connect after this long (`--connect-timeout`). */
+  connectTimeoutMs: number;
+}
+
+/** The agent's settings when its flags say nothing. */
+export const AGENT_DEFAULTS: Readonly<AgentSettings> = {
+  port: AGENT_PORT,
+  udpIdleMs: 60_000,
+  idleExitMs: 300_000,
+  connectTimeoutMs: 10_000,
+};
+
+/** Room for the largest UDP payload: a datagram crosses the tunnel whole up to this size. */
+export const MAX_DATAGRAM = 65_535;
+
+/**
+ * Bytes of datagrams one UDP stream may have in flight (sent, not yet taken by the far end's
+ * reader) while it is the only UDP stream of its tunnel. Both ends use it, so each knows the
+ * other's grant.
+ */
+export const UDP_WINDOW = 64 * 1024;
+
+/**
+ * In flight per UDP stream while its tunnel carries other UDP streams too: small, so that a
+ * flooded session adds little delay to the others' datagrams (docs/ARCHITECTURE.md, "UDP").
+ */
+export const UDP_SHARED_WINDOW = 4 * 1024;

@@ -1,0 +1,177 @@
+/**
+ * The forward direction: local listeners whose connections and UDP sessions become streams to
+ * the targets, as a session entry (lib/session/run.ts).
+ */
+import { describeError } from "../errors.ts";
+import type { Kube } from "../kube/config.ts";
+import type { FollowPods } from "../kube/ready_pods.ts";
+import { type ResolvedForward, resolveTarget } from "../kube/resolve.ts";
+import {
+  bindPort,
+  closeBinding,
+  type ListenerSet,
+  type PortBinding,
+  readyFacts,
+} from "../listen/bind.ts";
+import type { UdpSession } from "../listen/udp.ts";
+import type { Logger } from "../log.ts";
+import { ConnChannel } from "../net/socket.ts";
+import { splice } from "../net/splice.ts";
+import type { Plan } from "../plan.ts";
+import type { ServeContext, SessionEntry } from "../session/run.ts";
+import { OpenError } from "../tunnel/types.ts";
+
+/** One bound port and where its connections go. */
+interface Route {
+  binding: PortBinding;
+  forward: ResolvedForward;
+}
+
+/**
+ * The forwards of `plan` on `listeners` (bound before the session starts, so a busy port
+ * failed before any cluster work; main.ts keeps them and closes them after the run).
+ */
+export function forwardEntry(plan: Plan, listeners: ListenerSet, logger: Logger): SessionEntry {
+  let routes: Route[] = [];
+  return {
+    prepare: async ({ kube, follow }) => {
+      routes = await resolveRoutes(kube, plan, listeners, follow);
+    },
+    serve: (context) => serve(routes, context, logger),
+  };
+}
+
+/** Resolves every binding's target and settles its listeners on the resolved protocol. */
+async function resolveRoutes(
+  kube: Kube,
+  plan: Plan,
+  listeners: ListenerSet,
+  follow: FollowPods,
+): Promise<Route[]> {
+  const routes: Route[] = [];
+  const bindOptions = {
+    addresses: plan.options.addresses,
+    udp: { idleTimeoutMs: plan.udpIdleTimeoutMs },
+  };
+  for (const forward of plan.forwards) {
+    const bindings = listeners.bindings.filter((b) => b.forward === forward);
+    const resolved = await resolveTarget(
+      kube,
+      forward.target,
+      bindings.map((b) => b.port),
+      follow,
+    );
+    bindings.forEach((binding, i) => {
+      const target = resolved[i];
+      const want = target.protocol;
+      const deferred = binding.deferred[want];
+      if (deferred) throw deferred;
+      // A port bound for both protocols (a name) or for the other one (a number whose
+      // Service port is UDP only) keeps exactly the listeners the resolved protocol needs.
+      const other = want === "tcp" ? binding.udp : binding.tcp;
+      for (const listener of other.splice(0)) listener.close();
+      const mine = want === "tcp" ? binding.tcp : binding.udp;
+      if (mine.length === 0) {
+        const remote = typeof binding.port.remote === "number" ? binding.port.remote : 0;
+        bindPort(binding, binding.localPort ?? binding.port.localPort ?? remote, want, bindOptions);
+      }
+      routes.push({ binding, forward: target });
+    });
+  }
+  return routes;
+}
+
+/** Accepts on every listener until the session stops, one stream per connection or session. */
+async function serve(routes: Route[], context: ServeContext, logger: Logger): Promise<void> {
+  const serving: Promise<void>[] = [];
+  for (const { binding, forward } of routes) {
+    readyFacts(binding, forward.protocol).forEach((facts) => logger.ready(facts));
+    for (const listener of binding.tcp) {
+      serving.push(listener.serve(
+        (conn) => forwardConnection(conn, forward, context, logger),
+        (error) =>
+          logger.error(
+            `accepting on ${listener.hostname}:${listener.port}: ${describeError(error)}`,
+          ),
+      ));
+    }
+    for (const listener of binding.udp) {
+      serving.push(
+        listener.serve(
+          (session) => forwardSession(session, forward, context, logger),
+          (error) =>
+            logger.error(`udp ${listener.hostname}:${listener.port}: ${describeError(error)}`),
+        ).then(() => {
+          // Datagrams lost before relay could read them belong to no session; report them once.
+          const lost = listener.kernelDropped;
+          if (lost > 0) {
+            logger.info(
+              `udp ${listener.hostname}:${listener.port}: ${lost} datagrams dropped before relay ` +
+                `read them (receive buffer full)`,
+            );
+          }
+        }),
+      );
+    }
+  }
+  const { signal } = context;
+  await new Promise<void>((resolve) => {
+    if (signal.aborted) return resolve();
+    signal.addEventListener("abort", () => resolve(), { once: true });
+  });
+  for (const { binding } of routes) closeBinding(binding);
+  await Promise.allSettled(serving);
+}
+
+/** One accepted TCP connection: a stream to the target, spliced with it. */
+async function forwardConnection(
+  conn: Deno.TcpConn,
+  forward: ResolvedForward,
+  context: ServeContext,
+  logger: Logger,
+): Promise<void> {
+  let stream;
+  try {
+    const destination = await forward.destination();
+    stream = await context.open({ protocol: "tcp", ...destination });
+  } catch (error) {
+    // A connection that came in as relay stops is simply closed.
+    if (!context.stopped) {
+      logger.error(`connection to ${forward.label} failed: ${failure(error)}`);
+    }
+    return; // the listener closes the connection
+  }
+  await splice(new ConnChannel(conn, context.buffers), stream);
+}
+
+/** One UDP session (a local source address): a stream to the target, spliced with it. */
+async function forwardSession(
+  session: UdpSession,
+  forward: ResolvedForward,
+  context: ServeContext,
+  logger: Logger,
+): Promise<void> {
+  const source = `${session.remote.hostname}:${session.remote.port}`;
+  try {
+    const destination = await forward.destination();
+    const stream = await context.open({ protocol: "udp", ...destination });
+    logger.debug(`udp session ${source} -> ${forward.label} opened`);
+    void splice(stream, session);
+    // Either end may finish first: the local idle timer, or the agent's (a FIN).
+    await Promise.race([stream.closed, session.closed]);
+    stream.reset("session ended");
+    session.close();
+    // Drops are how UDP sessions shed overload; say how many, never hide them.
+    const dropped = session.dropped + stream.dropped;
+    logger.debug(`udp session ${source} -> ${forward.label} ended; ${dropped} dropped`);
+  } catch (error) {
+    if (!context.stopped) logger.error(`${forward.label}/udp: ${failure(error)}`);
+    session.close();
+  }
+}
+
+/** Why a stream could not be opened; an agent's refusal says what kind of refusal first. */
+function failure(error: unknown): string {
+  const text = describeError(error);
+  return error instanceof OpenError ? `${error.code}: ${text}` : text;
+}

@@ -1,0 +1,146 @@
+/**
+ * The agent's Job: its pod hardened (non-root, read-only root, no capabilities, no
+ * service-account token), --patch applied, and the rules a patch may not break.
+ */
+import type { V1Container, V1Job, V1PodTemplateSpec } from "@kubernetes/client-node";
+import { AGENT_PORT, AGENT_TOKEN_ENV } from "../contract.ts";
+import { VERSION } from "../version.ts";
+import { UsageError } from "./errors.ts";
+import { mergePatch } from "./merge_patch.ts";
+
+export { AGENT_PORT, AGENT_TOKEN_ENV };
+
+/** The agent's arguments; a --patch may not change them. */
+export const AGENT_ARGS: readonly string[] = ["agent", "--port", String(AGENT_PORT)];
+/** Labels every agent Job and pod carries. */
+export const AGENT_NAME_LABEL = "app.kubernetes.io/name";
+export const SESSION_LABEL = "relay.dev/session";
+
+/** The agent's container in its pod. */
+export const CONTAINER_NAME = "agent";
+/**
+ * The agent pod's ephemeral ports (a sysctl every kubelet allows). The agent is a proxy: when
+ * a client closes first, the agent's connection to the target closes first too and keeps the
+ * port in TIME_WAIT for 60 s. Linux's default range (32768–60999) then holds ~28,000
+ * connections a minute to one destination; long before that, from ~9,000, every connect()
+ * searched the range for a free port, and on the test cluster the agent spent 90% of a core in
+ * the kernel doing so. A kubelet's own port-forward dials the pod's loopback, where the kernel
+ * reuses TIME_WAIT ports, so kubectl never meets this.
+ */
+export const AGENT_LOCAL_PORT_RANGE = "1024 65535";
+
+/** Random bytes as lowercase hex. */
+export function randomHex(bytes: number): string {
+  const buffer = crypto.getRandomValues(new Uint8Array(bytes));
+  return Array.from(buffer, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/**
+ * The Job for one session, --patch applied. Throws UsageError if the patch would remove the
+ * token env or change the agent's arguments.
+ */
+export function agentJobManifest(opts: {
+  namespace: string;
+  image: string;
+  sessionId: string;
+  token: string;
+  patch?: Record<string, unknown>;
+  idleExit?: string;
+  udpIdleTimeout?: string;
+}): V1Job {
+  const args = agentArgs(opts.idleExit, opts.udpIdleTimeout);
+  const labels = { [AGENT_NAME_LABEL]: "relay-agent", [SESSION_LABEL]: opts.sessionId };
+  const container: V1Container = {
+    name: CONTAINER_NAME,
+    image: opts.image,
+    args,
+    env: [{ name: AGENT_TOKEN_ENV, value: opts.token }],
+    // Declared so the kubelet (and the test cluster's shim) know the port-forward target.
+    ports: [{ name: "relay", containerPort: AGENT_PORT, protocol: "TCP" }],
+    resources: {
+      requests: { cpu: "10m", memory: "32Mi" },
+      // No CPU limit: throttling the agent throttles every forwarded byte. Memory is bounded,
+      // with room for heavy use: 1,000 connections echoing 1 MiB each peaked at 340–390 MB,
+      // 2,000 at ~490 MB, where 512Mi would have had the whole forward OOM-killed.
+      limits: { memory: "1Gi" },
+    },
+    securityContext: {
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ["ALL"] },
+    },
+    volumeMounts: [{ name: "tmp", mountPath: "/tmp" }],
+  };
+  const base = {
+    metadata: { namespace: opts.namespace, generateName: "relay-agent-", labels },
+    spec: {
+      restartPolicy: "Never",
+      automountServiceAccountToken: false,
+      enableServiceLinks: false,
+      terminationGracePeriodSeconds: 5,
+      securityContext: {
+        runAsNonRoot: true,
+        runAsUser: 65532,
+        runAsGroup: 65532,
+        seccompProfile: { type: "RuntimeDefault" },
+        sysctls: [{ name: "net.ipv4.ip_local_port_range", value: AGENT_LOCAL_PORT_RANGE }],
+      },
+      containers: [container],
+      // The root filesystem is read-only; the runtime may still want a scratch directory.
+      volumes: [{ name: "tmp", emptyDir: { medium: "Memory", sizeLimit: "16Mi" } }],
+    },
+  };
+  const patched = (opts.patch ? mergePatch(base, opts.patch) : base) as {
+    metadata?: Record<string, unknown> & { namespace?: string; generateName?: string };
+    spec?: V1PodTemplateSpec["spec"];
+  };
+  checkPatchKeptAgent(patched.spec, opts.token, args);
+
+  const { namespace, generateName, ...templateMetadata } = patched.metadata ?? {};
+  // The session labels find the pod again; a patch may add labels, not take these away.
+  templateMetadata.labels = { ...(templateMetadata.labels as object ?? {}), ...labels };
+  if (typeof namespace !== "string" || !namespace) {
+    throw new UsageError("--patch: metadata.namespace must be a non-empty string");
+  }
+  return {
+    apiVersion: "batch/v1",
+    kind: "Job",
+    metadata: {
+      namespace,
+      generateName: typeof generateName === "string" && generateName
+        ? generateName
+        : "relay-agent-",
+      labels,
+      annotations: { "relay.dev/version": VERSION },
+    },
+    spec: {
+      backoffLimit: 0,
+      ttlSecondsAfterFinished: 60,
+      template: { metadata: templateMetadata, spec: patched.spec } as V1PodTemplateSpec,
+    },
+  };
+}
+
+/** The agent container's arguments: the fixed ones, plus the optional flags asked for. */
+function agentArgs(idleExit: string | undefined, udpIdleTimeout?: string): string[] {
+  const args = idleExit ? [...AGENT_ARGS, "--idle-exit", idleExit] : [...AGENT_ARGS];
+  if (udpIdleTimeout) args.push("--udp-idle-timeout", udpIdleTimeout);
+  return args;
+}
+
+function checkPatchKeptAgent(
+  spec: V1PodTemplateSpec["spec"],
+  token: string,
+  args: string[],
+): void {
+  const agent = spec?.containers?.find((c) => c.name === CONTAINER_NAME);
+  const hint = "(a JSON merge patch replaces lists such as spec.containers whole;" +
+    " patch other fields, e.g. spec.nodeSelector or spec.tolerations)";
+  if (!agent) throw new UsageError(`--patch removes the "${CONTAINER_NAME}" container ${hint}`);
+  if (JSON.stringify(agent.args) !== JSON.stringify(args) || agent.command) {
+    throw new UsageError(`--patch changes the agent's command or arguments ${hint}`);
+  }
+  if (!agent.env?.some((e) => e.name === AGENT_TOKEN_ENV && e.value === token)) {
+    throw new UsageError(`--patch removes the agent's ${AGENT_TOKEN_ENV} env ${hint}`);
+  }
+}
