@@ -61,6 +61,7 @@ export const UDP_WINDOW = 64 * 1024;
 
 /**
  * In flight per UDP stream while its tunnel carries other UDP streams too: small, so that a
- * flooded session adds little delay to the others' datagrams (docs/ARCHITECTURE.md, "UDP").
+ * flooded session adds little delay to the others' datagrams (docs/MEASUREMENTS.md, "UDP
+ * windows").
  */
 export const UDP_SHARED_WINDOW = 4 * 1024;

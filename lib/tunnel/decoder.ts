@@ -6,12 +6,11 @@ import { type Frame, FrameError, FrameType, HEADER_SIZE, MAX_PAYLOAD } from "./f
  * Turns a byte stream, cut anywhere, into frames.
  *
  * DATA payloads are views into the chunks they arrived in (no copy), so the caller must not
- * reuse a chunk's buffer while any of them is held (see shareChunk). A DATA frame cut across
- * chunks comes out as one piece per chunk, each but the last marked `more`: through a
- * port-forward the tunnel's bytes arrive in ~32 KiB pieces, so nearly every 64 KiB frame is
- * cut, and assembling each had cost a copy and an allocation of every byte moved. Any other
- * frame cut across chunks is assembled, into a buffer no larger than MAX_PAYLOAD. After a
- * FrameError the decoder is poisoned: every later push throws too.
+ * reuse a chunk's buffer while any of them is held (see BufferPool.share). A DATA frame cut
+ * across chunks comes out as one piece per chunk, each but the last marked `more`, because a
+ * port-forward cuts nearly every frame and assembling each would copy every byte moved. Any
+ * other frame cut across chunks is assembled, into a buffer no larger than MAX_PAYLOAD. After
+ * a FrameError the decoder is poisoned: every later push throws too.
  */
 export class FrameDecoder {
   private readonly header = new Uint8Array(HEADER_SIZE);

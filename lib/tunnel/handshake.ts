@@ -8,7 +8,8 @@ import { channelOf } from "../net/channel.ts";
 import type { ByteChannel, Duplex } from "../net/types.ts";
 import { FrameDecoder } from "./decoder.ts";
 import { type Frame, FrameError, FrameType, type HelloErrorCode } from "./frame.ts";
-import { DEFAULT_STREAM_WINDOW, Session } from "./session.ts";
+import { DEFAULT_STREAM_WINDOW } from "./defaults.ts";
+import { Session } from "./session.ts";
 import type { Tunnel, TunnelOptions } from "./types.ts";
 import { FrameWriter } from "./writer.ts";
 

@@ -10,6 +10,7 @@ export {
   type HandshakeFailure,
   type HandshakeOptions,
 } from "./handshake.ts";
-export { DEFAULT_KEEPALIVE_MS, DEFAULT_STREAM_WINDOW, Session } from "./session.ts";
+export { DEFAULT_KEEPALIVE_MS, DEFAULT_STREAM_WINDOW } from "./defaults.ts";
+export { Session } from "./session.ts";
 export { MuxStream, StreamResetError } from "./stream.ts";
 export { FrameError, MAX_PAYLOAD, PROTOCOL_VERSION } from "./frame.ts";

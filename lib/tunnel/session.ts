@@ -8,8 +8,16 @@ import { channelOf } from "../net/channel.ts";
 import { splice } from "../net/splice.ts";
 import type { ByteChannel } from "../net/types.ts";
 import type { FrameDecoder } from "./decoder.ts";
+import {
+  DEFAULT_IDLE_CREDIT_MS,
+  DEFAULT_KEEPALIVE_MS,
+  DEFAULT_MAX_STREAM_WINDOW,
+  DEFAULT_SESSION_GROWTH,
+  DEFAULT_UDP_QUEUE,
+} from "./defaults.ts";
 import { type Frame, FrameError, FrameType } from "./frame.ts";
-import { MuxStream, type StreamLimits, StreamResetError } from "./stream.ts";
+import type { StreamLimits } from "./receive_window.ts";
+import { MuxStream, StreamResetError } from "./stream.ts";
 import type { FrameWriter } from "./writer.ts";
 import {
   OpenError,
@@ -21,34 +29,6 @@ import {
   type TunnelStream,
 } from "./types.ts";
 
-/**
- * Default per-stream receive window a stream starts with. Every open stream may have this
- * much in flight toward us, so it is what 1,000 connections cost before any grows: 64 KiB
- * (64 MiB for 1,000); a busy stream's window grows within a few round trips.
- */
-export const DEFAULT_STREAM_WINDOW = 64 * 1024;
-/**
- * Default most a stream's receive window grows to while its reader keeps up (see stream.ts):
- * a fixed 2 MiB window took bulk from ~43 to ~129 MB/s on the test cluster; growing only
- * busy streams keeps that memory off idle and slow ones.
- */
-export const DEFAULT_MAX_STREAM_WINDOW = 8 * 1024 * 1024;
-/**
- * Default growth all of a session's streams may share beyond their initial windows: room
- * for two streams at the full per-stream maximum.
- */
-export const DEFAULT_SESSION_GROWTH = 16 * 1024 * 1024;
-/**
- * Default quiet spell after which a stream gives back its grown credit. Without it, a stream
- * that once carried a burst kept its grown window for as long as it lived, and two such (a
- * database pool's connections, say) held a tunnel's whole growth budget: a new bulk stream
- * there stayed at the initial window, ~2 MB/s at a 30 ms round trip.
- */
-export const DEFAULT_IDLE_CREDIT_MS = 5_000;
-/** Default silence before a keep-alive ping. */
-export const DEFAULT_KEEPALIVE_MS = 10_000;
-/** Default datagrams queued per UDP stream before drops. */
-export const DEFAULT_UDP_QUEUE = 256;
 
 /** Everything a session needs once the handshake is done. */
 export interface SessionInit {

@@ -8,27 +8,11 @@ import { readableOf, writableOf } from "../net/channel.ts";
 import { FrameType } from "./frame.ts";
 import type { OpenRequest, TunnelStream } from "./types.ts";
 import type { FrameWriter } from "./writer.ts";
+import { ReceiveWindow, type StreamLimits } from "./receive_window.ts";
 
-export { UDP_SHARED_WINDOW, UDP_WINDOW };
 
 /** Largest DATA payload for TCP; keeps frames big when data is available. */
 export const MAX_DATA = 64 * 1024;
-
-/**
- * A UDP receiver grants credit back every this many bytes taken, whatever the sender's
- * current cap: at most half of UDP_SHARED_WINDOW, so a sender held at that cap is always
- * granted more once its datagrams are taken, even if the two ends briefly count the
- * tunnel's UDP streams differently.
- */
-const UDP_GRANT_EVERY = UDP_SHARED_WINDOW / 2;
-
-/**
- * Receive-window auto-tuning, as HTTP/2 and QUIC stacks do: a TCP stream's window doubles
- * (up to limits.maxReceiveWindow) each time its reader takes a whole window within this
- * long, since a stream that fast is held back by the credit round trip, not by its reader.
- * Growth is sent as extra WINDOW credit; docs/ARCHITECTURE.md has the measurements.
- */
-const GROW_WITHIN_MS = 50;
 
 /** What a stream needs from its session. */
 export interface StreamHost {
@@ -37,32 +21,6 @@ export interface StreamHost {
   streamDone(id: number): void;
   /** Nothing holds `chunk`'s bytes any more (see TunnelOptions.buffers). */
   release(chunk: Uint8Array): void;
-}
-
-/** Tunables for one stream. */
-export interface StreamLimits {
-  /** Bytes we let the peer have in flight toward us at first (TCP). */
-  receiveWindow: number;
-  /** Most a stream's receive window may grow to while its reader keeps up (TCP). */
-  maxReceiveWindow: number;
-  /** Bytes the peer lets us have in flight toward it (TCP). */
-  sendWindow: number;
-  /** Datagrams queued for a slow reader before new ones are dropped (UDP). */
-  udpQueue: number;
-  /** What the session's streams may still grow their windows by, together. */
-  growth: GrowthBudget;
-  /** The session's open UDP streams, counted together (see UDP_SHARED_WINDOW). */
-  udpStreams: { open: number };
-}
-
-/**
- * Window growth shared by a session's streams, like HTTP/2's connection window: each stream
- * bounds what it buffers, and this bounds what they buffer together. Without it, 1,000
- * fast streams each grew toward the per-stream maximum, and the agent held ~400 MB.
- */
-export interface GrowthBudget {
-  /** Bytes of growth left to hand out; streams give theirs back when they end. */
-  left: number;
 }
 
 /** Thrown into a stream's readable/writable when it was reset or its tunnel died. */
@@ -100,14 +58,10 @@ export class MuxStream implements TunnelStream {
     | null = null;
   private remoteFin = false;
   private readDone = false;
-  private unacked = 0;
   /** The pieces so far of a datagram cut across transport reads (UDP). */
   private datagramPieces: Uint8Array[] = [];
-  /** The current receive window: starts at limits.receiveWindow, grows while read fast. */
-  private window: number;
-  /** Bytes read since epochStart: how fast the reader takes a window decides growth. */
-  private readSinceGrowth = 0;
-  private epochStart = performance.now();
+  /** What the peer may have in flight toward us, and the credit owed to it. */
+  private readonly window: ReceiveWindow;
 
   // send side
   private readonly initialCredit: number;
@@ -131,7 +85,7 @@ export class MuxStream implements TunnelStream {
     this.initialCredit = this.udp ? Math.min(limits.sendWindow, UDP_WINDOW) : limits.sendWindow;
     this.sendCredit = this.initialCredit;
     if (this.udp) limits.udpStreams.open++;
-    this.window = this.udp ? Math.min(limits.receiveWindow, UDP_WINDOW) : limits.receiveWindow;
+    this.window = new ReceiveWindow(limits, this.udp);
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
   }
 
@@ -152,7 +106,7 @@ export class MuxStream implements TunnelStream {
 
   /** The current receive window (TCP: grows from the initial one while the reader keeps up). */
   get receiveWindow(): number {
-    return this.window;
+    return this.window.size;
   }
 
   /** As reset: the ByteChannel name for it. */
@@ -198,7 +152,7 @@ export class MuxStream implements TunnelStream {
         this.consumed(payload.length);
         return true;
       }
-    } else if (this.queuedBytes + payload.length > this.window) {
+    } else if (this.queuedBytes + payload.length > this.window.size) {
       return false;
     }
     if (this.reader) {
@@ -232,13 +186,7 @@ export class MuxStream implements TunnelStream {
    */
   onWindowReturn(decrement: number): void {
     if (this.done || this.udp) return;
-    const shrink = Math.min(decrement, this.window - this.limits.receiveWindow);
-    if (shrink <= 0) return;
-    this.window -= shrink;
-    this.limits.growth.left += shrink;
-    // Growth starts over, measured from now, should the stream get busy again.
-    this.readSinceGrowth = 0;
-    this.epochStart = performance.now();
+    this.window.shrink(decrement);
   }
 
   /**
@@ -342,29 +290,8 @@ export class MuxStream implements TunnelStream {
   /** Our reader took `n` bytes: give the peer credit in batches of a quarter window. */
   private consumed(n: number): void {
     if (this.remoteFin) return;
-    this.unacked += n;
-    if (this.unacked < (this.udp ? UDP_GRANT_EVERY : this.window / 4)) return;
-    let increment = this.unacked;
-    this.unacked = 0;
-    if (!this.udp && this.window < this.limits.maxReceiveWindow) {
-      this.readSinceGrowth += increment;
-      if (this.readSinceGrowth >= this.window) {
-        const now = performance.now();
-        if (now - this.epochStart < GROW_WITHIN_MS) {
-          const budget = this.limits.growth;
-          const growth = Math.min(
-            this.window,
-            this.limits.maxReceiveWindow - this.window,
-            budget.left,
-          );
-          budget.left -= growth;
-          this.window += growth;
-          increment += growth;
-        }
-        this.readSinceGrowth = 0;
-        this.epochStart = now;
-      }
-    }
+    const increment = this.window.taken(n);
+    if (increment === 0) return;
     const payload = new Uint8Array(4);
     new DataView(payload.buffer).setUint32(0, increment);
     this.host.writer.sendRaw(FrameType.WINDOW, this.id, payload);
@@ -412,8 +339,8 @@ export class MuxStream implements TunnelStream {
       while (this.sendCredit <= 0) {
         await new Promise<void>((resolve, reject) => (this.creditWaiter = { resolve, reject }));
       }
-      // Wait for room before queueing, not after: with 1,000 streams each queueing a chunk
-      // first, the shared queue held up to 1,000 chunks (64 MiB) instead of ~1 MiB.
+      // Wait for room before queueing, not after: else every stream could queue a chunk
+      // beyond the writer's high-water mark.
       while (writer.full && !this.failure) await writer.room();
       if (this.failure) throw this.failure;
       const n = Math.min(this.sendCredit, chunk.length - at, MAX_DATA);
@@ -456,7 +383,7 @@ export class MuxStream implements TunnelStream {
     if (this.done) return;
     this.done = true;
     if (this.udp) this.limits.udpStreams.open--;
-    else this.limits.growth.left += this.window - this.limits.receiveWindow;
+    else this.window.close();
     this.host.streamDone(this.id);
     this.resolveClosed();
   }

@@ -105,8 +105,8 @@ export class FrameWriter {
 
   /**
    * Resolves when the queue has room for this sender (at once if it is not full). Waiters
-   * are woken in arrival order, only as many as the free room takes: waking them all let
-   * 500 streams queue a frame each the moment it drained, 10–15 MiB instead of ~1 MiB.
+   * are woken in arrival order, only as many as the free room takes: waking them all would
+   * let every waiting stream queue a frame the moment it drained.
    */
   room(): Promise<void> {
     if (!this.full || this.failure !== null) return Promise.resolve();

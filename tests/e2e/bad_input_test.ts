@@ -135,6 +135,13 @@ function table(
     { category: "-L/-R", argv: ["-R", "0", "--target", "deploy/echo"], bad: '"0"', child: true },
     { category: "-L/-R", argv: ["-R", "9000:", "--target", "deploy/echo"], bad: "9000:" },
     { category: "-L/-R", argv: ["-R", "9000", "--target", "ip/10.0.0.1"], bad: "ip/10.0.0.1" },
+    {
+      category: "-L/-R",
+      argv: ["-L", "7000:echo:80", "--target", "deploy/echo"],
+      bad: "--target deploy/echo",
+      says: /not supported yet/,
+      child: true,
+    },
     // Targets files.
     {
       category: "-f",

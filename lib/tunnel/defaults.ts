@@ -1,0 +1,31 @@
+/**
+ * The tunnel's default tunables (TunnelOptions overrides each). Why each has its value, with
+ * the measurements, is in docs/MEASUREMENTS.md ("Tunnel flow control").
+ */
+
+/**
+ * The receive window a stream starts with: what every open stream may have in flight toward
+ * us, so what 1,000 idle connections cost; a busy stream's window grows from it.
+ */
+export const DEFAULT_STREAM_WINDOW = 64 * 1024;
+
+/** Most a stream's receive window grows to while its reader keeps up. */
+export const DEFAULT_MAX_STREAM_WINDOW = 8 * 1024 * 1024;
+
+/**
+ * Growth all of a session's streams may share beyond their initial windows: room for two
+ * streams at the full per-stream maximum.
+ */
+export const DEFAULT_SESSION_GROWTH = 16 * 1024 * 1024;
+
+/**
+ * The quiet spell after which a stream gives back its grown credit, so streams that once
+ * carried a burst do not keep the session's growth budget from a new bulk stream.
+ */
+export const DEFAULT_IDLE_CREDIT_MS = 5_000;
+
+/** Silence before a keep-alive ping. */
+export const DEFAULT_KEEPALIVE_MS = 10_000;
+
+/** Datagrams queued per UDP stream before drops. */
+export const DEFAULT_UDP_QUEUE = 256;
