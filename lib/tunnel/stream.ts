@@ -10,7 +10,6 @@ import type { OpenRequest, TunnelStream } from "./types.ts";
 import type { FrameWriter } from "./writer.ts";
 import { ReceiveWindow, type StreamLimits } from "./receive_window.ts";
 
-
 /** Largest DATA payload for TCP; keeps frames big when data is available. */
 export const MAX_DATA = 64 * 1024;
 
