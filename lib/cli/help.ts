@@ -53,10 +53,11 @@ Examples:
   relay -f targets.txt
   relay -f - < targets.txt
 
-  # mirrord style: local 8080 to py-serv:80 and 9090 to 10.1.2.3:90, from inside deploy/web
-  relay -L 8080:py-serv:80 -L 9090:10.1.2.3:90 --target deploy/web
+  # mirrord style: local 8080 to py-serv:80 and 9090 to 10.1.2.3:90, from the agent pod
+  relay -L 8080:py-serv:80 -L 9090:10.1.2.3:90
 
-  # Reverse: connections to port 8080 of deploy/web's pods come to local 8080, 9090 to 3000
+  # Not supported yet (relay says so and exits 2): --target, which puts the agent inside a
+  # pod, and -R, which brings connections to a port of that pod here
   relay -R 8080 -R 9090:3000 --target deploy/web
 
   # Customize the agent pod with a merge patch (JSON or YAML)

@@ -19,13 +19,10 @@ export const SESSION_LABEL = "relay.dev/session";
 /** The agent's container in its pod. */
 export const CONTAINER_NAME = "agent";
 /**
- * The agent pod's ephemeral ports (a sysctl every kubelet allows). The agent is a proxy: when
- * a client closes first, the agent's connection to the target closes first too and keeps the
- * port in TIME_WAIT for 60 s. Linux's default range (32768–60999) then holds ~28,000
- * connections a minute to one destination; long before that, from ~9,000, every connect()
- * searched the range for a free port, and on the test cluster the agent spent 90% of a core in
- * the kernel doing so. A kubelet's own port-forward dials the pod's loopback, where the kernel
- * reuses TIME_WAIT ports, so kubectl never meets this.
+ * The agent pod's ephemeral ports (a sysctl every kubelet allows). The agent, a proxy, leaves a
+ * port in TIME_WAIT for every connection its client closes first, and with Linux's default
+ * range a high connection rate made each connect() search long for a free port
+ * (docs/MEASUREMENTS.md).
  */
 export const AGENT_LOCAL_PORT_RANGE = "1024 65535";
 
@@ -60,8 +57,7 @@ export function agentJobManifest(opts: {
     resources: {
       requests: { cpu: "10m", memory: "32Mi" },
       // No CPU limit: throttling the agent throttles every forwarded byte. Memory is bounded,
-      // with room for heavy use: 1,000 connections echoing 1 MiB each peaked at 340–390 MB,
-      // 2,000 at ~490 MB, where 512Mi would have had the whole forward OOM-killed.
+      // with room for heavy use (docs/MEASUREMENTS.md).
       limits: { memory: "1Gi" },
     },
     securityContext: {

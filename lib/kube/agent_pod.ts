@@ -122,9 +122,9 @@ function createError(error: unknown, namespace: string): Error {
 
 /**
  * Resolves with the agent's pod once it is Running, from a list+watch of the session's pods:
- * the watch tells the moment it runs (a poll found out up to an interval late, on every
- * start). Rejects at once for a pod that failed or cannot start, and at the deadline with
- * the reason it is still pending.
+ * the watch tells the moment it runs, where a poll would learn it up to an interval late.
+ * Rejects at once for a pod that failed or cannot start, and at the deadline with the reason
+ * it is still pending.
  */
 function waitRunning(api: AgentPodApi, opts: {
   namespace: string;

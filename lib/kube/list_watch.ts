@@ -40,10 +40,9 @@ const MIN_RETRY_MS = 250;
 const MAX_RETRY_MS = 4000;
 /**
  * How long the loop keeps one watch before it lists and watches again. It ends each watch
- * itself, before the server's end (WATCH_SECONDS) and before client-node's 30 s inactivity
- * abort: under Deno, a watch the server ended may never call `done`, so waiting for either
- * would leave the set blind to changes until a later deadline (a rolling update in that gap
- * went unseen).
+ * itself, before the server's end (WATCH_SECONDS) and client-node's 30 s inactivity abort:
+ * under Deno, a watch the server ended may never call `done`, and waiting for it left the set
+ * blind to changes (docs/MEASUREMENTS.md).
  */
 const WATCH_DEADLINE_MS = 15_000;
 /** The server ends a watch after this long even if the loop somehow did not. */

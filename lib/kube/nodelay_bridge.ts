@@ -1,23 +1,9 @@
 /**
- * A local hop whose only job is TCP_NODELAY on relay's tunnels to the API server.
- *
- * Deno's HTTP client, which its WebSocket connects through, turns Nagle's algorithm on and
- * offers no option to turn it off (denoland/deno#35581 proposes one); Deno.connectTls has none
- * either. With Nagle on, a small write waits until the API server acknowledges the previous
- * one, and with delayed ACKs that is up to ~40 ms. On the test cluster, echoing 20 KB requests
- * one at a time took 44 ms each through relay (kubectl: 0.7 ms): each request, read from the
- * local socket in two pieces, went out as two writes.
- *
- * Deno's HTTP client can send its requests to a proxy on a unix socket (where Nagle does not
- * exist). There this bridge takes them and carries them, unchanged, to the API server over
- * TLS on a connection with TCP_NODELAY: the API server, like any HTTP/1.1 server, accepts the
- * absolute URL a proxy request names. The unix socket lives in a private directory (mode
- * 0700), so only this user can reach the API server through it.
- *
- * TLS is Deno's own (Deno.startTls) unless the kubeconfig authenticates with a client
- * certificate, which Deno.startTls cannot present; then it is node:tls. Measured on the test
- * cluster (bulk echo, 256 MiB): no bridge 83 MB/s, Deno.startTls 81, node:tls 73; 20 KB
- * requests went from 44 ms to 0.8 ms with either.
+ * A local hop whose only job is TCP_NODELAY on relay's tunnels to the API server: Deno's HTTP
+ * client leaves Nagle's algorithm on, and small writes then wait for delayed ACKs
+ * (docs/MEASUREMENTS.md). The client sends to it as a proxy on a unix socket in a private
+ * directory, and it carries each request unchanged to the API server over TLS: Deno's own, or
+ * node:tls for a client certificate, which Deno.startTls cannot present.
  */
 import type { EventEmitter } from "node:events";
 import { connect as connectNodeTls, type TLSSocket } from "node:tls";
@@ -83,9 +69,8 @@ export function startNoDelayBridge(target: BridgeTarget): NoDelayBridge | undefi
 }
 
 /**
- * Bytes read from either side at once: a whole tunnel batch (256 KiB, lib/tunnel/writer.ts)
- * in one read and one TLS write instead of four. node:tls bulk, client CPU per 512 MiB moved:
- * 3.03 s with 64 KiB, 2.75 s with this (medians of 4 alternated runs).
+ * Bytes read from either side at once: a whole tunnel batch (lib/tunnel/writer.ts) in one read
+ * and one TLS write, which costs less CPU than several (docs/MEASUREMENTS.md).
  */
 const READ_SIZE = 256 * 1024;
 
@@ -215,9 +200,8 @@ function spliceNode(local: Deno.Conn, remote: TLSSocket): void {
     }, end);
   });
   void (async () => {
-    // node:tls keeps what it is given until its write callback: a buffer returns here then,
-    // instead of each read being copied into a fresh one (allocation churn that drove V8
-    // into back-to-back full GCs during bulk transfers).
+    // node:tls keeps what it is given until its write callback, which returns the buffer here
+    // for reuse: a fresh copy per read churns V8 into back-to-back full GCs in bulk transfers.
     const free: Uint8Array[] = [];
     try {
       for (;;) {
@@ -235,12 +219,10 @@ function spliceNode(local: Deno.Conn, remote: TLSSocket): void {
 }
 
 /**
- * Stops (or restarts) a node:tls socket's reads from the network. Deno's node:tls (2.9) keeps
- * reading from its TCP handle while the socket is paused: pause() and readStop() stop at its
- * TLS layer, not at the handle beneath it. Whatever the API server sent then piled up in
- * memory instead of in TCP's window: with 1,000 busy connections, ~200 MB more than the
- * Deno.startTls path. Where that handle is not there (another Deno), pause() alone is what
- * is left.
+ * Stops (or restarts) a node:tls socket's reads from the network: Deno's node:tls (2.9) keeps
+ * reading from its TCP handle while the socket is paused, so what the API server sent piled up
+ * in memory instead of in TCP's window (docs/MEASUREMENTS.md). Where that handle is not there
+ * (another Deno), pause() alone is what is left.
  */
 function holdNetworkReads(socket: TLSSocket, hold: boolean): void {
   const tcp = (socket as unknown as { _handle?: { _nativeTcpHandle?: NativeHandle } })._handle
@@ -256,8 +238,8 @@ interface NativeHandle {
 
 /**
  * Resolves at the socket's next "drain" or "close", and removes both listeners either way: a
- * bulk transfer waits here thousands of times, and listeners left behind piled up on the
- * socket (and were walked on every event).
+ * bulk transfer waits here thousands of times, and listeners left behind would pile up on the
+ * socket (and be walked on every event).
  */
 export function drainOrClose(socket: EventEmitter): Promise<void> {
   return new Promise((resolve) => {

@@ -1,8 +1,8 @@
 /**
- * The pods of one label selector, followed by list+watch (DESIGN.md "Targets": headless
- * Services and workloads follow their Ready pods across rolling updates), so choosing the pod
- * for a new connection costs no API call. Until the watch is open, and again after it failed,
- * {@link PodFollower.pods} says it does not know, and the caller lists instead.
+ * The pods of one label selector, followed by list+watch (docs/ARCHITECTURE.md, "Targets":
+ * headless Services and workloads follow their Ready pods across rolling updates), so choosing
+ * the pod for a new connection costs no API call. Until the watch is open, and again after it
+ * failed, {@link PodFollower.pods} says it does not know, and the caller lists instead.
  */
 import type { CoreV1Api, V1Pod, Watch } from "@kubernetes/client-node";
 import { runListWatch } from "./list_watch.ts";

@@ -1,8 +1,7 @@
 /**
- * The pause after a failed accept. Out of file descriptors (EMFILE) is the usual failure, and
- * the connection it failed on stays in the listen backlog: accepting again at once fails again
- * at once, a busy loop that printed ~60,000 errors a second and took a core until descriptors
- * freed up. Pausing, doubling up to a second, lets the process's own connections end.
+ * The pause after a failed accept. Out of file descriptors (EMFILE), the connection stays in the
+ * listen backlog and accepting again at once is a busy loop (docs/MEASUREMENTS.md); pausing,
+ * doubling up to a second, lets the process's own connections end.
  */
 const MIN_PAUSE_MS = 10;
 const MAX_PAUSE_MS = 1_000;

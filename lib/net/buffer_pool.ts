@@ -1,7 +1,6 @@
 /**
- * Reuse of large read buffers. A bulk transfer reads into a 64 KiB buffer per chunk; made
- * fresh each time they became garbage faster than V8 collected it, and one bulk connection
- * held ~330 MB for ~50 MB of live data. A pool is an object its owner passes down (one per
+ * Reuse of large read buffers: made fresh for each read, they became garbage faster than V8
+ * collected it (docs/MEASUREMENTS.md). A pool is an object its owner passes down (one per
  * agent, one per client run): who reads into it lends, who is done with the bytes releases.
  */
 

@@ -8,7 +8,7 @@ export type Protocol = "tcp" | "udp";
 
 /**
  * A byte stream read and written one chunk at a time, without Web Streams: how a splice
- * moves a connection's bytes (see docs/ARCHITECTURE.md, "Why channels").
+ * moves a connection's bytes (docs/MEASUREMENTS.md, "Channels instead of Web Streams").
  */
 export interface ByteChannel {
   /** The next chunk, or null once the far side has finished sending (EOF/FIN). */

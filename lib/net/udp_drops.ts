@@ -24,10 +24,10 @@ export function kernelDrops(port: number, v6: boolean, hostname?: string): numbe
 const reading = new Map<string, Promise<string | undefined>>();
 
 /**
- * {@link kernelDrops} off the event loop, for sockets that close often: the kernel writes a
- * line per UDP socket in the namespace, ~3 ms of work with 1,000 open, which read
- * synchronously stalled everything else each time a session ended. Sockets closing while a
- * read is under way share it (their counters up to then).
+ * {@link kernelDrops} off the event loop, for sockets that close often: the kernel writes a line
+ * per UDP socket in the namespace, and a synchronous read stalled everything else each time a
+ * session ended (docs/MEASUREMENTS.md). Sockets closing while a read is under way share it
+ * (their counters up to then).
  */
 export async function kernelDropsSoon(
   port: number,

@@ -29,7 +29,6 @@ import {
   type TunnelStream,
 } from "./types.ts";
 
-
 /** Everything a session needs once the handshake is done. */
 export interface SessionInit {
   role: "client" | "agent";

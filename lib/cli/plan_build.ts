@@ -1,0 +1,266 @@
+/**
+ * From the flags and words commander parsed to a validated {@link Plan}: every value checked,
+ * files read, defaults filled in.
+ */
+import { UsageError } from "../errors.ts";
+import { formatTarget } from "../log.ts";
+import type { ForwardSpec, Plan, ReverseSpec, RunOptions, TargetRef } from "../plan.ts";
+import { DEFAULT_AGENT_IMAGE } from "../version.ts";
+import { parseAddresses } from "./addresses.ts";
+import { parseDuration } from "./duration.ts";
+import { parseForwardArgs } from "./forward_args.ts";
+import { parseLocalForward, parseReverseForward } from "./mirrord_flags.ts";
+import { parsePatch } from "./patch.ts";
+import { parseNamespace, parseTargetRef } from "./target.ts";
+import { parseTargetsFile } from "./targets_file.ts";
+
+/** How the parser reads `-f`, `--patch-file` and `-f -`; tests substitute their own. */
+export interface CliIo {
+  readTextFile(path: string): Promise<string>;
+  readStdin(): Promise<string>;
+}
+
+/**
+ * Hidden knob: how long an agent with no tunnel waits before exiting (its `--idle-exit`), as
+ * a duration (`20s`). Tests set it short to show a SIGKILLed client leaves nothing behind;
+ * users keep the agent's default.
+ */
+export const AGENT_IDLE_EXIT_ENV = "RELAY_AGENT_IDLE_EXIT";
+
+/** Flag defaults, shown in --help and applied here. */
+export const DEFAULTS = {
+  tunnels: 2,
+  podRunningTimeout: "1m",
+  udpIdleTimeout: "60s",
+  requestTimeout: "0",
+} as const;
+
+/** The flags as commander hands them over, before validation. */
+export type CommandOptions = {
+  namespace?: string;
+  address?: string[];
+  file?: string;
+  portForward?: string[];
+  reversePortForward?: string[];
+  target?: string;
+  patch?: string;
+  patchFile?: string;
+  agentImage?: string;
+  "server.image"?: string;
+  agentNamespace?: string;
+  "server.namespace"?: string;
+  tunnels?: string;
+  udpIdleTimeout?: string;
+  kubeconfig?: string;
+  context?: string;
+  as?: string;
+  asGroup?: string[];
+  requestTimeout?: string;
+  podRunningTimeout?: string;
+  verbose?: true;
+};
+
+/** Validates parsed flags and words and assembles the plan. */
+export async function toPlan(words: string[], opts: CommandOptions, io: CliIo): Promise<Plan> {
+  const namespace = opts.namespace === undefined
+    ? undefined
+    : parseNamespace(opts.namespace, "--namespace");
+  const forwards: ForwardSpec[] = [];
+  if (words.length > 0) forwards.push(...parseForwardArgs(words, { namespace, source: "argv" }));
+  if (opts.file !== undefined) {
+    const text = await readNamed(opts.file, "-f", io);
+    const name = opts.file === "-" ? "stdin" : opts.file;
+    forwards.push(...parseTargetsFile(text, { name, namespace }));
+  }
+  forwards.push(...(opts.portForward ?? []).map(parseLocalForward));
+  const reverses = (opts.reversePortForward ?? []).map(parseReverseForward);
+  const agentTarget = opts.target === undefined
+    ? undefined
+    : parseAgentTarget(opts.target, namespace);
+  if (forwards.length === 0 && reverses.length === 0) {
+    throw new UsageError(
+      "nothing to forward: give TARGET PORT..., -f FILE, -L or -R (see relay --help)",
+    );
+  }
+  if (reverses.length > 0 && !agentTarget) {
+    throw new UsageError(
+      `${reverses[0].source} needs --target: the pod or workload whose port to take over`,
+    );
+  }
+  checkLocalPortsDistinct(forwards);
+  checkRemotePortsDistinct(reverses);
+
+  const options: RunOptions = {
+    addresses: parseAddresses(opts.address ?? []),
+    asGroups: opts.asGroup ?? [],
+    requestTimeoutMs: parseDuration(
+      opts.requestTimeout ?? DEFAULTS.requestTimeout,
+      "--request-timeout",
+    ),
+    agentImage: pickAgentImage(opts.agentImage, opts["server.image"]),
+    podRunningTimeoutMs: parsePositiveDuration(
+      opts.podRunningTimeout ?? DEFAULTS.podRunningTimeout,
+      "--pod-running-timeout",
+    ),
+    tunnels: parseTunnels(opts.tunnels ?? String(DEFAULTS.tunnels)),
+    verbose: opts.verbose ?? false,
+  };
+  const agentIdleExit = Deno.env.get(AGENT_IDLE_EXIT_ENV);
+  if (agentIdleExit) {
+    parseDuration(agentIdleExit, AGENT_IDLE_EXIT_ENV);
+    options.agentIdleExit = agentIdleExit;
+  }
+  if (opts.kubeconfig !== undefined) options.kubeconfig = nonEmpty(opts.kubeconfig, "--kubeconfig");
+  if (opts.context !== undefined) options.context = nonEmpty(opts.context, "--context");
+  if (namespace !== undefined) options.namespace = namespace;
+  if (opts.as !== undefined) options.as = nonEmpty(opts.as, "--as");
+  const agentNamespace = pickAgreed(
+    ["--agent-namespace", opts.agentNamespace],
+    ["--server.namespace", opts["server.namespace"]],
+  );
+  if (agentNamespace !== undefined) {
+    options.agentNamespace = parseNamespace(agentNamespace, "--agent-namespace");
+  }
+  const patch = await readPatch(opts.patch, opts.patchFile, io);
+  if (patch) options.patch = patch;
+
+  const udpIdleTimeoutMs = parsePositiveDuration(
+    opts.udpIdleTimeout ?? DEFAULTS.udpIdleTimeout,
+    "--udp-idle-timeout",
+  );
+  const plan: Plan = { options, forwards, reverses, udpIdleTimeoutMs };
+  if (agentTarget) plan.agentTarget = agentTarget;
+  return plan;
+}
+
+/** A duration that must be above 0: a zero timeout could never be met. */
+function parsePositiveDuration(text: string, flag: string): number {
+  const ms = parseDuration(text, flag);
+  if (ms <= 0) {
+    throw new UsageError(`invalid ${flag} "${text}": expected a duration above 0, like 60s`);
+  }
+  return ms;
+}
+
+async function readNamed(path: string, flag: string, io: CliIo): Promise<string> {
+  if (path === "-") return await io.readStdin();
+  try {
+    return await io.readTextFile(path);
+  } catch (error) {
+    const reason = error instanceof Deno.errors.NotFound
+      ? "no such file"
+      : error instanceof Deno.errors.PermissionDenied
+      ? "permission denied"
+      : error instanceof Deno.errors.IsADirectory
+      ? "is a directory"
+      : (error as Error).message?.split("\n")[0] ?? String(error);
+    throw new UsageError(`cannot read ${flag} ${JSON.stringify(path)}: ${reason}`);
+  }
+}
+
+async function readPatch(
+  inline: string | undefined,
+  file: string | undefined,
+  io: CliIo,
+): Promise<Record<string, unknown> | undefined> {
+  if (inline !== undefined && file !== undefined) {
+    throw new UsageError("--patch and --patch-file both given: use one of them");
+  }
+  if (inline !== undefined) return parsePatch(inline, "--patch");
+  if (file !== undefined) {
+    const text = await readNamed(file, "--patch-file", io);
+    return parsePatch(text, `--patch-file ${JSON.stringify(file)}`);
+  }
+  return undefined;
+}
+
+function parseAgentTarget(text: string, namespace: string | undefined): TargetRef {
+  const target = parseTargetRef(text, namespace);
+  if (target.kind === "host" || target.kind === "ip") {
+    throw new UsageError(
+      `invalid --target "${text}": expected a pod or workload (pod/, deploy/, sts/, ds/, rs/, svc/)`,
+    );
+  }
+  return target;
+}
+
+/** The value of a flag given under either of its two names (relay's and krelay's), if any. */
+function pickAgreed(
+  [name, value]: [string, string | undefined],
+  [aliasName, aliasValue]: [string, string | undefined],
+): string | undefined {
+  if (value !== undefined && aliasValue !== undefined && value !== aliasValue) {
+    throw new UsageError(
+      `${name} ${JSON.stringify(value)} and ${aliasName} ${
+        JSON.stringify(aliasValue)
+      } disagree: give one`,
+    );
+  }
+  return value ?? aliasValue;
+}
+
+function pickAgentImage(agentImage?: string, serverImage?: string): string {
+  const image = pickAgreed(["--agent-image", agentImage], ["--server.image", serverImage]);
+  if (image === undefined) return DEFAULT_AGENT_IMAGE;
+  if (image.trim() === "" || /\s/.test(image)) {
+    throw new UsageError(
+      `invalid --agent-image ${JSON.stringify(image)}: expected an image reference`,
+    );
+  }
+  return image;
+}
+
+function parseTunnels(text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || n < 1 || n > 64) {
+    throw new UsageError(`invalid --tunnels ${JSON.stringify(text)}: expected a number 1–64`);
+  }
+  return n;
+}
+
+function nonEmpty(value: string, flag: string): string {
+  if (value.trim() === "") throw new UsageError(`${flag} is empty: expected a value`);
+  return value;
+}
+
+/** Two forwards on one local port and protocol could never both bind. */
+function checkLocalPortsDistinct(forwards: readonly ForwardSpec[]): void {
+  const owners = new Map<string, ForwardSpec>();
+  for (const forward of forwards) {
+    for (const port of forward.ports) {
+      const local = port.localPort ?? (typeof port.remote === "number" ? port.remote : undefined);
+      if (!local) continue; // random, or decided by a named port later
+      // A named port without @proto may turn out to be either protocol, so it claims both.
+      const protocols = port.protocol
+        ? [port.protocol]
+        : typeof port.remote === "string"
+        ? ["tcp", "udp"]
+        : ["tcp"];
+      for (const protocol of protocols) {
+        const key = `${local}/${protocol}`;
+        const owner = owners.get(key);
+        if (owner) {
+          throw new UsageError(
+            `local port ${key} is used twice: by ${formatTarget(owner.target)} (${owner.source}) ` +
+              `and ${formatTarget(forward.target)} (${forward.source})`,
+          );
+        }
+        owners.set(key, forward);
+      }
+    }
+  }
+}
+
+function checkRemotePortsDistinct(reverses: readonly ReverseSpec[]): void {
+  const seen = new Map<string, ReverseSpec>();
+  for (const reverse of reverses) {
+    const key = `${reverse.remotePort}/${reverse.protocol}`;
+    const earlier = seen.get(key);
+    if (earlier) {
+      throw new UsageError(
+        `remote port ${key} is reversed twice: ${earlier.source} and ${reverse.source}`,
+      );
+    }
+    seen.set(key, reverse);
+  }
+}
