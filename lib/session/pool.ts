@@ -100,7 +100,7 @@ export class TunnelPool {
     tunnel.closed.finally(() => {
       this.#tunnels = this.#tunnels.filter((t) => t !== tunnel);
       if (!this.#stopped) {
-        const why = (tunnel as { closeReason?: string | null }).closeReason;
+        const why = tunnel.closeReason;
         this.options.log?.(`tunnel to the agent closed${why ? ` (${why})` : ""}; reconnecting`);
         this.#refill();
       }
@@ -122,9 +122,11 @@ export class TunnelPool {
     }
   }
 
+  /** The open tunnel with the fewest streams; one that is closing is never picked. */
   #leastLoaded(): Tunnel | undefined {
     let best: Tunnel | undefined;
     for (const t of this.#tunnels) {
+      if (t.closeReason !== null) continue;
       if (!best || t.streamCount < best.streamCount) best = t;
     }
     return best;
@@ -135,11 +137,16 @@ export class TunnelPool {
     const until = Date.now() + waitMs;
     while (!this.#stopped && Date.now() < until) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, until - Date.now());
-        this.#waiters.push(() => {
+        const wake = () => {
           clearTimeout(timer);
           resolve();
-        });
+        };
+        // A wait that times out leaves the list, which a long outage would otherwise grow.
+        const timer = setTimeout(() => {
+          this.#waiters = this.#waiters.filter((w) => w !== wake);
+          resolve();
+        }, until - Date.now());
+        this.#waiters.push(wake);
       });
       const t = this.#leastLoaded();
       if (t) return t;

@@ -32,6 +32,8 @@ export class AgentSupervisor {
   #current: AgentPod | undefined;
   #replacing: Promise<AgentPod> | undefined;
   #stopped = false;
+  /** A replacement could not be started (see onFailure). */
+  #gaveUp = false;
 
   constructor(readonly options: AgentSupervisorOptions) {}
 
@@ -82,7 +84,7 @@ export class AgentSupervisor {
     } catch {
       return undefined; // the API server cannot say: treat it as a blip, the pool backs off
     }
-    if (!why || this.#stopped) return undefined;
+    if (!why || this.#stopped || this.#gaveUp) return undefined;
     if (this.#current !== agent) return this.#current;
     this.#replacing ??= this.#replace(agent, why);
     return await this.#replacing;
@@ -99,6 +101,9 @@ export class AgentSupervisor {
       try {
         next = await this.options.start();
       } catch (error) {
+        // The run ends now: a connect that learns of the gone agent later must not start
+        // another Job.
+        this.#gaveUp = true;
         if (!this.#stopped) this.options.onFailure(error);
         throw error;
       }

@@ -105,4 +105,6 @@ export interface Tunnel {
   close(reason?: string): void;
   /** Settles when the tunnel is closed, for whatever reason. */
   readonly closed: Promise<void>;
+  /** Why the tunnel closed, as soon as it is closing (null while it is open). */
+  readonly closeReason: string | null;
 }
