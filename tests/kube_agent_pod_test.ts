@@ -8,11 +8,11 @@ import {
 import { mergePatch } from "../lib/kube/merge_patch.ts";
 import { KubeError } from "../lib/kube/errors.ts";
 import { UsageError } from "../lib/errors.ts";
-import type { V1Job, V1Pod } from "@kubernetes/client-node";
+import type { V1Job, V1Pod, V1Secret } from "@kubernetes/client-node";
 
-const base = { namespace: "ns", image: "img:1", sessionId: "s1", token: "tok" };
+const base = { namespace: "ns", image: "img:1", sessionId: "s1" };
 
-Deno.test("agentJobManifest: a hardened Job that runs the agent with its token", () => {
+Deno.test("agentJobManifest: a hardened Job that runs the agent with its token from a Secret", () => {
   const job = agentJobManifest(base);
   assertEquals([job.metadata?.namespace, job.metadata?.generateName], ["ns", "relay-agent-"]);
   assertEquals([job.spec?.backoffLimit, job.spec?.ttlSecondsAfterFinished], [0, 60]);
@@ -35,7 +35,12 @@ Deno.test("agentJobManifest: a hardened Job that runs the agent with its token",
   ]);
   const [c] = spec.containers;
   assertEquals([c.image, c.args], ["img:1", ["agent", "--port", String(AGENT_PORT)]]);
-  assertEquals(c.env, [{ name: "RELAY_AGENT_TOKEN", value: "tok" }]);
+  // The spec names the Secret only: whoever may read pods or jobs learns no token.
+  assertEquals(c.env, [{
+    name: "RELAY_AGENT_TOKEN",
+    valueFrom: { secretKeyRef: { name: "relay-agent-token-s1", key: "token" } },
+  }]);
+  assert(!JSON.stringify(job).includes('tok"'), "no literal token anywhere in the Job");
   assertEquals(c.securityContext, {
     allowPrivilegeEscalation: false,
     readOnlyRootFilesystem: true,
@@ -73,6 +78,25 @@ Deno.test("agentJobManifest: a patch that drops the token or the args is refused
     UsageError,
     "RELAY_AGENT_TOKEN",
   );
+  // A literal value in place of the Secret reference is refused too.
+  assertThrows(
+    () =>
+      agentJobManifest({
+        ...base,
+        patch: {
+          spec: {
+            containers: [{
+              name: "agent",
+              image: "x",
+              args: ["agent", "--port", "4646"],
+              env: [{ name: "RELAY_AGENT_TOKEN", value: "guessable" }],
+            }],
+          },
+        },
+      }),
+    UsageError,
+    "RELAY_AGENT_TOKEN",
+  );
   assertThrows(
     () => agentJobManifest({ ...base, patch: { spec: { containers: [{ name: "other" }] } } }),
     UsageError,
@@ -100,7 +124,10 @@ function stubApi(states: Partial<V1Pod>[]): AgentPodApi & { calls: string[] } {
     batch: {
       createNamespacedJob: ({ namespace, body }: { namespace: string; body: V1Job }) => {
         calls.push(`create job in ${namespace}`);
-        return Promise.resolve({ ...body, metadata: { ...body.metadata, name: "relay-agent-x1" } });
+        return Promise.resolve({
+          ...body,
+          metadata: { ...body.metadata, name: "relay-agent-x1", uid: "u1" },
+        });
       },
       deleteNamespacedJob: (
         { name, propagationPolicy }: { name: string; propagationPolicy?: string },
@@ -110,6 +137,11 @@ function stubApi(states: Partial<V1Pod>[]): AgentPodApi & { calls: string[] } {
       },
     } as unknown as AgentPodApi["batch"],
     core: {
+      createNamespacedSecret: ({ namespace, body }: { namespace: string; body: V1Secret }) => {
+        const owner = body.metadata?.ownerReferences?.[0];
+        calls.push(`create secret ${body.metadata?.name} in ${namespace} owned by ${owner?.name}`);
+        return Promise.resolve(body);
+      },
       listNamespacedPod: () => Promise.resolve({ items: [pod(states[0])] }),
       deleteNamespacedPod: ({ name }: { name: string }) => {
         calls.push(`delete pod ${name}`);
@@ -166,6 +198,7 @@ Deno.test("startAgentPod: waits for Running; stop() deletes Job and pod once", a
   await agent.stop();
   assertEquals(api.calls, [
     "create job in ns",
+    `create secret relay-agent-token-${agent.sessionId} in ns owned by relay-agent-x1`,
     "delete job relay-agent-x1 Background",
     "delete pod relay-agent-x1-abc",
   ]);
@@ -251,5 +284,53 @@ Deno.test("startAgentPod: stopping while it waits deletes the Job and rejects wi
   });
   setTimeout(() => stop.abort(new Error("relay is stopping")), 5);
   await assertRejects(() => started, Error, "relay is stopping");
+  assertEquals(api.calls.at(-1), "delete job relay-agent-x1 Background");
+});
+
+Deno.test("startAgentPod: a pod waiting for its token Secret waits; another missing Secret fails at once", async () => {
+  const waitingFor = (secret: string): Partial<V1Pod> => ({
+    status: {
+      phase: "Pending",
+      containerStatuses: [{
+        name: "agent",
+        state: {
+          waiting: {
+            reason: "CreateContainerConfigError",
+            message: `secret "${secret}" not found`,
+          },
+        },
+        image: "",
+        imageID: "",
+        ready: false,
+        restartCount: 0,
+      }],
+    },
+  });
+  const own = stubApi([waitingFor("relay-agent-token-s9"), running]);
+  const agent = await startAgentPod(own, {
+    namespace: "ns",
+    sessionId: "s9",
+    podRunningTimeoutMs: 10_000,
+  });
+  assertEquals(agent.podName, "relay-agent-x1-abc");
+  await agent.stop();
+
+  const other = stubApi([waitingFor("someone-elses")]);
+  await assertRejects(
+    () => startAgentPod(other, { namespace: "ns", sessionId: "s9", podRunningTimeoutMs: 60_000 }),
+    KubeError,
+    "CreateContainerConfigError",
+  );
+});
+
+Deno.test("startAgentPod: a Secret the API server refuses deletes the Job and names the permission", async () => {
+  const api = stubApi([{ status: { phase: "Pending" } }]);
+  api.core.createNamespacedSecret = () =>
+    Promise.reject(Object.assign(new Error("no"), { code: 403 }));
+  await assertRejects(
+    () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 60_000 }),
+    KubeError,
+    "forbidden: cannot create secrets in namespace ns",
+  );
   assertEquals(api.calls.at(-1), "delete job relay-agent-x1 Background");
 });

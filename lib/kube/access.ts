@@ -25,6 +25,8 @@ export interface Permission {
 export const AGENT_PERMISSIONS: readonly Permission[] = [
   { verb: "create", group: "batch", resource: "jobs" },
   { verb: "delete", group: "batch", resource: "jobs" },
+  // The session's token, out of the pod spec; the Job owns it, so its deletion removes it.
+  { verb: "create", group: "", resource: "secrets" },
   // The agent's pod, listed and then watched until it runs.
   { verb: "list", group: "", resource: "pods" },
   { verb: "watch", group: "", resource: "pods" },

@@ -5,7 +5,14 @@
  */
 import type { BatchV1Api, CoreV1Api, V1Job, V1Pod, Watch } from "@kubernetes/client-node";
 import { DEFAULT_AGENT_IMAGE } from "../version.ts";
-import { AGENT_PORT, agentJobManifest, randomHex, SESSION_LABEL } from "./agent_manifest.ts";
+import {
+  AGENT_PORT,
+  agentJobManifest,
+  agentTokenSecret,
+  randomHex,
+  SESSION_LABEL,
+  tokenSecretName,
+} from "./agent_manifest.ts";
 import { agentFailed, pendingReason, runningVerdict } from "./agent_status.ts";
 import { apiError, statusMessageOf, statusOf, UsageError } from "./errors.ts";
 import { runListWatch } from "./list_watch.ts";
@@ -15,7 +22,10 @@ export { agentGoneReason } from "./agent_status.ts";
 
 /** The API calls the agent lifecycle makes; a loaded Kube has them, tests pass stubs. */
 export interface AgentPodApi {
-  core: Pick<CoreV1Api, "listNamespacedPod" | "deleteNamespacedPod" | "listNamespacedEvent">;
+  core: Pick<
+    CoreV1Api,
+    "listNamespacedPod" | "deleteNamespacedPod" | "listNamespacedEvent" | "createNamespacedSecret"
+  >;
   batch: Pick<BatchV1Api, "createNamespacedJob" | "deleteNamespacedJob">;
   watch: Pick<Watch, "watch">;
 }
@@ -67,7 +77,6 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
     namespace: opts.namespace,
     image: opts.image ?? DEFAULT_AGENT_IMAGE,
     sessionId,
-    token,
     patch: opts.patch,
     idleExit: opts.idleExit,
     udpIdleTimeout: opts.udpIdleTimeout,
@@ -85,6 +94,19 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
     stopping ??= deleteAgent(api, namespace, jobName, sessionId, podName);
 
   try {
+    // The Job's pod reads its token from this Secret, which the Job owns: it goes with the
+    // Job whenever that is deleted. A pod faster than this waits for it, as for any Secret.
+    const secret = agentTokenSecret({
+      namespace,
+      sessionId,
+      token,
+      owner: { apiVersion: "batch/v1", kind: "Job", name: jobName, uid: job.metadata!.uid! },
+    });
+    try {
+      await api.core.createNamespacedSecret({ namespace, body: secret });
+    } catch (error) {
+      throw apiError(error, { verb: "create", resource: "secrets", namespace });
+    }
     const pod = await waitRunning(api, {
       namespace,
       jobName,
@@ -154,7 +176,7 @@ function waitRunning(api: AgentPodApi, opts: {
     const check = () => {
       const pod = current();
       if (!pod) return;
-      const verdict = runningVerdict(pod);
+      const verdict = runningVerdict(pod, tokenSecretName(opts.sessionId));
       if (verdict === "running") settle(() => resolve(pod));
       else if (verdict) settle(() => reject(agentFailed(opts, pod, verdict)));
     };

@@ -44,9 +44,13 @@ export async function agentGoneReason(
 
 /**
  * "running", why the pod will never run (it failed, exited, or cannot start), or undefined
- * while it may still come up.
+ * while it may still come up. A pod waiting for `awaitedSecret` (the token Secret, created
+ * just after the Job) may still come up: the kubelet retries once it exists.
  */
-export function runningVerdict(pod: V1Pod): "running" | string | undefined {
+export function runningVerdict(
+  pod: V1Pod,
+  awaitedSecret?: string,
+): "running" | string | undefined {
   const phase = pod.status?.phase;
   const state = pod.status?.containerStatuses?.find((c) => c.name === CONTAINER_NAME)?.state;
   if (phase === "Running" && state?.running) return "running";
@@ -57,6 +61,7 @@ export function runningVerdict(pod: V1Pod): "running" | string | undefined {
       : `is ${phase}${podReason(pod)}`;
   }
   const waiting = state?.waiting;
+  if (awaitedSecret && waiting?.message?.includes(`"${awaitedSecret}" not found`)) return undefined;
   if (waiting?.reason && HOPELESS_REASONS.has(waiting.reason)) {
     return `cannot start: ${waiting.reason}${waiting.message ? ` (${waiting.message})` : ""}`;
   }

@@ -47,7 +47,11 @@ interface AgentPodJson {
     };
     containers: {
       name: string;
-      env?: { name: string; value?: string }[];
+      env?: {
+        name: string;
+        value?: string;
+        valueFrom?: { secretKeyRef?: { name: string; key: string } };
+      }[];
       resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
       securityContext?: {
         allowPrivilegeEscalation?: boolean;
@@ -90,6 +94,24 @@ async function theAgentPod(namespace: string): Promise<AgentPodJson> {
   });
 }
 
+/**
+ * The agent's token, read as the admin from the Secret its env names: the spec itself holds
+ * no value.
+ */
+async function agentToken(
+  namespace: string,
+  agent: AgentPodJson["spec"]["containers"][number],
+): Promise<string> {
+  const env = agent.env?.find((e) => e.name === "RELAY_AGENT_TOKEN");
+  assertEquals(env?.value, undefined, "no literal token in the pod spec");
+  const ref = env?.valueFrom?.secretKeyRef;
+  assert(ref, "the token comes from a Secret");
+  const encoded = await kubectl(
+    ["get", "secret", ref.name, "-n", namespace, "-o", `jsonpath={.data.${ref.key}}`],
+  );
+  return atob(encoded.trim());
+}
+
 async function greeting(port: number): Promise<string> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   try {
@@ -123,13 +145,17 @@ async function udpRoundTrip(port: number, text: string): Promise<string> {
   }
 }
 
-/** Opens a port-forward to the agent as the admin and tries a handshake with `options`. */
+/**
+ * Opens a port-forward to the agent (as the admin, or `as` another user) and tries a handshake
+ * with `options`.
+ */
 async function handshakeWith(
   namespace: string,
   pod: string,
   options: { token: string; protocolVersion?: number },
+  as?: string,
 ): Promise<HandshakeError> {
-  const kube = loadKube({ kubeconfig: KUBECONFIG });
+  const kube = loadKube({ kubeconfig: KUBECONFIG, as, asGroups: [] });
   try {
     const transport = await dialPortForward(kube, { namespace, pod, port: AGENT_PORT });
     try {
@@ -177,7 +203,7 @@ Deno.test({
       !agent.volumeMounts?.some((m) => m.mountPath.includes("serviceaccount")),
       "no service-account token is mounted",
     );
-    const token = agent.env?.find((e) => e.name === "RELAY_AGENT_TOKEN")?.value ?? "";
+    const token = await agentToken(ns.name, agent);
     assert(token.length >= 32, "a per-session token of at least 128 bits");
 
     // The agent listens on its pod's loopback and nowhere else...
@@ -466,6 +492,7 @@ Deno.test({
       "get daemonsets": { args: ["ds/echo-ds", ":8080@tcp"] },
       "get replicasets": { args: ["rs/echo-rs", ":8080@tcp"] },
       "create jobs": { args: [`ip/${podIP}`, ":8080"] },
+      "create secrets": { args: [`ip/${podIP}`, ":8080"] },
       "delete jobs": { args: [`ip/${podIP}`, ":8080"] },
       // Only read to explain an agent stuck in Pending.
       "list events": { args: [`ip/${podIP}`, ":8080"], optional: true },
@@ -506,5 +533,79 @@ Deno.test({
         timeoutMs: 15_000,
       },
     );
+  },
+});
+
+Deno.test({
+  name:
+    "story: a co-tenant bound to manifests/rbac.yaml reads the agent's Job and pod but finds nothing that opens a tunnel, and cannot read the token's Secret",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    const rules = await shippedRules();
+    await using ns = await createTestNamespace("sec-cotenant");
+    await createEchoWorkloads(ns.name, ["pod"]);
+    await grant(ns.name, "relay-cotenant", rules);
+    await using relay = await startRelay(["-n", ns.name, "pod/echo-pod", ":8080"]);
+    const pod = await theAgentPod(ns.name);
+
+    // Everything the co-tenant may read about the session: the agent's Job and pod.
+    const asCotenant = ["--as", "relay-cotenant", "-n", ns.name];
+    const read = await kubectl([
+      "get",
+      "jobs,pods",
+      "-l",
+      AGENT_SELECTOR,
+      "-o",
+      "json",
+      ...asCotenant,
+    ]);
+    const candidates = new Set<string>();
+    const collect = (value: unknown): void => {
+      if (typeof value === "string" && value.length > 0 && value.length <= 512) {
+        candidates.add(value);
+      } else if (Array.isArray(value)) value.forEach(collect);
+      else if (value && typeof value === "object") Object.values(value).forEach(collect);
+    };
+    collect(JSON.parse(read));
+    assert(candidates.has(pod.metadata.name), "the co-tenant did read the agent's pod");
+    const token = await agentToken(ns.name, pod.spec.containers.find((c) => c.name === "agent")!);
+    assert(!candidates.has(token) && !read.includes(token), "the token is in the Job or pod");
+
+    // Each string found, tried as the token through the co-tenant's own port-forward: refused.
+    await inBatches([...candidates], 8, async (candidate) => {
+      const refused = await handshakeWith(
+        ns.name,
+        pod.metadata.name,
+        { token: candidate },
+        "relay-cotenant",
+      );
+      assertEquals(refused.code, "token", candidate);
+    });
+
+    // The Secret is out of the co-tenant's reach: the Role never grants get or list on secrets.
+    const secretName = pod.spec.containers.find((c) => c.name === "agent")!.env!
+      .find((e) => e.name === "RELAY_AGENT_TOKEN")!.valueFrom!.secretKeyRef!.name;
+    const denied = await runCommand([
+      KUBECTL,
+      `--kubeconfig=${KUBECONFIG}`,
+      "get",
+      "secret",
+      secretName,
+      ...asCotenant,
+    ]);
+    assert(denied.code !== 0, "the co-tenant read the token's Secret");
+    assertMatch(denied.stderr, /forbidden/);
+
+    // relay's own tunnels are untouched; once it stops, the Secret goes with the Job.
+    assertMatch(await greeting(relay.ports[0]), /^pod=echo-pod /);
+    assertEquals(await relay.stop(), 0, relay.stderr());
+    await waitFor("the token's Secret to be gone", async () => {
+      const left = await kubectl(
+        ["get", "secrets", "-n", ns.name, "-l", AGENT_SELECTOR, "-o", "name"],
+      );
+      return left.trim() === "";
+    }, { timeoutMs: 30_000 });
   },
 });

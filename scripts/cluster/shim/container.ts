@@ -19,6 +19,12 @@ export interface ContainerOptions {
   restartPolicy: "Always" | "OnFailure" | "Never";
   /** The environment of the process (PATH, HOSTNAME, the spec's env, …). */
   env: Record<string, string>;
+  /**
+   * Variables read from Secrets, asked for before every start; a rejection (a Secret not
+   * there yet) leaves the container waiting in CreateContainerConfigError, retried as a
+   * kubelet does.
+   */
+  secretEnv?: () => Promise<Record<string, string>>;
   workingDir: string;
   /** Where `<name>.pid` and `<name>.log` go. */
   stateDir: string;
@@ -130,8 +136,10 @@ export class Container {
   async #loop(image: ImageEntry): Promise<void> {
     let backoffMs = 0;
     while (!this.#stopping) {
+      const env = await this.#environment();
+      if (env === undefined) return;
       const startedAt = new Date();
-      const exit = await this.#runOnce(image, startedAt);
+      const exit = await this.#runOnce(image, startedAt, env);
       if (exit === undefined) return;
       const terminated = {
         exitCode: exit.code,
@@ -160,10 +168,26 @@ export class Container {
     }
   }
 
+  /** The process environment, Secrets included; undefined if stopped while waiting for one. */
+  async #environment(): Promise<Record<string, string> | undefined> {
+    while (!this.#stopping) {
+      try {
+        return { ...this.#o.env, ...await this.#o.secretEnv?.() };
+      } catch (error) {
+        const message = error instanceof Error ? error.message : String(error);
+        this.#o.onEvent("Warning", "Failed", `Error: ${message}`);
+        this.#set({ waiting: { reason: "CreateContainerConfigError", message } });
+        await this.#pause(1000);
+      }
+    }
+    return undefined;
+  }
+
   /** Runs the process once; resolves with how it ended, or undefined if it never started. */
   async #runOnce(
     image: ImageEntry,
     startedAt: Date,
+    env: Record<string, string>,
   ): Promise<{ code: number; signal?: number; oomKilled: boolean } | undefined> {
     const argv = containerArgv(image, this.#o.spec);
     const log = `${this.#o.stateDir}/${this.name}.log`;
@@ -192,7 +216,7 @@ export class Container {
       : inPod;
     const child = new Deno.Command(full[0], {
       args: full.slice(1),
-      env: this.#o.env,
+      env,
       clearEnv: true,
       cwd: this.#o.workingDir,
       stdin: "null",

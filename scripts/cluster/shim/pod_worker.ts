@@ -151,6 +151,7 @@ export class PodWorker {
       podIp: this.#ip!,
       restartPolicy,
       env: this.#envFor(spec),
+      secretEnv: () => this.#secretEnvFor(spec),
       workingDir: spec.workingDir ?? REPO_DIR,
       stateDir: this.#stateDir,
       onChange: () => this.#markStatusDirty(),
@@ -182,12 +183,43 @@ export class PodWorker {
       "status.hostIP": NET.nodeLinkIp,
     };
     for (const { name, value, valueFrom } of spec.env ?? []) {
+      if (valueFrom?.secretKeyRef) continue;
       const resolved = valueFrom?.fieldRef ? fields[valueFrom.fieldRef.fieldPath] : value;
       // $(VAR) references to earlier variables, as the kubelet expands them.
       env[name] = (resolved ?? "").replace(
         /\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g,
         (m, v) => env[v] ?? m,
       );
+    }
+    return env;
+  }
+
+  /** The spec's variables taken from Secrets; throws naming a Secret or key not there. */
+  async #secretEnvFor(spec: ContainerSpec): Promise<Record<string, string>> {
+    const env: Record<string, string> = {};
+    const { namespace } = this.#pod.metadata;
+    for (const { name, valueFrom } of spec.env ?? []) {
+      const ref = valueFrom?.secretKeyRef;
+      if (!ref) continue;
+      let data: Record<string, string> | undefined;
+      try {
+        data = (await this.#ctx.kube.request<{ data?: Record<string, string> }>(
+          "GET",
+          `/api/v1/namespaces/${namespace}/secrets/${ref.name}`,
+        )).data;
+      } catch (error) {
+        if (ref.optional) continue;
+        if (error instanceof KubeError && error.status === 404) {
+          throw new Error(`secret "${ref.name}" not found`);
+        }
+        throw error;
+      }
+      const encoded = data?.[ref.key];
+      if (encoded === undefined) {
+        if (ref.optional) continue;
+        throw new Error(`couldn't find key ${ref.key} in Secret ${namespace}/${ref.name}`);
+      }
+      env[name] = new TextDecoder().decode(Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0)));
     }
     return env;
   }

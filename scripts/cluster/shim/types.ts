@@ -13,11 +13,17 @@ export interface ContainerSpec {
   resources?: { limits?: { memory?: string; cpu?: string } };
 }
 
-/** One `env` entry; `valueFrom.fieldRef` is honoured for the usual downward-API fields. */
+/**
+ * One `env` entry; `valueFrom.fieldRef` is honoured for the usual downward-API fields, and
+ * `valueFrom.secretKeyRef` is read from the API when the container starts.
+ */
 export interface EnvVar {
   name: string;
   value?: string;
-  valueFrom?: { fieldRef?: { fieldPath: string } };
+  valueFrom?: {
+    fieldRef?: { fieldPath: string };
+    secretKeyRef?: { name: string; key: string; optional?: boolean };
+  };
 }
 
 /** A readiness probe. */
