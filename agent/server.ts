@@ -13,6 +13,7 @@ import { acceptTunnel } from "../lib/tunnel/handshake.ts";
 import type { OpenRequest, Tunnel, TunnelStream } from "../lib/tunnel/types.ts";
 import { VERSION } from "../lib/version.ts";
 import { denoConnector, type Dialer, dialTcp, systemResolver } from "./dial.ts";
+import { listenForClient } from "./listen.ts";
 import { dialUdp } from "./udp.ts";
 
 export { AGENT_DEFAULTS };
@@ -125,6 +126,8 @@ export function startAgent(config: AgentConfig): AgentHandle {
         token: config.token,
         onOpen,
         onStreamEnd,
+        onListen: (request, tunnel) => listenForClient(request, tunnel, { buffers, log }),
+        onSessionEnd: (reason) => stop(`relay ended the session (${reason}), exiting`),
         buffers,
         keepAliveMs: config.keepAliveMs ?? AGENT_KEEPALIVE_MS,
       });

@@ -8,7 +8,7 @@
  * The tunnel protocol's version, sent in both ends' handshake; ends of different versions
  * refuse each other with a message naming both.
  */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 
 /** The port the agent listens on, on its pod's 127.0.0.1, unless told another. */
 export const AGENT_PORT = 4646;

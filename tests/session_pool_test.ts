@@ -86,6 +86,14 @@ class FakeTunnel implements Tunnel {
     return Promise.resolve({ id: this.opens.length, request } as unknown as TunnelStream);
   }
 
+  listen(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  endSession(): Promise<void> {
+    return Promise.resolve();
+  }
+
   ping(): Promise<number> {
     return Promise.resolve(0);
   }

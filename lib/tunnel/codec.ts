@@ -20,6 +20,7 @@ const RESULT_CODES: readonly ("ok" | OpenFailure)[] = [
   "unreachable",
   "forbidden",
   "error",
+  "in-use",
 ];
 const HELLO_ERR_CODES: readonly HelloErrorCode[] = ["token", "version", "other"];
 const PROTOCOLS: readonly Protocol[] = ["tcp", "udp"];
@@ -151,6 +152,7 @@ export function encodePayload(frame: Frame): Uint8Array {
       break;
     case FrameType.RESET:
     case FrameType.GO_AWAY:
+    case FrameType.SHUTDOWN:
       w.tailString(frame.reason);
       break;
   }
@@ -315,6 +317,7 @@ export function decodePayload(type: number, streamId: number, payload: Uint8Arra
     }
     case FrameType.RESET:
     case FrameType.GO_AWAY:
+    case FrameType.SHUTDOWN:
       return { type, streamId, reason: r.tailString() };
   }
   throw new FrameError(`unknown frame type ${type}`);

@@ -2,6 +2,9 @@
 import { decodePayload, frameName } from "./codec.ts";
 import { type Frame, FrameError, FrameType, HEADER_SIZE, MAX_PAYLOAD } from "./frame.ts";
 
+/** The highest frame type this end knows. */
+const LAST_TYPE = Math.max(...Object.values(FrameType));
+
 /**
  * Turns a byte stream, cut anywhere, into frames.
  *
@@ -85,7 +88,7 @@ export class FrameDecoder {
       const type = view.getUint8(0);
       const streamId = view.getUint32(2);
       const length = view.getUint32(6);
-      if (type < FrameType.HELLO || type > FrameType.WINDOW_RETURN) {
+      if (type < FrameType.HELLO || type > LAST_TYPE) {
         throw new FrameError(`unknown frame type ${type}`);
       }
       if (length > MAX_PAYLOAD) {

@@ -45,6 +45,7 @@ export const FrameType = {
   LISTEN: 13,
   LISTEN_RESULT: 14,
   WINDOW_RETURN: 15,
+  SHUTDOWN: 16,
 } as const;
 
 /** Why a handshake was refused. */
@@ -146,14 +147,22 @@ export interface PingFrame {
   nonce: Uint8Array;
 }
 
-/** The sender opens no new streams and accepts none; open ones may finish. */
+/**
+ * GO_AWAY: the sender opens no new streams and accepts none; open ones may finish.
+ * SHUTDOWN (client → agent): the session is over; the agent closes its listeners and tunnels
+ * and exits, as an agent inside someone else's pod must when relay stops.
+ */
 export interface GoAwayFrame {
-  type: typeof FrameType.GO_AWAY;
+  type: typeof FrameType.GO_AWAY | typeof FrameType.SHUTDOWN;
   streamId: number;
   reason: string;
 }
 
-/** Client → agent (reverse forwards): listen on `request` in the pod; `streamId` names the listener. */
+/**
+ * Client → agent (reverse forwards): listen on `request.port` in the pod; `streamId` (from
+ * the client's odd ids) names the listener. Each connection it accepts comes back as an OPEN
+ * from the agent whose request is the caller's address and the listened port.
+ */
 export interface ListenFrame {
   type: typeof FrameType.LISTEN;
   streamId: number;

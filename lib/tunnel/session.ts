@@ -16,6 +16,7 @@ import {
   DEFAULT_UDP_QUEUE,
 } from "./defaults.ts";
 import { type Frame, FrameError, FrameType } from "./frame.ts";
+import { Listeners } from "./listeners.ts";
 import type { StreamLimits } from "./receive_window.ts";
 import { MuxStream, StreamResetError } from "./stream.ts";
 import type { FrameWriter } from "./writer.ts";
@@ -68,6 +69,8 @@ export class Session implements Tunnel {
   >();
   private readonly onOpen?: OpenHandler;
   private readonly onStreamEnd?: (stream: TunnelStream) => void;
+  private readonly onSessionEnd?: (reason: string) => void;
+  private readonly listeners: Listeners;
   private readonly limits: StreamLimits;
   private readonly buffers?: BufferPool;
   private nextId: number;
@@ -88,9 +91,11 @@ export class Session implements Tunnel {
     this.decoder = init.decoder;
     this.onOpen = init.options.onOpen;
     this.onStreamEnd = init.options.onStreamEnd;
+    this.onSessionEnd = init.options.onSessionEnd;
     this.buffers = init.options.buffers;
     this.writer = init.frameWriter;
     this.writer.onError = (e) => this.shutdown(`transport write failed: ${describeError(e)}`);
+    this.listeners = new Listeners(this.writer, init.options.onListen);
     this.limits = {
       receiveWindow: init.receiveWindow,
       maxReceiveWindow: Math.max(
@@ -147,6 +152,21 @@ export class Session implements Tunnel {
         reject(new OpenError("error", e instanceof Error ? e.message : String(e)));
       }
     });
+  }
+
+  listen(request: OpenRequest): Promise<void> {
+    if (this.closeReason !== null) {
+      return Promise.reject(new Error(`tunnel closed: ${this.closeReason}`));
+    }
+    const id = this.nextId;
+    this.nextId += 2;
+    return this.listeners.ask(id, request);
+  }
+
+  endSession(reason: string): Promise<void> {
+    if (this.closeReason !== null) return Promise.resolve();
+    this.writer.send({ type: FrameType.SHUTDOWN, streamId: 0, reason });
+    return this.writer.drained();
   }
 
   ping(): Promise<number> {
@@ -254,25 +274,28 @@ export class Session implements Tunnel {
         this.peerGoingAway = true;
         return;
       case FrameType.LISTEN:
-        this.writer.send({
-          type: FrameType.LISTEN_RESULT,
-          streamId: frame.streamId,
-          result: "forbidden",
-          message: "reverse forwards are not supported by this end",
-        });
-        return;
+        this.checkPeerId(frame.streamId);
+        return this.listeners.requested(frame.streamId, frame.request, this);
       case FrameType.LISTEN_RESULT:
+        return this.listeners.answered(frame.streamId, frame.result, frame.message);
+      case FrameType.SHUTDOWN:
+        this.onSessionEnd?.(frame.reason);
         return;
       default:
         throw new FrameError(`unexpected ${frame.type} frame after the handshake`);
     }
   }
 
-  private acceptOpen(id: number, request: OpenRequest): void {
+  /** A stream or listener id from the peer must be of its parity and above the last. */
+  private checkPeerId(id: number): void {
     if (id % 2 !== this.peerParity || id <= this.lastPeerId) {
       throw new FrameError(`peer opened stream ${id}, which it may not`);
     }
     this.lastPeerId = id;
+  }
+
+  private acceptOpen(id: number, request: OpenRequest): void {
+    this.checkPeerId(id);
     const refuse = (result: OpenFailure, message: string) =>
       this.writer.send({ type: FrameType.OPEN_RESULT, streamId: id, result, message });
     if (!this.onOpen) return refuse("forbidden", "this end accepts no streams");
@@ -358,6 +381,7 @@ export class Session implements Tunnel {
     this.streams.clear();
     for (const ping of this.pings.values()) ping.reject(error);
     this.pings.clear();
+    this.listeners.close(error);
     for (const w of this.emptyWaiters) w();
     this.emptyWaiters = [];
     this.reader.abort(reason);

@@ -27,7 +27,8 @@ export type OpenFailure =
   | "timeout"
   | "unreachable"
   | "forbidden"
-  | "error";
+  | "error"
+  | "in-use";
 
 /** An open that the far end could not complete, with its reason. */
 export class OpenError extends Error {
@@ -60,12 +61,27 @@ export interface TunnelStream extends Duplex, ByteChannel {
 /** Decides what an incoming open becomes: the duplex to splice it with, or an OpenError. */
 export type OpenHandler = (request: OpenRequest) => Promise<Duplex>;
 
+/** A listener an end keeps for its peer's LISTEN, closed with the tunnel. */
+export interface KeptListener {
+  close(): void;
+}
+
+/**
+ * Decides what a LISTEN becomes: a listener whose connections the handler opens as streams on
+ * `tunnel`, or an OpenError (`in-use` when something already listens there).
+ */
+export type ListenHandler = (request: OpenRequest, tunnel: Tunnel) => Promise<KeptListener>;
+
 /** Options common to both ends of a tunnel. */
 export interface TunnelOptions {
   /** The per-session secret; a tunnel whose token does not match is refused. */
   token: string;
   /** Handles opens from the peer: on the agent, outbound dials; on the client, reverse forwards. */
   onOpen?: OpenHandler;
+  /** Handles the peer's LISTEN (the agent's reverse forwards); without it LISTEN is refused. */
+  onListen?: ListenHandler;
+  /** Told when the peer says the session is over (SHUTDOWN; the agent exits). */
+  onSessionEnd?: (reason: string) => void;
   /** Bytes a stream may have in flight before its reader must catch up. */
   streamWindow?: number;
   /** Most a stream's window grows to while its reader keeps up (default 8 MiB). */
@@ -95,6 +111,17 @@ export interface Tunnel {
   readonly peerVersion: string;
   /** Open a stream to `request`; rejects with OpenError when the far end cannot dial it. */
   open(request: OpenRequest): Promise<TunnelStream>;
+  /**
+   * Asks the peer to listen on `request.port` for as long as this tunnel lives; each
+   * connection it accepts arrives as an open from the peer (TunnelOptions.onOpen). Rejects
+   * with OpenError when the peer cannot listen there.
+   */
+  listen(request: OpenRequest): Promise<void>;
+  /**
+   * Tells the peer the session is over (SHUTDOWN): an agent exits. Resolves once the frame
+   * has been handed to the transport.
+   */
+  endSession(reason: string): Promise<void>;
   /** Round-trip time of one ping, in milliseconds. */
   ping(): Promise<number>;
   /** Streams currently open in either direction. */
