@@ -69,11 +69,12 @@ async function print(text: string): Promise<number> {
 async function forward(plan: Plan, logger: Logger): Promise<number> {
   // Loaded here, not at the top: the session brings @kubernetes/client-node, which `relay
   // agent` in its pod has no use for.
-  const [{ bindForwards }, { refuseUnsupported, runSession }, { forwardEntry }] = await Promise
-    .all([
+  const [{ bindForwards }, { refuseUnsupported, runSession }, { forwardEntry }, { reverseEntry }] =
+    await Promise.all([
       import("./lib/listen/bind.ts"),
       import("./lib/session/run.ts"),
       import("./lib/forward/entry.ts"),
+      import("./lib/reverse/entry.ts"),
     ]);
   refuseUnsupported(plan);
   const listeners = bindForwards(plan.forwards, {
@@ -84,6 +85,7 @@ async function forward(plan: Plan, logger: Logger): Promise<number> {
   const removeSignals = onStopSignals(stop);
   try {
     const entries = [forwardEntry(plan, listeners, logger)];
+    if (plan.reverses.length > 0) entries.push(reverseEntry(plan, logger));
     await runSession({ plan, logger, signal: stop.signal, entries });
     return 0;
   } finally {

@@ -23,6 +23,17 @@ export interface ReadyLineFacts {
   /** The remote port, resolved to a number when known, else as written. */
   remotePort: number | string;
   protocol: Protocol;
+  /** Where connections leave from, when not relay's own agent pod: `pod/web-7f9c`. */
+  via?: string;
+}
+
+/** The facts one reverse forward's ready line states. */
+export interface ReverseReadyFacts {
+  /** The pod the agent listens in: `pod/web-7f9c`. */
+  place: string;
+  remotePort: number;
+  localAddress: string;
+  localPort: number;
 }
 
 /**
@@ -33,7 +44,14 @@ export interface ReadyLineFacts {
 export function formatReadyLine(facts: ReadyLineFacts): string {
   const suffix = facts.protocol === "udp" ? "/udp" : "";
   return `Forwarding from ${formatHostPort(facts.localAddress, facts.localPort)} -> ` +
-    `${formatTarget(facts.target)}:${facts.remotePort}${suffix}`;
+    `${formatTarget(facts.target)}:${facts.remotePort}${suffix}` +
+    (facts.via ? ` (from ${facts.via})` : "");
+}
+
+/** `Listening on pod/web-7f9c:9000 -> 127.0.0.1:9000`: connections to that port come here. */
+export function formatReverseReadyLine(facts: ReverseReadyFacts): string {
+  return `Listening on ${facts.place}:${facts.remotePort} -> ` +
+    formatHostPort(facts.localAddress, facts.localPort);
 }
 
 /** Where a logger writes lines; each call gets one line without its newline. */
@@ -46,6 +64,8 @@ export interface LogSinks {
 export interface Logger {
   /** A listener is ready (stdout, always). */
   ready(facts: ReadyLineFacts): void;
+  /** A reverse forward's port listens in the pod (stdout, always). */
+  readyReverse(facts: ReverseReadyFacts): void;
   /** Something the user should know while running (stderr, always). */
   info(message: string): void;
   /** Detail for `-v` (stderr, only when verbose). */
@@ -73,6 +93,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const sinks = options.sinks ?? processSinks;
   return {
     ready: (facts) => sinks.stdout(formatReadyLine(facts)),
+    readyReverse: (facts) => sinks.stdout(formatReverseReadyLine(facts)),
     info: (message) => sinks.stderr(message),
     debug: (message) => {
       if (options.verbose) sinks.stderr(message);

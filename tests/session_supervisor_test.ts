@@ -61,7 +61,8 @@ function fakeAgent(n: number): FakeAgent {
   const agent: FakeAgent = {
     podName: `relay-agent-${n}-pod`,
     namespace: "relay",
-    jobName: `relay-agent-${n}`,
+    container: "agent",
+    ephemeral: false,
     sessionId: `session-${n}`,
     token: `token-${n}`,
     port: 4000,

@@ -56,9 +56,11 @@ Examples:
   # mirrord style: local 8080 to py-serv:80 and 9090 to 10.1.2.3:90, from the agent pod
   relay -L 8080:py-serv:80 -L 9090:10.1.2.3:90
 
-  # Not supported yet (relay says so and exits 2): --target, which puts the agent inside a
-  # pod, and -R, which brings connections to a port of that pod here
-  relay -R 8080 -R 9090:3000 --target deploy/web
+  # The same, leaving from inside a pod of deploy/web (its IP, its resolver)
+  relay --target deploy/web -L 8080:payments-api:443
+
+  # Reverse: connections to port 9000 of a pod of deploy/web come to local 9000, 80 to 8080
+  relay --target deploy/web -R 9000 -R 80:8080
 
   # Customize the agent pod with a merge patch (JSON or YAML)
   relay --patch '{"spec":{"nodeSelector":{"disk":"ssd"}}}' svc/web 8080:80

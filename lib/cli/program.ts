@@ -56,12 +56,12 @@ export function createProgram(
     )
     .option(
       "-R, --reverse-port-forward <spec>",
-      "reverse forward remote[:local][@udp] from the --target pod here (not supported yet)",
+      "connections to port remote of the --target pod come to local port local (TCP), repeatable",
       collect,
     )
     .option(
       "--target <target>",
-      "pod or workload whose network the agent joins (not supported yet)",
+      "pod or workload whose network the agent joins; -L and targets then leave from it",
     )
     .option("-p, --patch <patch>", "merge patch (JSON or YAML) applied to the agent pod")
     .option("--patch-file <path>", "file holding a merge patch for the agent pod")

@@ -85,7 +85,9 @@ async function resolveRoutes(
 async function serve(routes: Route[], context: ServeContext, logger: Logger): Promise<void> {
   const serving: Promise<void>[] = [];
   for (const { binding, forward } of routes) {
-    readyFacts(binding, forward.protocol).forEach((facts) => logger.ready(facts));
+    for (const facts of readyFacts(binding, forward.protocol)) {
+      logger.ready({ ...facts, via: context.via });
+    }
     for (const listener of binding.tcp) {
       serving.push(listener.serve(
         (conn) => forwardConnection(conn, forward, context, logger),

@@ -37,6 +37,22 @@ export const AGENT_PERMISSIONS: readonly Permission[] = [
   { verb: "create", group: "", resource: "pods", subresource: "portforward" },
 ];
 
+/**
+ * What relay does with --target, in the target's namespace: find the pod, add the agent as an
+ * ephemeral container, hand it the token through a Secret it deletes once the agent runs,
+ * and port-forward to it (the second Role of manifests/rbac.yaml).
+ */
+export const TARGET_PERMISSIONS: readonly Permission[] = [
+  { verb: "get", group: "", resource: "pods" },
+  { verb: "list", group: "", resource: "pods" },
+  { verb: "watch", group: "", resource: "pods" },
+  { verb: "patch", group: "", resource: "pods", subresource: "ephemeralcontainers" },
+  { verb: "create", group: "", resource: "secrets" },
+  { verb: "delete", group: "", resource: "secrets" },
+  { verb: "get", group: "", resource: "pods", subresource: "portforward" },
+  { verb: "create", group: "", resource: "pods", subresource: "portforward" },
+];
+
 /** The one API call the check makes; tests pass a stub. */
 export type AccessReviewApi = Pick<AuthorizationV1Api, "createSelfSubjectAccessReview">;
 
@@ -88,6 +104,10 @@ export async function checkPermissions(
 }
 
 /** {@link checkPermissions} with the API client made from a loaded kubeconfig. */
-export function checkAgentAccess(kube: { config: KubeConfig }, namespace: string): Promise<void> {
-  return checkPermissions(kube.config.makeApiClient(AuthorizationV1Api), namespace);
+export function checkAccess(
+  kube: { config: KubeConfig },
+  namespace: string,
+  permissions: readonly Permission[] = AGENT_PERMISSIONS,
+): Promise<void> {
+  return checkPermissions(kube.config.makeApiClient(AuthorizationV1Api), namespace, permissions);
 }

@@ -158,9 +158,14 @@ export function agentJobManifest(opts: {
   };
 }
 
-/** The agent container's arguments: the fixed ones, plus the optional flags asked for. */
-function agentArgs(idleExit: string | undefined, udpIdleTimeout?: string): string[] {
-  const args = idleExit ? [...AGENT_ARGS, "--idle-exit", idleExit] : [...AGENT_ARGS];
+/** The agent container's arguments: its port, plus the optional flags asked for. */
+export function agentArgs(
+  idleExit: string | undefined,
+  udpIdleTimeout?: string,
+  port = AGENT_PORT,
+): string[] {
+  const base = port === AGENT_PORT ? AGENT_ARGS : ["agent", "--port", String(port)];
+  const args = idleExit ? [...base, "--idle-exit", idleExit] : [...base];
   if (udpIdleTimeout) args.push("--udp-idle-timeout", udpIdleTimeout);
   return args;
 }

@@ -9,6 +9,7 @@ import {
   AGENT_PORT,
   agentJobManifest,
   agentTokenSecret,
+  CONTAINER_NAME,
   randomHex,
   SESSION_LABEL,
   tokenSecretName,
@@ -56,13 +57,20 @@ export interface AgentPodOptions {
 export interface AgentPod {
   readonly podName: string;
   readonly namespace: string;
-  readonly jobName: string;
   readonly sessionId: string;
   /** The secret every tunnel must present. */
   readonly token: string;
   /** The pod port to port-forward to. */
   readonly port: number;
-  /** Delete the Job and the pod; idempotent, does not wait for the pod to be gone. */
+  /** The agent's container: `agent` in a pod of its own, or an ephemeral one in a target. */
+  readonly container: string;
+  /** An ephemeral container in a target pod (--target), not a Job of its own. */
+  readonly ephemeral: boolean;
+  /**
+   * Removes what the session made for the agent (its Job and pod, or its Secret); idempotent,
+   * does not wait for a pod to be gone. An ephemeral agent itself exits when told to by the
+   * session (Tunnel.endSession) or when idle.
+   */
   stop(): Promise<void>;
 }
 
@@ -118,10 +126,11 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
     return {
       podName,
       namespace,
-      jobName,
       sessionId,
       token,
       port: AGENT_PORT,
+      container: CONTAINER_NAME,
+      ephemeral: false,
       stop: () => stopWith(podName),
     };
   } catch (error) {

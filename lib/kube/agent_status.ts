@@ -18,7 +18,7 @@ const HOPELESS_REASONS = new Set([
  */
 export async function agentGoneReason(
   api: { core: Pick<CoreV1Api, "readNamespacedPod"> },
-  agent: { namespace: string; podName: string },
+  agent: { namespace: string; podName: string; container: string; ephemeral: boolean },
 ): Promise<string | undefined> {
   let pod: V1Pod;
   try {
@@ -28,8 +28,10 @@ export async function agentGoneReason(
     throw error;
   }
   if (pod.metadata?.deletionTimestamp) return "is being deleted";
-  const terminated = pod.status?.containerStatuses?.find((c) => c.name === CONTAINER_NAME)?.state
-    ?.terminated;
+  const statuses = agent.ephemeral
+    ? pod.status?.ephemeralContainerStatuses
+    : pod.status?.containerStatuses;
+  const terminated = statuses?.find((c) => c.name === agent.container)?.state?.terminated;
   if (terminated) {
     return `exited (${terminated.reason ?? "code"} ${terminated.exitCode}${
       terminated.message ? `: ${terminated.message}` : ""

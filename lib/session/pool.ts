@@ -80,6 +80,22 @@ export class TunnelPool {
     return await tunnel.open(request);
   }
 
+  /**
+   * Tells the agent, on every tunnel up, that the session is over, and waits up to `ms` for
+   * it to close them as it exits: a port-forward closed at once from this end may drop what
+   * was just sent.
+   */
+  async endSession(reason: string, ms = 2_000): Promise<void> {
+    // Stopping from here on: the tunnels the agent closes are not replaced.
+    this.#stopped = true;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.allSettled(this.#tunnels.map((t) => t.endSession(reason).then(() => t.closed))),
+      new Promise((resolve) => (timer = setTimeout(resolve, ms))),
+    ]);
+    clearTimeout(timer);
+  }
+
   /** Closes every tunnel and stops reconnecting. */
   close(): void {
     this.#stopped = true;

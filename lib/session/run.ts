@@ -6,17 +6,18 @@
  * before the agent exists, so a typo creates nothing in the cluster; once the agent exists,
  * every exit path deletes it.
  */
+import type { V1Pod } from "@kubernetes/client-node";
 import { describeError, UsageError } from "../errors.ts";
-import { agentGoneReason, startAgentPod } from "../kube/agent_pod.ts";
-import { checkAgentAccess } from "../kube/access.ts";
+import { agentGoneReason, type AgentPod } from "../kube/agent_pod.ts";
 import { type Kube, loadKube } from "../kube/config.ts";
 import { type FollowPods, followPods } from "../kube/ready_pods.ts";
 import type { Logger } from "../log.ts";
 import { BufferPool } from "../net/buffer_pool.ts";
 import type { Plan } from "../plan.ts";
-import type { OpenRequest, Tunnel, TunnelStream } from "../tunnel/types.ts";
+import type { OpenHandler, OpenRequest, Tunnel, TunnelStream } from "../tunnel/types.ts";
 import { VERSION } from "../version.ts";
 import { withDeadline } from "./deadline.ts";
+import { placementFor } from "./placement.ts";
 import { TunnelPool } from "./pool.ts";
 import { AgentSupervisor } from "./supervisor.ts";
 import { DIAL_TIMEOUT_MS, dialTunnel } from "./tunnel_dial.ts";
@@ -24,6 +25,8 @@ import { DIAL_TIMEOUT_MS, dialTunnel } from "./tunnel_dial.ts";
 /** What an entry point may use before the agent exists. */
 export interface PrepareContext {
   kube: Kube;
+  /** The pod the agent will join (--target), resolved first; undefined for its own pod. */
+  target?: V1Pod;
   /** Follows the Ready pods of workload and headless-Service targets until the run ends. */
   follow: FollowPods;
 }
@@ -36,6 +39,8 @@ export interface ServeContext {
   readonly stopped: boolean;
   /** The session's buffer pool: sockets spliced with streams read into it. */
   buffers: BufferPool;
+  /** Where connections leave from when not relay's own agent pod: `pod/web-7f9c`. */
+  via?: string;
   /** Aborted when the session stops. */
   signal: AbortSignal;
 }
@@ -48,6 +53,8 @@ export interface SessionEntry {
   serve(context: ServeContext): Promise<void>;
   /** Told of every tunnel as it comes up, the first and each replacement. */
   onTunnel?(tunnel: Tunnel): void;
+  /** Answers the agent's opens (reverse forwards); at most one entry has it. */
+  onOpen?: OpenHandler;
 }
 
 /** What {@link runSession} is given. */
@@ -60,19 +67,25 @@ export interface SessionOptions {
 }
 
 /**
- * Fails with exit 2 for what the command line can ask and relay cannot do yet, before any
- * listener is bound or the cluster is asked anything.
+ * Fails with exit 2 for what the command line can ask and relay cannot do yet, or what does
+ * not go together, before any listener is bound or the cluster is asked anything.
  */
 export function refuseUnsupported(plan: Plan): void {
-  if (plan.reverses.length > 0) {
+  const udp = plan.reverses.find((r) => r.protocol === "udp");
+  if (udp) {
+    throw new UsageError(`${udp.source}: reverse forwarding of UDP is not supported yet`);
+  }
+  if (!plan.agentTarget) return;
+  const target = `--target ${plan.agentTarget.kind}/${plan.agentTarget.name}`;
+  if (plan.options.patch) {
     throw new UsageError(
-      `${plan.reverses[0].source}: reverse forwarding (-R) is not supported yet`,
+      `--patch changes relay's own agent pod; with ${target} the agent joins that pod instead`,
     );
   }
-  if (plan.agentTarget) {
+  if (plan.options.agentNamespace) {
     throw new UsageError(
-      `--target ${plan.agentTarget.kind}/${plan.agentTarget.name}: placing the agent in a ` +
-        `target pod is not supported yet; drop --target to forward from relay's own agent pod`,
+      `--agent-namespace ${plan.options.agentNamespace}: with ${target} the agent runs in ` +
+        `the target pod's namespace`,
     );
   }
 }
@@ -94,6 +107,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
     asGroups: run.asGroups,
     requestTimeoutMs: run.requestTimeoutMs,
   });
+  const placement = placementFor(kube, plan);
   const buffers = new BufferPool();
   // Aborted by the user's signal, or by a failure that ends the run (the agent could not be
   // replaced): either way serving stops and the agent is deleted.
@@ -103,21 +117,19 @@ export async function runSession(options: SessionOptions): Promise<void> {
   signal.addEventListener("abort", onSignal, { once: true });
   if (signal.aborted) stop.abort();
   let pool: TunnelPool | undefined;
-  stop.signal.addEventListener("abort", () => pool?.close(), { once: true });
+  let poolClosed: Promise<void> | undefined;
+  // An agent in someone else's pod is told the session is over, so it exits at once.
+  const closePool = () =>
+    poolClosed ??= (async () => {
+      if (supervisor.current?.ephemeral) await pool?.endSession("relay stopped");
+      pool?.close();
+    })();
+  stop.signal.addEventListener("abort", () => void closePool(), { once: true });
   const onTunnel = (tunnel: Tunnel) => entries.forEach((entry) => entry.onTunnel?.(tunnel));
+  const onOpen = entries.find((entry) => entry.onOpen)?.onOpen;
   const supervisor = new AgentSupervisor({
-    start: () =>
-      startAgentPod(kube, {
-        namespace: run.agentNamespace ?? kube.namespace,
-        image: run.agentImage,
-        patch: run.patch,
-        podRunningTimeoutMs: run.podRunningTimeoutMs,
-        signal: stop.signal,
-        idleExit: run.agentIdleExit,
-        // The agent ends a silent UDP session when relay does, not at its own default.
-        udpIdleTimeout: `${plan.udpIdleTimeoutMs}ms`,
-      }),
-    connect: (agent) => dialTunnel(kube, agent, { buffers }),
+    start: () => placement.start(stop.signal),
+    connect: (agent) => dialTunnel(kube, agent, { buffers, onOpen }),
     goneReason: (agent) =>
       withDeadline(() => agentGoneReason(kube, agent), DIAL_TIMEOUT_MS, "reading the agent pod"),
     log: (line) => logger.info(line),
@@ -136,19 +148,20 @@ export async function runSession(options: SessionOptions): Promise<void> {
       signal: stop.signal,
       onError: (line) => logger.debug(line),
     });
-    // Both before any agent exists: a withheld permission fails naming it, before a Job
-    // relay could not reach or delete. At once; a bad target is told first, as it would be
-    // alone.
+    // All before any agent exists: a bad target or a withheld permission fails naming it,
+    // before anything relay could not reach or delete. The target pod first, as entries
+    // check ports against it; a bad target is told first, as it would be alone.
+    const target = await placement.resolve();
     const [prepared, access] = await Promise.allSettled([
-      prepareAll(entries, { kube, follow }),
-      checkAgentAccess(kube, run.agentNamespace ?? kube.namespace),
+      prepareAll(entries, { kube, follow, target }),
+      placement.checkAccess(),
     ]);
     if (prepared.status === "rejected") throw prepared.reason;
     if (access.status === "rejected") throw access.reason;
     if (stop.signal.aborted) return;
     started = true;
     const agent = await supervisor.start();
-    logger.debug(`agent pod ${agent.namespace}/${agent.podName} is running`);
+    logger.debug(`agent ${describeAgent(agent)} is running`);
     if (stop.signal.aborted) return;
     pool = new TunnelPool({
       size: run.tunnels,
@@ -170,6 +183,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
       },
       buffers,
       signal: stop.signal,
+      via: agent.ephemeral ? `pod/${agent.podName}` : undefined,
     };
     await Promise.all(entries.map((entry) => entry.serve(context)));
   } catch (error) {
@@ -177,7 +191,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
     if (!stop.signal.aborted) throw error;
   } finally {
     signal.removeEventListener("abort", onSignal);
-    pool?.close();
+    await closePool();
     if (started) await stopAgent(supervisor, logger);
     // Ends the pod watches on every exit path, an error before serving included.
     stop.abort();
@@ -191,14 +205,28 @@ async function prepareAll(entries: SessionEntry[], context: PrepareContext): Pro
   for (const entry of entries) await entry.prepare(context);
 }
 
+/** `pod ns/relay-agent-x` or `in pod ns/web-7f9c`, for log lines. */
+function describeAgent(agent: AgentPod): string {
+  return agent.ephemeral
+    ? `in pod ${agent.namespace}/${agent.podName} (container ${agent.container})`
+    : `pod ${agent.namespace}/${agent.podName}`;
+}
+
 /**
- * Deletes the agent and says so, so a user who stopped relay knows nothing is left running;
- * a failed delete is an error line, not a failed exit (the agent still exits when idle).
+ * Deletes the agent (or, in a target pod, what the session made for it) and says so, so a
+ * user who stopped relay knows nothing is left running; a failed delete is an error line, not
+ * a failed exit (the agent still exits when idle).
  */
 async function stopAgent(supervisor: AgentSupervisor, logger: Logger): Promise<void> {
   try {
     const agent = await supervisor.stop();
-    if (agent) logger.info(`deleted agent pod ${agent.namespace}/${agent.podName}`);
+    if (!agent) return;
+    logger.info(
+      agent.ephemeral
+        ? `stopped the agent in pod ${agent.namespace}/${agent.podName} (its ephemeral ` +
+          `container ${agent.container} stays listed as Terminated)`
+        : `deleted agent pod ${agent.namespace}/${agent.podName}`,
+    );
   } catch (error) {
     logger.error(`could not delete the agent: ${describeError(error)}`);
   }

@@ -137,9 +137,30 @@ function table(
     { category: "-L/-R", argv: ["-R", "9000", "--target", "ip/10.0.0.1"], bad: "ip/10.0.0.1" },
     {
       category: "-L/-R",
-      argv: ["-L", "7000:echo:80", "--target", "deploy/echo"],
-      bad: "--target deploy/echo",
-      says: /not supported yet/,
+      argv: ["-n", ns, "--target", "pod/echo-pod", "-R", "8080"],
+      bad: "8080",
+      says: /already in use.*steal/,
+      child: true,
+    },
+    {
+      category: "-L/-R",
+      argv: ["-n", ns, "--target", "pod/no-such-pod", "-R", "9000"],
+      bad: "no-such-pod",
+      says: /not found/,
+      child: true,
+    },
+    {
+      category: "-L/-R",
+      argv: ["-n", ns, "--target", "deploy/echo", "-R", "5353@udp"],
+      bad: "5353@udp",
+      says: /UDP/,
+      child: true,
+    },
+    {
+      category: "-L/-R",
+      argv: ["-n", ns, "--target", "deploy/echo", "--patch", "{}", "-L", "7000:echo:80"],
+      bad: "--patch",
+      says: /joins that pod/,
       child: true,
     },
     // Targets files.
@@ -340,7 +361,10 @@ async function errorLine(row: BadInput): Promise<string> {
   return lines[0];
 }
 
-/** What relay might have left in `namespace`: agent Jobs and pods, ephemeral containers. */
+/**
+ * What relay might have left in `namespace`: agent Jobs, pods and token Secrets, ephemeral
+ * containers.
+ */
 async function leftovers(namespace: string): Promise<string[]> {
   const list = await kubectlJson<{
     items: {
@@ -348,7 +372,7 @@ async function leftovers(namespace: string): Promise<string[]> {
       metadata: { name: string; labels?: Record<string, string> };
       spec?: { ephemeralContainers?: unknown[] };
     }[];
-  }>(["get", "jobs,pods", "-n", namespace]);
+  }>(["get", "jobs,pods,secrets", "-n", namespace]);
   return list.items.filter((item) =>
     item.metadata.labels?.[AGENT_LABEL] === "relay-agent" ||
     (item.spec?.ephemeralContainers?.length ?? 0) > 0

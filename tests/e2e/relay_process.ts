@@ -8,7 +8,7 @@ import { KUBECONFIG, REPO_DIR } from "./harness.ts";
 /** A running `relay …` and what it has said. */
 export interface RelayProcess extends AsyncDisposable {
   readonly pid: number;
-  /** Local ports from the ready lines, in the order they were printed. */
+  /** Local ports from the forward ready lines, in the order they were printed. */
   readonly ports: number[];
   /** Every ready line printed so far. */
   readonly readyLines: string[];
@@ -73,6 +73,9 @@ export async function startRelay(
         if (m) {
           readyLines.push(line);
           ports.push(Number(m[1]));
+        } else if (line.startsWith("Listening on ")) {
+          // A reverse forward (-R): its port is in the pod, not here.
+          readyLines.push(line);
         }
       }
     }

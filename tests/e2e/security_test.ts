@@ -538,7 +538,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "story: a co-tenant bound to manifests/rbac.yaml reads the agent's Job and pod but finds nothing that opens a tunnel, and cannot read the token's Secret",
+    "story: a co-tenant bound to manifests/rbac.yaml reads the agent's pod (and its Job) but finds nothing that opens a tunnel, and cannot read the token's Secret",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
@@ -550,17 +550,12 @@ Deno.test({
     await using relay = await startRelay(["-n", ns.name, "pod/echo-pod", ":8080"]);
     const pod = await theAgentPod(ns.name);
 
-    // Everything the co-tenant may read about the session: the agent's Job and pod.
+    // What the co-tenant may read about the session: the agent's pod (the Role lists pods);
+    // and its Job, as anyone who may get jobs would read it.
     const asCotenant = ["--as", "relay-cotenant", "-n", ns.name];
-    const read = await kubectl([
-      "get",
-      "jobs,pods",
-      "-l",
-      AGENT_SELECTOR,
-      "-o",
-      "json",
-      ...asCotenant,
-    ]);
+    const pods = await kubectl(["get", "pods", "-l", AGENT_SELECTOR, "-o", "json", ...asCotenant]);
+    const jobs = await kubectl(["get", "jobs", "-l", AGENT_SELECTOR, "-o", "json", "-n", ns.name]);
+    const read = pods + jobs;
     const candidates = new Set<string>();
     const collect = (value: unknown): void => {
       if (typeof value === "string" && value.length > 0 && value.length <= 512) {
@@ -568,7 +563,8 @@ Deno.test({
       } else if (Array.isArray(value)) value.forEach(collect);
       else if (value && typeof value === "object") Object.values(value).forEach(collect);
     };
-    collect(JSON.parse(read));
+    collect(JSON.parse(pods));
+    collect(JSON.parse(jobs));
     assert(candidates.has(pod.metadata.name), "the co-tenant did read the agent's pod");
     const token = await agentToken(ns.name, pod.spec.containers.find((c) => c.name === "agent")!);
     assert(!candidates.has(token) && !read.includes(token), "the token is in the Job or pod");

@@ -1,0 +1,264 @@
+/**
+ * The agent inside a target pod (--target): an ephemeral container that shares the pod's
+ * network namespace (its IP, ports and resolver) and nothing of the app's filesystem.
+ *
+ * The token reaches it through a Secret of the session, owned by the pod, which the session
+ * deletes as soon as the container runs (its environment already holds the token): a reader
+ * of the pod spec learns only the Secret's name. Ephemeral containers cannot be removed, so
+ * the agent exits when relay ends the session (or when idle) and stays as a Terminated entry.
+ */
+import type { CoreV1Api, V1EphemeralContainer, V1Pod, Watch } from "@kubernetes/client-node";
+import { AGENT_TOKEN_ENV } from "../contract.ts";
+import { DEFAULT_AGENT_IMAGE } from "../version.ts";
+import { agentArgs, agentTokenSecret, randomHex, TOKEN_SECRET_KEY } from "./agent_manifest.ts";
+import type { AgentPod } from "./agent_pod.ts";
+import { apiError, KubeError, statusMessageOf, statusOf, UsageError } from "./errors.ts";
+import { runListWatch } from "./list_watch.ts";
+
+/** The API calls placing an agent in a target pod makes; a loaded Kube has them. */
+export interface TargetedAgentApi {
+  core: Pick<
+    CoreV1Api,
+    | "createNamespacedSecret"
+    | "deleteNamespacedSecret"
+    | "patchNamespacedPodEphemeralcontainers"
+    | "listNamespacedPod"
+  >;
+  watch: Pick<Watch, "watch">;
+}
+
+/** Where and how to run the agent. */
+export interface TargetedAgentOptions {
+  /** The target pod, Running (see pickTargetPod). */
+  pod: V1Pod;
+  /** Default DEFAULT_AGENT_IMAGE. */
+  image?: string;
+  /** How long the container may take to run. */
+  timeoutMs: number;
+  signal?: AbortSignal;
+  /** The agent's `--idle-exit` (e.g. `20s`). */
+  idleExit?: string;
+  /** The agent's `--udp-idle-timeout`. */
+  udpIdleTimeout?: string;
+  /** The agent's port in the pod; default: a random one the pod declares no port on. */
+  port?: number;
+}
+
+/** Ports the agent picks from: above what apps usually serve, below the ephemeral range. */
+const PORT_RANGE = { from: 20_000, to: 32_000 };
+/** A new container on another port if the agent could not listen on the one picked. */
+const PLACEMENT_TRIES = 3;
+
+/**
+ * Adds the agent to `options.pod` as an ephemeral container and waits until it runs. On
+ * failure nothing of the session is left but the container's Terminated entry (if it ran).
+ */
+export async function startTargetedAgent(
+  api: TargetedAgentApi,
+  options: TargetedAgentOptions,
+): Promise<AgentPod> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await placeOnce(api, options);
+    } catch (error) {
+      const portTaken = error instanceof KubeError && /cannot listen/.test(error.message);
+      if (!portTaken || options.port !== undefined || attempt >= PLACEMENT_TRIES) throw error;
+    }
+  }
+}
+
+async function placeOnce(api: TargetedAgentApi, options: TargetedAgentOptions): Promise<AgentPod> {
+  const { pod } = options;
+  const podName = pod.metadata!.name!;
+  const namespace = pod.metadata!.namespace!;
+  const where = `pod/${podName} in namespace ${namespace}`;
+  const sessionId = randomHex(8);
+  const token = randomHex(32);
+  const container = `relay-agent-${sessionId}`;
+  const port = options.port ?? freePortGuess(pod);
+  const secret = agentTokenSecret({
+    namespace,
+    sessionId,
+    token,
+    owner: { apiVersion: "v1", kind: "Pod", name: podName, uid: pod.metadata!.uid! },
+  });
+  const secretName = secret.metadata!.name!;
+  try {
+    await api.core.createNamespacedSecret({ namespace, body: secret });
+  } catch (error) {
+    throw apiError(error, { verb: "create", resource: "secrets", namespace });
+  }
+  let secretGone: Promise<void> | undefined;
+  const deleteSecret = () =>
+    secretGone ??= api.core.deleteNamespacedSecret({ name: secretName, namespace }).then(
+      () => {},
+      (error) => {
+        if (statusOf(error) !== 404) {
+          throw apiError(error, { verb: "delete", resource: "secrets", namespace });
+        }
+      },
+    );
+  try {
+    await addContainer(api, pod, ephemeralAgent(container, port, secretName, options), where);
+    await waitRunning(api, { namespace, podName, container, where, ...options });
+  } catch (error) {
+    await deleteSecret().catch(() => {});
+    throw error;
+  }
+  // Running: the token is in the agent's environment, and nowhere in the cluster any more.
+  await deleteSecret();
+  return {
+    podName,
+    namespace,
+    sessionId,
+    token,
+    port,
+    container,
+    ephemeral: true,
+    stop: deleteSecret,
+  };
+}
+
+/** The agent's ephemeral container, hardened as its own pod would be. */
+function ephemeralAgent(
+  name: string,
+  port: number,
+  secretName: string,
+  options: TargetedAgentOptions,
+): V1EphemeralContainer {
+  return {
+    name,
+    image: options.image ?? DEFAULT_AGENT_IMAGE,
+    args: agentArgs(options.idleExit, options.udpIdleTimeout, port),
+    env: [{
+      name: AGENT_TOKEN_ENV,
+      valueFrom: { secretKeyRef: { name: secretName, key: TOKEN_SECRET_KEY } },
+    }],
+    terminationMessagePolicy: "FallbackToLogsOnError",
+    securityContext: {
+      runAsNonRoot: true,
+      runAsUser: 65532,
+      runAsGroup: 65532,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ["ALL"] },
+      seccompProfile: { type: "RuntimeDefault" },
+    },
+  };
+}
+
+/** A port in PORT_RANGE that no container of `pod` declares. */
+function freePortGuess(pod: V1Pod): number {
+  const declared = new Set(
+    (pod.spec?.containers ?? []).flatMap((c) => (c.ports ?? []).map((p) => p.containerPort)),
+  );
+  for (;;) {
+    const span = PORT_RANGE.to - PORT_RANGE.from;
+    const port = PORT_RANGE.from + (crypto.getRandomValues(new Uint32Array(1))[0] % span);
+    if (!declared.has(port)) return port;
+  }
+}
+
+/** Appends `container` to the pod's ephemeral containers (pods/ephemeralcontainers). */
+async function addContainer(
+  api: TargetedAgentApi,
+  pod: V1Pod,
+  container: V1EphemeralContainer,
+  where: string,
+): Promise<void> {
+  const existing = pod.spec?.ephemeralContainers ?? [];
+  const body = existing.length > 0
+    ? [{ op: "add", path: "/spec/ephemeralContainers/-", value: container }]
+    : [{ op: "add", path: "/spec/ephemeralContainers", value: [container] }];
+  try {
+    await api.core.patchNamespacedPodEphemeralcontainers({
+      name: pod.metadata!.name!,
+      namespace: pod.metadata!.namespace!,
+      body,
+    });
+  } catch (error) {
+    const status = statusOf(error);
+    if (status === 404) throw new UsageError(`${where} not found`, { cause: error });
+    if (status === 422 || status === 400) {
+      throw new KubeError(
+        `cannot add the agent to ${where}: ${statusMessageOf(error) ?? status}`,
+        { cause: error },
+      );
+    }
+    throw apiError(error, {
+      verb: "patch",
+      resource: "pods/ephemeralcontainers",
+      object: `pod/${pod.metadata!.name}`,
+      namespace: pod.metadata!.namespace!,
+    });
+  }
+}
+
+/** Waits for the agent's container to run; rejects if it exits, cannot start, or times out. */
+function waitRunning(api: TargetedAgentApi, opts: {
+  namespace: string;
+  podName: string;
+  container: string;
+  where: string;
+  timeoutMs: number;
+  signal?: AbortSignal;
+}): Promise<void> {
+  const watching = new AbortController();
+  let settled = false;
+  return new Promise<void>((resolve, reject) => {
+    const settle = (outcome: () => void) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(deadline);
+      opts.signal?.removeEventListener("abort", onAbort);
+      watching.abort();
+      outcome();
+    };
+    const onAbort = () => settle(() => reject(opts.signal!.reason));
+    opts.signal?.addEventListener("abort", onAbort, { once: true });
+    let last = "not started yet";
+    const fail = (what: string) =>
+      new KubeError(`the agent in ${opts.where} ${what} (container ${opts.container})`);
+    const check = (pod: V1Pod | undefined, gone = false) => {
+      if (gone || !pod || pod.metadata?.deletionTimestamp) {
+        return settle(() => reject(fail("cannot start: the pod is gone")));
+      }
+      const status = pod.status?.ephemeralContainerStatuses?.find((c) => c.name === opts.container);
+      const state = status?.state;
+      if (state?.running) return settle(resolve);
+      if (state?.terminated) {
+        const t = state.terminated;
+        const why = t.message?.trim().split("\n").pop() ?? t.reason ?? `code ${t.exitCode}`;
+        return settle(() => reject(fail(`exited: ${why}`)));
+      }
+      const waiting = state?.waiting;
+      if (waiting?.reason) {
+        last = `${waiting.reason}${waiting.message ? `: ${waiting.message}` : ""}`;
+        if (/InvalidImageName|ErrImageNeverPull|CreateContainerError/.test(waiting.reason)) {
+          settle(() => reject(fail(`cannot start: ${last}`)));
+        }
+      }
+    };
+    const deadline = setTimeout(() => {
+      const seconds = Math.round(opts.timeoutMs / 1000);
+      settle(() => reject(fail(`was not running after ${seconds}s: ${last}`)));
+    }, opts.timeoutMs);
+    if (opts.signal?.aborted) return onAbort();
+    const fieldSelector = `metadata.name=${opts.podName}`;
+    void runListWatch<V1Pod>({
+      watch: api.watch,
+      path: `/api/v1/namespaces/${opts.namespace}/pods`,
+      fieldSelector,
+      list: () => api.core.listNamespacedPod({ namespace: opts.namespace, fieldSelector }),
+      onReplace: (items) => check(items[0], items.length === 0),
+      onEvent: (type, pod) => check(pod, type === "DELETED"),
+      onError: (error, during) => {
+        if (during !== "list") return;
+        settle(() =>
+          reject(apiError(error, { verb: "list", resource: "pods", namespace: opts.namespace }))
+        );
+      },
+      signal: watching.signal,
+    });
+  });
+}

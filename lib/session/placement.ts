@@ -1,0 +1,65 @@
+/**
+ * Where a session's agent runs: a Job pod of its own (the default), or an ephemeral
+ * container inside a target pod (--target), whose network it then shares.
+ */
+import type { V1Pod } from "@kubernetes/client-node";
+import { AGENT_PERMISSIONS, checkAccess, TARGET_PERMISSIONS } from "../kube/access.ts";
+import { type AgentPod, startAgentPod } from "../kube/agent_pod.ts";
+import type { Kube } from "../kube/config.ts";
+import { pickTargetPod } from "../kube/resolve.ts";
+import { startTargetedAgent } from "../kube/targeted_agent.ts";
+import type { Plan } from "../plan.ts";
+
+/** One way of placing the agent. */
+export interface Placement {
+  /** The target pod, resolved before anything is created (undefined: relay's own pod). */
+  resolve(): Promise<V1Pod | undefined>;
+  /** Fails naming every permission the placement needs and the user lacks. */
+  checkAccess(): Promise<void>;
+  /** Starts an agent (the first, or one replacing an agent that is gone). */
+  start(signal: AbortSignal): Promise<AgentPod>;
+}
+
+/** The placement `plan` asks for. */
+export function placementFor(kube: Kube, plan: Plan): Placement {
+  const run = plan.options;
+  // The agent ends a silent UDP session when relay does, not at its own default.
+  const udpIdleTimeout = `${plan.udpIdleTimeoutMs}ms`;
+  const target = plan.agentTarget;
+  if (!target) {
+    const namespace = run.agentNamespace ?? kube.namespace;
+    return {
+      resolve: () => Promise.resolve(undefined),
+      checkAccess: () => checkAccess(kube, namespace, AGENT_PERMISSIONS),
+      start: (signal) =>
+        startAgentPod(kube, {
+          namespace,
+          image: run.agentImage,
+          patch: run.patch,
+          podRunningTimeoutMs: run.podRunningTimeoutMs,
+          signal,
+          idleExit: run.agentIdleExit,
+          udpIdleTimeout,
+        }),
+    };
+  }
+  let picked: V1Pod | undefined;
+  return {
+    resolve: async () => picked = await pickTargetPod(kube, target),
+    checkAccess: () => checkAccess(kube, target.namespace ?? kube.namespace, TARGET_PERMISSIONS),
+    start: async (signal) => {
+      // The first agent goes where resolve() looked; a replacement (the pod went away in a
+      // rollout, say) goes to a Ready pod picked anew.
+      const pod = picked ?? await pickTargetPod(kube, target);
+      picked = undefined;
+      return startTargetedAgent(kube, {
+        pod,
+        image: run.agentImage,
+        timeoutMs: run.podRunningTimeoutMs,
+        signal,
+        idleExit: run.agentIdleExit,
+        udpIdleTimeout,
+      });
+    },
+  };
+}
