@@ -144,6 +144,12 @@ function table(
     },
     {
       category: "-L/-R",
+      argv: ["--target", "deploy/echo", "-R", "9000", "-R", "9000:9001"],
+      bad: "9000",
+      says: /reversed twice/,
+    },
+    {
+      category: "-L/-R",
       argv: ["-n", ns, "--target", "pod/no-such-pod", "-R", "9000"],
       bad: "no-such-pod",
       says: /not found/,

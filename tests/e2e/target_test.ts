@@ -8,6 +8,7 @@ import {
   match as assertMatch,
   ok as assert,
 } from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { parseAllDocuments } from "yaml";
 import {
   createTestNamespace,
@@ -24,7 +25,7 @@ import {
   waitFor,
 } from "./harness.ts";
 import { AGENT_SELECTOR } from "./agents.ts";
-import { startRelay } from "./relay_process.ts";
+import { relayCommand, startRelay } from "./relay_process.ts";
 import { createEchoWorkloads } from "./workloads.ts";
 
 /** A server on this machine's loopback that greets each connection with `text` and echoes. */
@@ -144,7 +145,9 @@ Deno.test({
         `9501:${second.port}`,
         "-L",
         `:${echo.deployPodIP}:7000`,
-      ], { readyLines: 3 });
+        "-L",
+        ":echo:80",
+      ], { readyLines: 4 });
       assert(
         relay.readyLines.includes(`Listening on pod/echo-pod:9500 -> 127.0.0.1:${first.port}`),
         relay.readyLines.join("\n"),
@@ -165,6 +168,10 @@ Deno.test({
       const peer = await readLine(conn);
       conn.close();
       assert(peer === targetIP, `the destination saw ${peer}, not the target pod's ${targetIP}`);
+      // A short Service name resolves with the target pod's resolver (its namespace).
+      const viaName = await Deno.connect({ hostname: "127.0.0.1", port: relay.ports[1] });
+      assertMatch(await readLine(viaName), new RegExp(`^pod=${echo.pods.deploy} `));
+      viaName.close();
 
       assertEquals(await relay.stop("SIGINT"), 0, relay.stderr());
       assertMatch(relay.stderr(), /stopped the agent in pod/);
@@ -339,6 +346,309 @@ Deno.test({
       assertEquals(await relay.stop(), 0, relay.stderr());
     } finally {
       local.close();
+    }
+  },
+});
+
+/** A local server for -R bulk: `get N` sends N zero bytes; anything else is counted and hashed. */
+function bulkServer(): { port: number; close(): void } {
+  const server = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  (async () => {
+    for await (const conn of server) {
+      (async () => {
+        const buf = new Uint8Array(256 * 1024);
+        const first = await conn.read(buf);
+        if (first === null) return;
+        const head = new TextDecoder().decode(buf.subarray(0, Math.min(first, 32)));
+        const get = head.match(/^get (\d+)\n/);
+        if (get) {
+          const zeros = new Uint8Array(256 * 1024);
+          for (let left = Number(get[1]); left > 0;) {
+            const n = await conn.write(zeros.subarray(0, Math.min(left, zeros.length)));
+            left -= n;
+          }
+          await conn.closeWrite();
+          return;
+        }
+        const hash = createHash("sha256").update(buf.subarray(0, first));
+        let count = first;
+        for (let n; (n = await conn.read(buf)) !== null;) {
+          hash.update(buf.subarray(0, n));
+          count += n;
+        }
+        await conn.write(new TextEncoder().encode(`${count} ${hash.digest("hex")}\n`));
+        await conn.closeWrite();
+      })().catch(() => {}).finally(() => {
+        try {
+          conn.close();
+        } catch {
+          // already closed
+        }
+      });
+    }
+  })().catch(() => {});
+  return { port: server.addr.port, close: () => server.close() };
+}
+
+/** sha256 of `bytes` zero bytes. */
+function zerosHash(bytes: number): string {
+  const hash = createHash("sha256");
+  const block = new Uint8Array(1 << 20);
+  for (let left = bytes; left > 0; left -= block.length) {
+    hash.update(block.subarray(0, Math.min(left, block.length)));
+  }
+  return hash.digest("hex");
+}
+
+Deno.test({
+  name:
+    "story: through -R, 1 GiB up from a caller in the cluster and 1 GiB down to it arrive intact",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("target-bulk");
+    const echo = await createEchoWorkloads(ns.name, ["pod", "deploy"]);
+    const targetIP = await podIP(ns.name, "echo-pod");
+    const local = bulkServer();
+    const GiB = 1 << 30;
+    try {
+      await using relay = await startRelay([
+        "-n",
+        ns.name,
+        "--target",
+        "pod/echo-pod",
+        "-R",
+        `9510:${local.port}`,
+      ]);
+      const netns = await podNetns(ns.name, echo.pods.deploy);
+      let started = performance.now();
+      const up = await runCommand([
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "sh",
+        "-c",
+        `head -c ${GiB} /dev/zero | socat -t120 -T30 - TCP:${targetIP}:9510`,
+      ]);
+      const upSeconds = (performance.now() - started) / 1000;
+      assertEquals(up.stdout.trim(), `${GiB} ${zerosHash(GiB)}`, up.stderr);
+      started = performance.now();
+      const down = await runCommand([
+        "ip",
+        "netns",
+        "exec",
+        netns,
+        "sh",
+        "-c",
+        `printf 'get ${GiB}\\n' | socat -t120 -T30 - TCP:${targetIP}:9510 | sha256sum`,
+      ]);
+      const downSeconds = (performance.now() - started) / 1000;
+      assertEquals(down.stdout.split(" ")[0], zerosHash(GiB), down.stderr);
+      console.log(
+        `-R 1 GiB: up ${(1024 / upSeconds).toFixed(0)} MiB/s, down ${
+          (1024 / downSeconds).toFixed(0)
+        } MiB/s`,
+      );
+      assertEquals(await relay.stop(), 0, relay.stderr());
+    } finally {
+      local.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "story: after a rollout, a new relay --target deploy/NAME joins a Ready pod of the new ReplicaSet",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("target-rollout");
+    const echo = await createEchoWorkloads(ns.name, ["deploy"]);
+    const local = localServer("unused");
+    try {
+      await kubectl(["rollout", "restart", "-n", ns.name, "deploy/echo"]);
+      await kubectl(["rollout", "status", "-n", ns.name, "deploy/echo", "--timeout=90s"]);
+      const pods = await kubectlJson<{
+        items: { metadata: { name: string; deletionTimestamp?: string } }[];
+      }>(["get", "pods", "-n", ns.name, "-l", "app=echo"]);
+      const current = pods.items.filter((p) => !p.metadata.deletionTimestamp)
+        .map((p) => p.metadata.name);
+      await using relay = await startRelay(
+        ["-n", ns.name, "--target", "deploy/echo", "-R", `9511:${local.port}`],
+      );
+      const joined = relay.readyLines[0].match(/^Listening on pod\/([^:]+):9511 /)?.[1];
+      assert(joined && joined !== echo.pods.deploy, `joined ${joined}, the pod before the rollout`);
+      assert(current.includes(joined), `joined ${joined}, not one of ${current.join(", ")}`);
+      assertEquals(await relay.stop(), 0, relay.stderr());
+    } finally {
+      local.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "story: without any one permission of the relay-targeted Role, relay --target fails naming it and adds nothing to the pod",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("target-perms");
+    await createEchoWorkloads(ns.name, ["pod", "deploy"]);
+    const docs = parseAllDocuments(await Deno.readTextFile(`${REPO_DIR}/manifests/rbac.yaml`))
+      .map((d) => d.toJS());
+    const role = docs.find((d) => d?.kind === "Role" && d.metadata.name === "relay-targeted");
+    const rules = role.rules as { apiGroups: string[]; resources: string[]; verbs: string[] }[];
+    const scenario: Record<string, string[]> = {
+      "get pods": ["--target", "pod/echo-pod"],
+      "list pods": ["--target", "deploy/echo"],
+      "watch pods": ["--target", "pod/echo-pod"],
+      "patch pods/ephemeralcontainers": ["--target", "pod/echo-pod"],
+      "create secrets": ["--target", "pod/echo-pod"],
+      "delete secrets": ["--target", "pod/echo-pod"],
+      "get pods/portforward": ["--target", "pod/echo-pod"],
+      "create pods/portforward": ["--target", "pod/echo-pod"],
+      "get services": ["--target", "svc/echo"],
+      "get deployments": ["--target", "deploy/echo"],
+      "get statefulsets": ["--target", "sts/echo-sts"],
+      "get daemonsets": ["--target", "ds/echo-ds"],
+      "get replicasets": ["--target", "rs/echo-rs"],
+    };
+    const permissions = rules.flatMap((rule) =>
+      rule.resources.flatMap((resource) => rule.verbs.map((verb) => ({ verb, resource })))
+    );
+    for (const { verb, resource } of permissions) {
+      assert(`${verb} ${resource}` in scenario, `no scenario for ${verb} ${resource}`);
+    }
+    for (const [i, { verb, resource }] of permissions.entries()) {
+      const permission = `${verb} ${resource}`;
+      const user = `relay-targeted-${i}`;
+      const kept = rules.flatMap((rule) =>
+        rule.resources.map((res) => ({
+          apiGroups: rule.apiGroups,
+          resources: [res],
+          verbs: rule.verbs.filter((v) => !(res === resource && v === verb)),
+        }))
+      ).filter((rule) => rule.verbs.length > 0);
+      await kubectl(["apply", "-n", ns.name, "-f", "-"], {
+        input: JSON.stringify({
+          apiVersion: "v1",
+          kind: "List",
+          items: [
+            {
+              apiVersion: "rbac.authorization.k8s.io/v1",
+              kind: "Role",
+              metadata: { name: user },
+              rules: kept,
+            },
+            {
+              apiVersion: "rbac.authorization.k8s.io/v1",
+              kind: "RoleBinding",
+              metadata: { name: user },
+              roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: user },
+              subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: user }],
+            },
+          ],
+        }),
+      });
+      // The authorizer learns of the binding from an informer: wait until it grants a rule.
+      const [probe] = kept;
+      const [resource0, sub0] = probe.resources[0].split("/");
+      const group = probe.apiGroups[0] ? `.${probe.apiGroups[0]}` : "";
+      await waitFor(`${user}'s Role to take effect`, async () => {
+        const result = await runCommand([
+          KUBECTL,
+          `--kubeconfig=${KUBECONFIG}`,
+          "auth",
+          "can-i",
+          probe.verbs[0],
+          `${resource0}${group}`,
+          ...(sub0 ? [`--subresource=${sub0}`] : []),
+          "-n",
+          ns.name,
+          "--as",
+          user,
+        ]);
+        return result.stdout.trim() === "yes" ? true : undefined;
+      }, { timeoutMs: 20_000 });
+      const result = await runCommand(
+        relayCommand(["--as", user, "-n", ns.name, ...scenario[permission], "-R", "9520:1"]),
+        { env: { KUBECONFIG } },
+      );
+      assert(result.code !== 0, `relay succeeded without ${permission}:\n${result.stderr}`);
+      const error = result.stderr.trim().split("\n").find((l) => l.includes("forbidden"));
+      assert(error?.includes(permission), `without ${permission}:\n${result.stderr}`);
+    }
+    // Nothing was added to the target pods, and no Secret was left.
+    const pods = await kubectlJson<{ items: { spec: { ephemeralContainers?: unknown[] } }[] }>(
+      ["get", "pods", "-n", ns.name],
+    );
+    assert(pods.items.every((p) => (p.spec.ephemeralContainers ?? []).length === 0));
+    assertEquals(await sessionSecrets(ns.name), []);
+  },
+});
+
+Deno.test({
+  name:
+    "story: through -R, a local server that stops reading stalls only its own connection; another -R connection still answers",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("target-stall");
+    const echo = await createEchoWorkloads(ns.name, ["pod", "deploy"]);
+    const targetIP = await podIP(ns.name, "echo-pod");
+    // Accepts and never reads.
+    const stalled = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const held: Deno.Conn[] = [];
+    (async () => {
+      for await (const conn of stalled) held.push(conn);
+    })().catch(() => {});
+    const lively = localServer("still answering");
+    const netns = await podNetns(ns.name, echo.pods.deploy);
+    const flood = new Deno.Command("ip", {
+      args: [
+        "netns",
+        "exec",
+        netns,
+        "sh",
+        "-c",
+        `head -c ${256 << 20} /dev/zero | socat -T60 - TCP:${targetIP}:9530`,
+      ],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    try {
+      await using relay = await startRelay([
+        "-n",
+        ns.name,
+        "--target",
+        "pod/echo-pod",
+        "-R",
+        `9530:${stalled.addr.port}`,
+        "-R",
+        `9531:${lively.port}`,
+      ], { readyLines: 2 });
+      await waitFor("the stalled connection", () => Promise.resolve(held.length > 0 || undefined), {
+        timeoutMs: 20_000,
+      });
+      // Give the flood time to fill every window and buffer on its way.
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      for (let i = 0; i < 3; i++) {
+        const reply = await firstLineFrom(ns.name, "echo-pod", `${targetIP}:9531`);
+        assertEquals(reply.line, "still answering", reply.stderr);
+      }
+      assertEquals(await relay.stop(), 0, relay.stderr());
+    } finally {
+      flood.kill("SIGKILL");
+      await flood.status;
+      stalled.close();
+      held.forEach((c) => c.close());
+      lively.close();
     }
   },
 });
