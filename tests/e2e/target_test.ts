@@ -608,20 +608,7 @@ Deno.test({
       for await (const conn of stalled) held.push(conn);
     })().catch(() => {});
     const lively = localServer("still answering");
-    const netns = await podNetns(ns.name, echo.pods.deploy);
-    const flood = new Deno.Command("ip", {
-      args: [
-        "netns",
-        "exec",
-        netns,
-        "sh",
-        "-c",
-        `head -c ${256 << 20} /dev/zero | socat -T60 - TCP:${targetIP}:9530`,
-      ],
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
+    let flood: Deno.ChildProcess | undefined;
     try {
       await using relay = await startRelay([
         "-n",
@@ -633,6 +620,20 @@ Deno.test({
         "-R",
         `9531:${lively.port}`,
       ], { readyLines: 2 });
+      const netns = await podNetns(ns.name, echo.pods.deploy);
+      flood = new Deno.Command("ip", {
+        args: [
+          "netns",
+          "exec",
+          netns,
+          "sh",
+          "-c",
+          `head -c ${256 << 20} /dev/zero | socat -T60 - TCP:${targetIP}:9530`,
+        ],
+        stdin: "null",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
       await waitFor("the stalled connection", () => Promise.resolve(held.length > 0 || undefined), {
         timeoutMs: 20_000,
       });
@@ -642,10 +643,19 @@ Deno.test({
         const reply = await firstLineFrom(ns.name, "echo-pod", `${targetIP}:9531`);
         assertEquals(reply.line, "still answering", reply.stderr);
       }
+      const floodEnded = await Promise.race([
+        flood.status.then(() => true),
+        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 100)),
+      ]);
+      assert(!floodEnded, "the flood's connection ended: nothing was stalled");
       assertEquals(await relay.stop(), 0, relay.stderr());
     } finally {
-      flood.kill("SIGKILL");
-      await flood.status;
+      try {
+        flood?.kill("SIGKILL");
+      } catch {
+        // it ended by itself
+      }
+      await flood?.status;
       stalled.close();
       held.forEach((c) => c.close());
       lively.close();
