@@ -103,6 +103,45 @@ Deno.test("agentJobManifest: a patch that drops the token or the args is refused
   );
 });
 
+Deno.test("agentJobManifest: a patch that shares the node's network or the pod with other processes is refused", () => {
+  const agent = {
+    name: "agent",
+    image: "x",
+    args: ["agent", "--port", "4646"],
+    env: [{
+      name: "RELAY_AGENT_TOKEN",
+      valueFrom: { secretKeyRef: { name: "relay-agent-token-s1", key: "token" } },
+    }],
+  };
+  for (const key of ["hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace"]) {
+    assertThrows(
+      () => agentJobManifest({ ...base, patch: { spec: { [key]: true } } }),
+      UsageError,
+      `spec.${key}`,
+    );
+  }
+  assertThrows(
+    () =>
+      agentJobManifest({
+        ...base,
+        patch: { spec: { containers: [agent, { name: "sidecar", image: "y" }] } },
+      }),
+    UsageError,
+    "sidecar",
+  );
+  assertThrows(
+    () =>
+      agentJobManifest({
+        ...base,
+        patch: { spec: { initContainers: [{ name: "init-proxy", image: "y" }] } },
+      }),
+    UsageError,
+    "init-proxy",
+  );
+  // The same containers, patched in again, are fine.
+  agentJobManifest({ ...base, patch: { spec: { containers: [agent] } } });
+});
+
 Deno.test("mergePatch follows RFC 7386", () => {
   assertEquals(mergePatch({ a: "b", c: { d: "e", f: "g" } }, { a: "z", c: { f: null } }), {
     a: "z",

@@ -131,6 +131,32 @@ Deno.test("session: a protocol version mismatch names both versions", async () =
   assert(message.includes("protocol 1") && message.includes("protocol 2"), message);
 });
 
+Deno.test("session: a wrong token with another protocol version is refused for the token, and the peer learns no version", async () => {
+  const [a, b] = duplexPair();
+  const [client, agent] = await Promise.allSettled([
+    connectTunnel(a, { token: "wrong", version: "0.1.0", protocolVersion: 1 }),
+    acceptTunnel(b, { token: TOKEN, version: "0.9.0", protocolVersion: 2 }),
+  ]);
+  assert(client.status === "rejected" && agent.status === "rejected");
+  const reason = assertInstanceOf(client.reason, HandshakeError);
+  assertEquals(reason.code, "token");
+  assertEquals(reason.peerVersion, "");
+  assert(!reason.message.includes("0.9.0"), reason.message);
+  assertEquals(agent.reason.code, "token");
+});
+
+Deno.test("session: the client refuses an agent that offers a stream window of 0", async () => {
+  const [a, b] = duplexPair();
+  const [client] = await Promise.allSettled([
+    connectTunnel(a, { token: TOKEN }),
+    acceptTunnel(b, { token: TOKEN, streamWindow: 0 }),
+  ]);
+  assert(client.status === "rejected");
+  const reason = assertInstanceOf(client.reason, HandshakeError);
+  assertEquals(reason.code, "protocol");
+  assert(reason.message.includes("window of 0"), reason.message);
+});
+
 Deno.test("session: something that is not a relay peer is a clean handshake error", async () => {
   const [a, b] = duplexPair();
   b.readable.pipeTo(new WritableStream()).catch(() => {});

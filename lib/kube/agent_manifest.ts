@@ -195,4 +195,33 @@ function checkPatchKeptAgent(
   if (!kept) {
     throw new UsageError(`--patch removes the agent's ${AGENT_TOKEN_ENV} env ${hint}`);
   }
+  checkPatchKeptAlone(spec!);
+}
+
+/**
+ * The agent listens on its pod's loopback so that nothing else can reach it: a patch that
+ * shares the node's network or the pod with other processes would void that, so it is refused.
+ */
+function checkPatchKeptAlone(spec: NonNullable<V1PodTemplateSpec["spec"]>): void {
+  const shared: Record<string, string> = {
+    hostNetwork: "the agent would listen on the node's network, where any pod can reach it",
+    hostPID: "the agent would share the node's processes",
+    hostIPC: "the agent would share the node's IPC",
+    shareProcessNamespace: "other containers of the pod could read the agent's memory",
+  };
+  for (const [key, why] of Object.entries(shared)) {
+    if ((spec as unknown as Record<string, unknown>)[key]) {
+      throw new UsageError(`--patch sets spec.${key}: ${why}; relay refuses it`);
+    }
+  }
+  const others = [
+    ...spec.containers.filter((c) => c.name !== CONTAINER_NAME),
+    ...(spec.initContainers ?? []),
+  ].map((c) => c.name);
+  if (others.length > 0) {
+    throw new UsageError(
+      `--patch adds container ${others.join(", ")} to the agent pod: it would share the ` +
+        `agent's loopback, where only the agent may listen; relay refuses it`,
+    );
+  }
 }

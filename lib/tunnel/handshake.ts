@@ -61,11 +61,12 @@ export async function connectTunnel(
     });
     const [answer, pending] = await firstFrame(io, options.handshakeTimeoutMs);
     if (answer.type === FrameType.HELLO_ERR) {
+      const agent = answer.version ? `relay agent ${answer.version}` : "the relay agent";
       const message = answer.code === "version"
         ? versionMismatch(version, protocolVersion, answer.version, answer.protocolVersion)
         : answer.code === "token"
-        ? `relay agent ${answer.version} refused the session token`
-        : `relay agent ${answer.version} refused the tunnel: ${answer.message}`;
+        ? `${agent} refused the session token`
+        : `${agent} refused the tunnel: ${answer.message}`;
       throw new HandshakeError(answer.code, message, answer.version);
     }
     if (answer.type !== FrameType.HELLO_OK) {
@@ -80,6 +81,10 @@ export async function connectTunnel(
         versionMismatch(version, protocolVersion, answer.version, answer.protocolVersion),
         answer.version,
       );
+    }
+    // A window of 0 would stall every write forever: no honest agent offers one.
+    if (answer.window === 0) {
+      throw new HandshakeError("protocol", "the relay agent offered a stream window of 0 bytes");
     }
     return new Session({
       role: "client",
@@ -111,24 +116,27 @@ export async function acceptTunnel(
       throw new HandshakeError("protocol", "the peer did not start with a relay handshake");
     }
     const refuse = (code: HelloErrorCode, message: string) => {
+      // A peer without the token learns nothing about this end, its version included.
+      const known = code !== "token";
       io.frameWriter.send({
         type: FrameType.HELLO_ERR,
         streamId: 0,
         code,
-        protocolVersion,
-        version,
-        message,
+        protocolVersion: known ? protocolVersion : 0,
+        version: known ? version : "",
+        message: known ? message : "wrong session token",
       });
       return new HandshakeError(code, message, hello.version);
     };
+    // The token first: only a peer that has it may learn whether the versions match.
+    if (!sameSecret(hello.token, options.token)) {
+      throw refuse("token", `relay ${hello.version} presented a wrong session token`);
+    }
     if (hello.protocolVersion !== protocolVersion) {
       throw refuse(
         "version",
         versionMismatch(hello.version, hello.protocolVersion, version, protocolVersion),
       );
-    }
-    if (!sameSecret(hello.token, options.token)) {
-      throw refuse("token", `relay ${hello.version} presented a wrong session token`);
     }
     if (hello.window === 0) throw refuse("other", "a stream window of 0 bytes");
     io.frameWriter.send({

@@ -143,6 +143,13 @@ function table(
       child: true,
     },
     {
+      category: "patch",
+      argv: ["-n", ns, "--patch", '{"spec":{"hostNetwork":true}}', "svc/echo", ":80"],
+      bad: "hostNetwork",
+      says: /node's network/,
+      child: true,
+    },
+    {
       category: "-L/-R",
       argv: ["--target", "deploy/echo", "-R", "9000", "-R", "9000:9001"],
       bad: "9000",

@@ -228,6 +228,14 @@ Deno.test({
     const wrong = await handshakeWith(ns.name, pod.metadata.name, { token: "not-the-token" });
     assertEquals(wrong.code, "token");
     assertMatch(wrong.message, /refused the session token/);
+    // ...also with another protocol version: the token is checked first, and the refusal
+    // tells a peer without it nothing of the agent's version...
+    const both = await handshakeWith(ns.name, pod.metadata.name, {
+      token: "not-the-token",
+      protocolVersion: PROTOCOL_VERSION + 41,
+    });
+    assertEquals(both.code, "token");
+    assertEquals(both.peerVersion, "");
     // ...so is none at all...
     const missing = await handshakeWith(ns.name, pod.metadata.name, { token: "" });
     assertEquals(missing.code, "token");
@@ -248,12 +256,12 @@ Deno.test({
 
     // The agent logged each refusal.
     const log = `${RUN_DIR}/pods/${pod.metadata.uid}/agent.log`;
-    const refusals = await waitFor("three refusals in the agent's log", async () => {
+    const refusals = await waitFor("four refusals in the agent's log", async () => {
       const lines = (await Deno.readTextFile(log)).split("\n")
         .filter((l) => l.includes("refused a tunnel"));
-      return lines.length >= 3 ? lines : undefined;
+      return lines.length >= 4 ? lines : undefined;
     }, { timeoutMs: 10_000 });
-    assert(refusals.filter((l) => /token/.test(l)).length >= 2, refusals.join("\n"));
+    assert(refusals.filter((l) => /token/.test(l)).length >= 3, refusals.join("\n"));
     assert(refusals.some((l) => l.includes(String(PROTOCOL_VERSION + 41))), refusals.join("\n"));
     assert(!refusals.join("\n").includes(token), "the agent never logs its token");
 
