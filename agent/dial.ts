@@ -69,21 +69,29 @@ export async function dialTcp(
   port: number,
   dialer: Dialer,
   buffers?: BufferPool,
+  cancelled?: AbortSignal,
 ): Promise<Duplex> {
   const addresses = await resolveHost(host, dialer.resolve);
   let last: OpenError | null = null;
   for (const address of addresses) {
+    // The client reset the stream before the answer: stop dialing for it.
+    if (cancelled?.aborted) throw new OpenError("error", "the open was reset");
     const abort = new AbortController();
     const timer = setTimeout(() => abort.abort(), dialer.connectTimeoutMs);
+    const onCancel = () => abort.abort();
+    cancelled?.addEventListener("abort", onCancel, { once: true });
     try {
       const conn = await dialer.connect({ hostname: address, port, signal: abort.signal });
       return connDuplex(conn, buffers);
     } catch (e) {
-      last = abort.signal.aborted
+      last = cancelled?.aborted
+        ? new OpenError("error", "the open was reset")
+        : abort.signal.aborted
         ? new OpenError("timeout", `connect to ${where(host, address, port)} timed out`)
         : dialFailure(e, where(host, address, port));
     } finally {
       clearTimeout(timer);
+      cancelled?.removeEventListener("abort", onCancel);
     }
   }
   throw last!;

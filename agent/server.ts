@@ -67,7 +67,7 @@ export function startAgent(config: AgentConfig): AgentHandle {
   let finish!: (code: number) => void;
   const finished = new Promise<number>((resolve) => (finish = resolve));
 
-  const onOpen = async (request: OpenRequest): Promise<Duplex> => {
+  const onOpen = async (request: OpenRequest, signal?: AbortSignal): Promise<Duplex> => {
     try {
       return request.protocol === "udp"
         ? await dialUdp(request.host, request.port, {
@@ -83,7 +83,7 @@ export function startAgent(config: AgentConfig): AgentHandle {
             }
           },
         })
-        : await dialTcp(request.host, request.port, dialer, buffers);
+        : await dialTcp(request.host, request.port, dialer, buffers, signal);
     } catch (e) {
       const code = (e as { code?: string }).code ?? "error";
       log(`relay agent: open ${describe(request)} failed (${code}): ${describeError(e)}`);

@@ -29,3 +29,11 @@ export const DEFAULT_KEEPALIVE_MS = 10_000;
 
 /** Datagrams queued per UDP stream before drops. */
 export const DEFAULT_UDP_QUEUE = 256;
+
+/**
+ * Streams a peer may have open on one tunnel, and opens it may have in progress (dials not yet
+ * answered): bounds on what one token holder can make this end hold. Well above what relay
+ * opens (the benchmark's 1,000 connections spread over two tunnels).
+ */
+export const DEFAULT_MAX_STREAMS = 4096;
+export const DEFAULT_MAX_DIALS = 1024;

@@ -11,11 +11,14 @@ import type { FrameDecoder } from "./decoder.ts";
 import {
   DEFAULT_IDLE_CREDIT_MS,
   DEFAULT_KEEPALIVE_MS,
+  DEFAULT_MAX_DIALS,
   DEFAULT_MAX_STREAM_WINDOW,
+  DEFAULT_MAX_STREAMS,
   DEFAULT_SESSION_GROWTH,
   DEFAULT_UDP_QUEUE,
 } from "./defaults.ts";
 import { type Frame, FrameError, FrameType } from "./frame.ts";
+import { KeepAlive } from "./keepalive.ts";
 import { Listeners } from "./listeners.ts";
 import type { StreamLimits } from "./receive_window.ts";
 import { MuxStream, StreamResetError } from "./stream.ts";
@@ -63,14 +66,14 @@ export class Session implements Tunnel {
   private readonly decoder: FrameDecoder;
   private readonly streams = new Map<number, MuxStream>();
   private readonly opening = new Map<number, PendingOpen>();
-  private readonly pings = new Map<
-    string,
-    { start: number; resolve: (ms: number) => void; reject: (e: unknown) => void }
-  >();
   private readonly onOpen?: OpenHandler;
   private readonly onStreamEnd?: (stream: TunnelStream) => void;
   private readonly onSessionEnd?: (reason: string) => void;
   private readonly listeners: Listeners;
+  /** Opens from the peer not yet answered, each abortable (the peer may reset it first). */
+  private readonly dialing = new Map<number, AbortController>();
+  private readonly maxStreams: number;
+  private readonly maxDials: number;
   private readonly limits: StreamLimits;
   private readonly buffers?: BufferPool;
   private nextId: number;
@@ -80,10 +83,8 @@ export class Session implements Tunnel {
   private peerGoingAway = false;
   private emptyWaiters: (() => void)[] = [];
   private resolveClosed!: () => void;
-  private keepAlive?: ReturnType<typeof setInterval>;
+  private readonly keepAlive: KeepAlive;
   private creditSweep?: ReturnType<typeof setInterval>;
-  private heard = true;
-  private pingOutstanding = false;
 
   constructor(init: SessionInit) {
     this.peerVersion = init.peerVersion;
@@ -92,6 +93,8 @@ export class Session implements Tunnel {
     this.onOpen = init.options.onOpen;
     this.onStreamEnd = init.options.onStreamEnd;
     this.onSessionEnd = init.options.onSessionEnd;
+    this.maxStreams = init.options.maxStreams ?? DEFAULT_MAX_STREAMS;
+    this.maxDials = init.options.maxDials ?? DEFAULT_MAX_DIALS;
     this.buffers = init.options.buffers;
     this.writer = init.frameWriter;
     this.writer.onError = (e) => this.shutdown(`transport write failed: ${describeError(e)}`);
@@ -111,7 +114,11 @@ export class Session implements Tunnel {
     this.peerParity = init.role === "client" ? 0 : 1;
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     const keepAliveMs = init.options.keepAliveMs ?? DEFAULT_KEEPALIVE_MS;
-    if (keepAliveMs > 0) this.keepAlive = setInterval(() => this.tick(), keepAliveMs);
+    this.keepAlive = new KeepAlive(
+      this.writer,
+      keepAliveMs,
+      () => this.shutdown("peer stopped answering keep-alive pings"),
+    );
     const idleCreditMs = init.options.idleCreditMs ?? DEFAULT_IDLE_CREDIT_MS;
     if (idleCreditMs > 0) {
       this.creditSweep = setInterval(() => {
@@ -173,12 +180,7 @@ export class Session implements Tunnel {
     if (this.closeReason !== null) {
       return Promise.reject(new Error(`tunnel closed: ${this.closeReason}`));
     }
-    const nonce = crypto.getRandomValues(new Uint8Array(8));
-    const key = hex(nonce);
-    return new Promise((resolve, reject) => {
-      this.pings.set(key, { start: performance.now(), resolve, reject });
-      this.writer.send({ type: FrameType.PING, streamId: 0, nonce });
-    });
+    return this.keepAlive.ping();
   }
 
   async goAway(): Promise<void> {
@@ -209,7 +211,7 @@ export class Session implements Tunnel {
           if (!this.decoder.idle) reason = "tunnel closed by peer in the middle of a frame";
           break;
         }
-        this.heard = true;
+        this.keepAlive.heard();
         const frames = this.decoder.push(value);
         this.buffers?.share(value, () => payloadViews(value, frames));
         for (const frame of frames) this.dispatch(frame);
@@ -248,6 +250,7 @@ export class Session implements Tunnel {
           this.opening.delete(frame.streamId);
           pending.reject(new OpenError("error", `open reset by peer: ${reason}`));
         }
+        this.dialing.get(frame.streamId)?.abort(new Error(`reset by peer: ${reason}`));
         this.streams.get(frame.streamId)?.teardown(
           new StreamResetError(`stream reset by peer: ${reason}`),
         );
@@ -260,16 +263,8 @@ export class Session implements Tunnel {
       case FrameType.PING:
         this.writer.send({ type: FrameType.PONG, streamId: 0, nonce: frame.nonce });
         return;
-      case FrameType.PONG: {
-        this.pingOutstanding = false;
-        const key = hex(frame.nonce);
-        const ping = this.pings.get(key);
-        if (ping) {
-          this.pings.delete(key);
-          ping.resolve(performance.now() - ping.start);
-        }
-        return;
-      }
+      case FrameType.PONG:
+        return this.keepAlive.pong(frame.nonce);
       case FrameType.GO_AWAY:
         this.peerGoingAway = true;
         return;
@@ -300,8 +295,16 @@ export class Session implements Tunnel {
       this.writer.send({ type: FrameType.OPEN_RESULT, streamId: id, result, message });
     if (!this.onOpen) return refuse("forbidden", "this end accepts no streams");
     if (this.goingAway) return refuse("forbidden", "tunnel is going away");
+    if (this.streams.size >= this.maxStreams) {
+      return refuse("error", `too many streams on this tunnel (at most ${this.maxStreams})`);
+    }
+    if (this.dialing.size >= this.maxDials) {
+      return refuse("error", `too many opens in progress (at most ${this.maxDials})`);
+    }
+    const dial = new AbortController();
+    this.dialing.set(id, dial);
     const stream = this.newStream(id, request);
-    this.onOpen(request).then(
+    this.onOpen(request, dial.signal).finally(() => this.dialing.delete(id)).then(
       (duplex) => {
         if (!this.streams.has(id)) {
           // reset (or tunnel closed) while dialing: drop the connection we just made
@@ -356,31 +359,20 @@ export class Session implements Tunnel {
     }
   }
 
-  // ----- keep-alive and shutdown --------------------------------------------------------
-
-  private tick(): void {
-    if (this.heard) {
-      this.heard = false;
-      this.pingOutstanding = false;
-      return;
-    }
-    if (this.pingOutstanding) return this.shutdown("peer stopped answering keep-alive pings");
-    this.pingOutstanding = true;
-    this.writer.send({ type: FrameType.PING, streamId: 0, nonce: new Uint8Array(8) });
-  }
+  // ----- shutdown -----------------------------------------------------------------------
 
   private shutdown(reason: string, graceful = false): void {
     if (this.closeReason !== null) return;
     this.closeReason = reason;
-    clearInterval(this.keepAlive);
     clearInterval(this.creditSweep);
     const error = new StreamResetError(`tunnel closed: ${reason}`);
+    this.keepAlive.stop(error);
     for (const pending of this.opening.values()) pending.reject(error);
     this.opening.clear();
     for (const stream of [...this.streams.values()]) stream.teardown(error);
     this.streams.clear();
-    for (const ping of this.pings.values()) ping.reject(error);
-    this.pings.clear();
+    for (const dial of this.dialing.values()) dial.abort(error);
+    this.dialing.clear();
     this.listeners.close(error);
     for (const w of this.emptyWaiters) w();
     this.emptyWaiters = [];
@@ -398,10 +390,4 @@ function payloadViews(chunk: Uint8Array, frames: Frame[]): Uint8Array[] {
   return frames.flatMap((frame) =>
     frame.type === FrameType.DATA && frame.payload.buffer === chunk.buffer ? [frame.payload] : []
   );
-}
-
-function hex(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += b.toString(16).padStart(2, "0");
-  return s;
 }

@@ -145,6 +145,8 @@ export class MuxStream implements TunnelStream {
         for (const piece of this.datagramPieces) this.host.release(piece);
         this.datagramPieces = [];
       }
+      // The sender may overshoot its credit by one datagram at most; more is abuse.
+      if (this.queuedBytes + payload.length > this.window.size + MAX_DATA) return false;
       if (this.queue.length - this.queueHead >= this.limits.udpQueue) {
         this.dropped++;
         // A dropped datagram is done with: its credit goes back, or the sender would starve.

@@ -58,8 +58,11 @@ export interface TunnelStream extends Duplex, ByteChannel {
   readonly dropped: number;
 }
 
-/** Decides what an incoming open becomes: the duplex to splice it with, or an OpenError. */
-export type OpenHandler = (request: OpenRequest) => Promise<Duplex>;
+/**
+ * Decides what an incoming open becomes: the duplex to splice it with, or an OpenError.
+ * `signal` aborts when the peer resets the stream (or the tunnel closes) before the answer.
+ */
+export type OpenHandler = (request: OpenRequest, signal?: AbortSignal) => Promise<Duplex>;
 
 /** A listener an end keeps for its peer's LISTEN, closed with the tunnel. */
 export interface KeptListener {
@@ -84,6 +87,10 @@ export interface TunnelOptions {
   onSessionEnd?: (reason: string) => void;
   /** Bytes a stream may have in flight before its reader must catch up. */
   streamWindow?: number;
+  /** Streams the peer may have open at once (default 4096); further opens are refused. */
+  maxStreams?: number;
+  /** Opens the peer may have in progress at once (default 1024); further ones are refused. */
+  maxDials?: number;
   /** Most a stream's window grows to while its reader keeps up (default 8 MiB). */
   maxStreamWindow?: number;
   /** Most all streams' windows grow beyond their initial size, together (default 16 MiB). */

@@ -9,6 +9,11 @@ import { type Frame, FrameType, HEADER_SIZE } from "./frame.ts";
 /** Bytes queued beyond which data senders wait (control frames are never refused). */
 export const HIGH_WATER = 1024 * 1024;
 /**
+ * Control frames (credit, pongs) queued beyond this mean the peer sends them faster than it
+ * reads the answers (a ping flood): the writer fails, which closes the tunnel.
+ */
+export const MAX_URGENT_BYTES = 1024 * 1024;
+/**
  * What a woken sender is assumed to queue (a stream's largest DATA frame): room for this
  * much wakes one more waiter.
  */
@@ -43,6 +48,7 @@ export class FrameWriter {
    * and with it what a window can carry. Their order relative to DATA/FIN does not matter.
    */
   private urgent: Queued[] = [];
+  private urgentBytes = 0;
   private head = 0;
   private queued = 0;
   private flushing = false;
@@ -94,6 +100,16 @@ export class FrameWriter {
     if (this.failure !== null) return;
     const urgent = type === FrameType.WINDOW || type === FrameType.PING ||
       type === FrameType.PONG;
+    if (urgent) {
+      this.urgentBytes += HEADER_SIZE + payload.length;
+      if (this.urgentBytes > MAX_URGENT_BYTES) {
+        this.failure = new Error(
+          `the peer does not read: over ${MAX_URGENT_BYTES} bytes of control frames queued`,
+        );
+        this.onError(this.failure);
+        return;
+      }
+    }
     (urgent ? this.urgent : this.queue).push({ type, streamId, payload, copied });
     this.queued += HEADER_SIZE + payload.length;
     if (!this.flushing) {
@@ -161,6 +177,7 @@ export class FrameWriter {
   private cutBatch(): Uint8Array {
     const urgent = this.urgent;
     this.urgent = [];
+    this.urgentBytes = 0;
     let size = 0;
     for (const f of urgent) size += HEADER_SIZE + f.payload.length;
     let end = this.head;
