@@ -257,19 +257,31 @@ Deno.test("frame: fuzz — mutated valid streams decode to frames or a FrameErro
       (mutations, truncateAt) => {
         const input = wire.slice(0, Math.max(truncateAt, 1));
         for (const [at, value] of mutations) if (at < input.length) input[at] = value;
-        const decoder = new FrameDecoder();
+        let frames: Frame[];
         try {
-          for (const frame of decoder.push(input)) {
-            // whatever decodes must encode again (the codec never yields an unrepresentable frame)
-            if (frame.type !== FrameType.HELLO_ERR) encodeFrame(frame);
-          }
+          frames = new FrameDecoder().push(input);
         } catch (e) {
           assertInstanceOf(e, FrameError);
+          return;
+        }
+        // Whatever decodes must encode again: the codec never yields an unrepresentable frame.
+        for (const frame of frames) {
+          if (frame.type !== FrameType.HELLO_ERR) encodeFrame(frame);
         }
       },
     ),
     { seed: 7, numRuns: 3000 },
   );
+});
+
+Deno.test("frame: a hostname that is not UTF-8 is refused, so what decodes encodes again", () => {
+  const open = encodeFrame({
+    type: FrameType.OPEN,
+    streamId: 1,
+    request: { protocol: "tcp", host: "x".repeat(200), port: 80 },
+  });
+  open.fill(0xff, open.length - 200);
+  assertThrows(() => new FrameDecoder().push(open), FrameError, "not UTF-8");
 });
 
 Deno.test("frame: fuzz — valid headers with random payloads decode or fail cleanly", () => {

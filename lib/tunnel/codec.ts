@@ -30,6 +30,7 @@ const ADDR_NAME = 0;
 
 const utf8 = new TextEncoder();
 const fromUtf8 = new TextDecoder("utf-8", { fatal: false });
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
 // ---------------------------------------------------------------------------------------
 // Encoding
@@ -221,11 +222,19 @@ class PayloadReader {
     this.at += n;
     return b;
   }
+  /** Length-prefixed strings must be UTF-8: a replaced byte would not encode back the same. */
   shortString(): string {
-    return fromUtf8.decode(this.bytes(this.u8()));
+    return this.strict(this.bytes(this.u8()));
   }
   longString(): string {
-    return fromUtf8.decode(this.bytes(this.u16()));
+    return this.strict(this.bytes(this.u16()));
+  }
+  private strict(bytes: Uint8Array): string {
+    try {
+      return strictUtf8.decode(bytes);
+    } catch {
+      throw new FrameError(`${this.what} frame has a string that is not UTF-8`);
+    }
   }
   tailString(): string {
     return fromUtf8.decode(this.bytes(this.buf.length - this.at));
