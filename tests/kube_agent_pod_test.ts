@@ -182,10 +182,6 @@ function stubApi(states: Partial<V1Pod>[]): AgentPodApi & { calls: string[] } {
         return Promise.resolve(body);
       },
       listNamespacedPod: () => Promise.resolve({ items: [pod(states[0])] }),
-      deleteNamespacedPod: ({ name }: { name: string }) => {
-        calls.push(`delete pod ${name}`);
-        return Promise.resolve({});
-      },
       listNamespacedEvent: () =>
         Promise.resolve({
           items: [{
@@ -239,7 +235,6 @@ Deno.test("startAgentPod: waits for Running; stop() deletes Job and pod once", a
     "create job in ns",
     `create secret relay-agent-token-${agent.sessionId} in ns owned by relay-agent-x1`,
     "delete job relay-agent-x1 Background",
-    "delete pod relay-agent-x1-abc",
   ]);
 });
 

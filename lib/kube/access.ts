@@ -32,7 +32,6 @@ export const AGENT_PERMISSIONS: readonly Permission[] = [
   { verb: "watch", group: "", resource: "pods" },
   // Asked when a tunnel drops: is the agent's pod gone, or was it only the network?
   { verb: "get", group: "", resource: "pods" },
-  { verb: "delete", group: "", resource: "pods" },
   { verb: "get", group: "", resource: "pods", subresource: "portforward" },
   { verb: "create", group: "", resource: "pods", subresource: "portforward" },
 ];

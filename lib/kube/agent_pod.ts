@@ -25,7 +25,7 @@ export { agentGoneReason } from "./agent_status.ts";
 export interface AgentPodApi {
   core: Pick<
     CoreV1Api,
-    "listNamespacedPod" | "deleteNamespacedPod" | "listNamespacedEvent" | "createNamespacedSecret"
+    "listNamespacedPod" | "listNamespacedEvent" | "createNamespacedSecret"
   >;
   batch: Pick<BatchV1Api, "createNamespacedJob" | "deleteNamespacedJob">;
   watch: Pick<Watch, "watch">;
@@ -98,8 +98,7 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
   }
   const jobName = job.metadata!.name!;
   let stopping: Promise<void> | undefined;
-  const stopWith = (podName?: string) =>
-    stopping ??= deleteAgent(api, namespace, jobName, sessionId, podName);
+  const stop = () => stopping ??= deleteAgent(api, namespace, jobName, sessionId);
 
   try {
     // The Job's pod reads its token from this Secret, which the Job owns: it goes with the
@@ -131,10 +130,10 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
       port: AGENT_PORT,
       container: CONTAINER_NAME,
       ephemeral: false,
-      stop: () => stopWith(podName),
+      stop,
     };
   } catch (error) {
-    await stopWith();
+    await stop();
     throw error;
   }
 }
@@ -232,28 +231,26 @@ function waitRunning(api: AgentPodApi, opts: {
   });
 }
 
-/** Delete the Job (its pod with it) and, so it goes at once, the pod too; 404 is success. */
+/**
+ * Deletes the Job; with background propagation the garbage collector deletes its pod (and
+ * the token's Secret) at once, so relay needs no permission on pods it did not create itself.
+ * 404 is success.
+ */
 async function deleteAgent(
   api: AgentPodApi,
   namespace: string,
   jobName: string,
   sessionId: string,
-  podName?: string,
 ): Promise<void> {
-  const ignoreGone = (error: unknown) => {
-    if (statusOf(error) !== 404) throw error;
-  };
-  const deletions: Promise<unknown>[] = [
-    api.batch.deleteNamespacedJob({ name: jobName, namespace, propagationPolicy: "Background" })
-      .catch(ignoreGone),
-  ];
-  if (podName) {
-    deletions.push(api.core.deleteNamespacedPod({ name: podName, namespace }).catch(ignoreGone));
-  }
-  const results = await Promise.allSettled(deletions);
-  const failed = results.find((r) => r.status === "rejected");
-  if (failed) {
-    throw apiError((failed as PromiseRejectedResult).reason, {
+  try {
+    await api.batch.deleteNamespacedJob({
+      name: jobName,
+      namespace,
+      propagationPolicy: "Background",
+    });
+  } catch (error) {
+    if (statusOf(error) === 404) return;
+    throw apiError(error, {
       verb: "delete",
       resource: "jobs",
       object: `job/${jobName} (session ${sessionId})`,

@@ -492,7 +492,6 @@ Deno.test({
       "get pods": { args: ["pod/echo-pod", ":8080@tcp"] },
       "list pods": { args: ["deploy/echo", ":8080@tcp"] },
       "watch pods": { args: ["deploy/echo", ":8080@tcp"] },
-      "delete pods": { args: [`ip/${podIP}`, ":8080"] },
       "get pods/portforward": { args: [`ip/${podIP}`, ":8080"] },
       "create pods/portforward": { args: [`ip/${podIP}`, ":8080"] },
       "get deployments": { args: ["deploy/echo", ":8080@tcp"] },
