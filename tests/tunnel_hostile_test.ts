@@ -3,6 +3,7 @@
  * floods. The session must stay within its bounds and close the tunnel rather than grow.
  */
 import { assert, assertEquals } from "./assert.ts";
+import fc from "fast-check";
 import { duplexPair } from "../lib/net/mod.ts";
 import {
   acceptTunnel,
@@ -192,4 +193,56 @@ Deno.test("hostile peer: UDP datagrams sent past the credit reset the stream ins
     () => frames.some((f) => f.type === FrameType.RESET && f.streamId === 1),
   );
   await close();
+});
+
+Deno.test("hostile peer: fuzz — random frame sequences never throw out of the session and stay within its bounds", async () => {
+  const frame = fc.oneof(
+    fc.record({ type: fc.constant(FrameType.OPEN), streamId: fc.nat(40) }).map((f) =>
+      open(f.streamId, f.streamId % 4 === 1 ? "udp" : "tcp")
+    ),
+    fc.record({
+      type: fc.constant(FrameType.DATA),
+      streamId: fc.nat(40),
+      payload: fc.uint8Array({ maxLength: 70_000 }).map((b) => b.subarray(0, 65_536)),
+    }),
+    fc.record({
+      type: fc.constant(FrameType.WINDOW),
+      streamId: fc.nat(40),
+      increment: fc.nat({ max: 0xffffffff }),
+    }),
+    fc.record({
+      type: fc.constant(FrameType.WINDOW_RETURN),
+      streamId: fc.nat(40),
+      decrement: fc.nat({ max: 0xffffffff }),
+    }),
+    fc.record({ type: fc.constant(FrameType.FIN), streamId: fc.nat(40) }),
+    fc.record({ type: fc.constant(FrameType.RESET), streamId: fc.nat(40), reason: fc.string() }),
+    fc.record({
+      type: fc.constant(FrameType.PING),
+      streamId: fc.constant(0),
+      nonce: fc.uint8Array({ maxLength: 8 }),
+    }),
+    fc.record({
+      type: fc.constant(FrameType.GO_AWAY),
+      streamId: fc.constant(0),
+      reason: fc.string(),
+    }),
+  ) as fc.Arbitrary<Frame>;
+  await fc.assert(
+    fc.asyncProperty(fc.array(frame, { maxLength: 40 }), async (sequence) => {
+      const { agent, send, close } = await hostilePeer({
+        read: true,
+        maxStreams: 8,
+        onOpen: () => Promise.resolve(duplexPair()[0]),
+      });
+      for (const f of sequence) {
+        if (agent.closeReason !== null) break;
+        await send([f]);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      assert(agent.streamCount <= 8, `${agent.streamCount} streams open`);
+      await close();
+    }),
+    { seed: 11, numRuns: 150 },
+  );
 });
