@@ -16,7 +16,7 @@ import {
 } from "./agent_manifest.ts";
 import { agentFailed, pendingReason, runningVerdict } from "./agent_status.ts";
 import { apiError, statusMessageOf, statusOf, UsageError } from "./errors.ts";
-import { runListWatch } from "./list_watch.ts";
+import { waitForPods } from "./pod_wait.ts";
 
 export { AGENT_PORT, agentJobManifest };
 export { agentGoneReason } from "./agent_status.ts";
@@ -163,71 +163,26 @@ function waitRunning(api: AgentPodApi, opts: {
   timeoutMs: number;
   signal?: AbortSignal;
 }): Promise<V1Pod> {
-  const watching = new AbortController();
-  const pods = new Map<string, V1Pod>();
-  let settled = false;
-  return new Promise<V1Pod>((resolve, reject) => {
-    const settle = (outcome: () => void) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(deadline);
-      opts.signal?.removeEventListener("abort", onAbort);
-      watching.abort();
-      outcome();
-    };
-    const onAbort = () => settle(() => reject(opts.signal!.reason));
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
-    const current = () => {
-      const all = [...pods.values()];
-      return all.find((p) => !p.metadata?.deletionTimestamp) ?? all[0];
-    };
-    const check = () => {
-      const pod = current();
-      if (!pod) return;
+  // A pod being deleted (an earlier attempt) counts only when there is no other.
+  const current = (pods: V1Pod[]) => pods.find((p) => !p.metadata?.deletionTimestamp) ?? pods[0];
+  return waitForPods<V1Pod>(api, {
+    namespace: opts.namespace,
+    labelSelector: `${SESSION_LABEL}=${opts.sessionId}`,
+    timeoutMs: opts.timeoutMs,
+    signal: opts.signal,
+    check: (pods) => {
+      const pod = current(pods);
+      if (!pod) return undefined;
       const verdict = runningVerdict(pod, tokenSecretName(opts.sessionId));
-      if (verdict === "running") settle(() => resolve(pod));
-      else if (verdict) settle(() => reject(agentFailed(opts, pod, verdict)));
-    };
-    const deadline = setTimeout(() => {
-      const pod = current();
-      pendingReason(api, opts, pod).then((why) => {
-        const seconds = Math.round(opts.timeoutMs / 1000);
-        settle(() => reject(agentFailed(opts, pod, `was not Running after ${seconds}s: ${why}`)));
-      });
-    }, opts.timeoutMs);
-    if (opts.signal?.aborted) return onAbort();
-    void runListWatch<V1Pod>({
-      watch: api.watch,
-      path: `/api/v1/namespaces/${opts.namespace}/pods`,
-      labelSelector: `${SESSION_LABEL}=${opts.sessionId}`,
-      list: () =>
-        api.core.listNamespacedPod({
-          namespace: opts.namespace,
-          labelSelector: `${SESSION_LABEL}=${opts.sessionId}`,
-        }),
-      onReplace: (items) => {
-        pods.clear();
-        for (const pod of items) pods.set(pod.metadata?.name ?? "", pod);
-        check();
-      },
-      onEvent: (type, pod) => {
-        if (type === "DELETED") pods.delete(pod.metadata?.name ?? "");
-        else pods.set(pod.metadata?.name ?? "", pod);
-        check();
-      },
-      // A list that fails (no permission, no namespace) will not pass on a retry; a watch
-      // that fails is listed again by the loop.
-      onError: (error, during) => {
-        if (during !== "list") return;
-        const failure = apiError(error, {
-          verb: "list",
-          resource: "pods",
-          namespace: opts.namespace,
-        });
-        settle(() => reject(failure));
-      },
-      signal: watching.signal,
-    });
+      if (verdict === "running") return pod;
+      return verdict ? agentFailed(opts, pod, verdict) : undefined;
+    },
+    timedOut: async (pods) => {
+      const pod = current(pods);
+      const why = await pendingReason(api, opts, pod);
+      const seconds = Math.round(opts.timeoutMs / 1000);
+      return agentFailed(opts, pod, `was not Running after ${seconds}s: ${why}`);
+    },
   });
 }
 

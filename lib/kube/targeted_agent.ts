@@ -13,7 +13,7 @@ import { DEFAULT_AGENT_IMAGE } from "../version.ts";
 import { agentArgs, agentTokenSecret, randomHex, TOKEN_SECRET_KEY } from "./agent_manifest.ts";
 import type { AgentPod } from "./agent_pod.ts";
 import { apiError, KubeError, statusMessageOf, statusOf, UsageError } from "./errors.ts";
-import { runListWatch } from "./list_watch.ts";
+import { waitForPods } from "./pod_wait.ts";
 
 /** The API calls placing an agent in a target pod makes; a loaded Kube has them. */
 export interface TargetedAgentApi {
@@ -203,62 +203,30 @@ function waitRunning(api: TargetedAgentApi, opts: {
   timeoutMs: number;
   signal?: AbortSignal;
 }): Promise<void> {
-  const watching = new AbortController();
-  let settled = false;
-  return new Promise<void>((resolve, reject) => {
-    const settle = (outcome: () => void) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(deadline);
-      opts.signal?.removeEventListener("abort", onAbort);
-      watching.abort();
-      outcome();
-    };
-    const onAbort = () => settle(() => reject(opts.signal!.reason));
-    opts.signal?.addEventListener("abort", onAbort, { once: true });
-    let last = "not started yet";
-    const fail = (what: string) =>
-      new KubeError(`the agent in ${opts.where} ${what} (container ${opts.container})`);
-    const check = (pod: V1Pod | undefined, gone = false) => {
-      if (gone || !pod || pod.metadata?.deletionTimestamp) {
-        return settle(() => reject(fail("cannot start: the pod is gone")));
-      }
-      const status = pod.status?.ephemeralContainerStatuses?.find((c) => c.name === opts.container);
-      const state = status?.state;
-      if (state?.running) return settle(resolve);
+  let last = "not started yet";
+  const fail = (what: string) =>
+    new KubeError(`the agent in ${opts.where} ${what} (container ${opts.container})`);
+  return waitForPods<true>(api, {
+    namespace: opts.namespace,
+    fieldSelector: `metadata.name=${opts.podName}`,
+    timeoutMs: opts.timeoutMs,
+    signal: opts.signal,
+    check: ([pod]) => {
+      if (!pod || pod.metadata?.deletionTimestamp) return fail("cannot start: the pod is gone");
+      const state = pod.status?.ephemeralContainerStatuses?.find((c) => c.name === opts.container)
+        ?.state;
+      if (state?.running) return true;
       if (state?.terminated) {
         const t = state.terminated;
         const why = t.message?.trim().split("\n").pop() ?? t.reason ?? `code ${t.exitCode}`;
-        return settle(() => reject(fail(`exited: ${why}`)));
+        return fail(`exited: ${why}`);
       }
       const waiting = state?.waiting;
-      if (waiting?.reason) {
-        last = `${waiting.reason}${waiting.message ? `: ${waiting.message}` : ""}`;
-        if (/InvalidImageName|ErrImageNeverPull|CreateContainerError/.test(waiting.reason)) {
-          settle(() => reject(fail(`cannot start: ${last}`)));
-        }
-      }
-    };
-    const deadline = setTimeout(() => {
-      const seconds = Math.round(opts.timeoutMs / 1000);
-      settle(() => reject(fail(`was not running after ${seconds}s: ${last}`)));
-    }, opts.timeoutMs);
-    if (opts.signal?.aborted) return onAbort();
-    const fieldSelector = `metadata.name=${opts.podName}`;
-    void runListWatch<V1Pod>({
-      watch: api.watch,
-      path: `/api/v1/namespaces/${opts.namespace}/pods`,
-      fieldSelector,
-      list: () => api.core.listNamespacedPod({ namespace: opts.namespace, fieldSelector }),
-      onReplace: (items) => check(items[0], items.length === 0),
-      onEvent: (type, pod) => check(pod, type === "DELETED"),
-      onError: (error, during) => {
-        if (during !== "list") return;
-        settle(() =>
-          reject(apiError(error, { verb: "list", resource: "pods", namespace: opts.namespace }))
-        );
-      },
-      signal: watching.signal,
-    });
-  });
+      if (!waiting?.reason) return undefined;
+      last = `${waiting.reason}${waiting.message ? `: ${waiting.message}` : ""}`;
+      const hopeless = /InvalidImageName|ErrImageNeverPull|CreateContainerError/;
+      return hopeless.test(waiting.reason) ? fail(`cannot start: ${last}`) : undefined;
+    },
+    timedOut: () => fail(`was not running after ${Math.round(opts.timeoutMs / 1000)}s: ${last}`),
+  }).then(() => {});
 }
