@@ -8,7 +8,6 @@ import {
   match as assertMatch,
   ok as assert,
 } from "node:assert/strict";
-import { parseAllDocuments } from "yaml";
 import { loadKube } from "../../lib/kube/config.ts";
 import { dialPortForward } from "../../lib/kube/portforward.ts";
 import { connectTunnel, HandshakeError } from "../../lib/tunnel/handshake.ts";
@@ -23,12 +22,12 @@ import {
   kubectlJson,
   podNetns,
   readLine,
-  REPO_DIR,
   RUN_DIR,
   runCommand,
   waitFor,
 } from "./harness.ts";
 import { AGENT_SELECTOR, inBatches } from "./agents.ts";
+import { grant, shippedRules, without } from "./rbac.ts";
 import { relayCommand, startRelay } from "./relay_process.ts";
 import { createEchoWorkloads } from "./workloads.ts";
 
@@ -361,81 +360,6 @@ Deno.test({
     await waitFor("no agent Job left", async () => (await agentJobs(ns.name)).length === 0);
   },
 });
-
-// ---------------------------------------------------------------------------------------
-// RBAC
-
-interface Rule {
-  apiGroups: string[];
-  resources: string[];
-  verbs: string[];
-}
-
-/** manifests/rbac.yaml's Role rules, as shipped. */
-async function shippedRules(): Promise<Rule[]> {
-  const docs = parseAllDocuments(await Deno.readTextFile(`${REPO_DIR}/manifests/rbac.yaml`))
-    .map((d) => d.toJS());
-  const role = docs.find((d) => d?.kind === "Role");
-  const binding = docs.find((d) => d?.kind === "RoleBinding");
-  assert(role && binding, "rbac.yaml holds a Role and a RoleBinding");
-  assertEquals(binding.roleRef.name, role.metadata.name);
-  assertEquals(binding.subjects[0].name, "REPLACE-ME", "the subject is a placeholder");
-  assert(!docs.some((d) => d?.kind === "ClusterRole"), "nothing cluster-scoped");
-  return role.rules as Rule[];
-}
-
-/** The rules with one verb on one resource left out. */
-function without(rules: Rule[], resource: string, verb: string): Rule[] {
-  return rules.flatMap((rule) =>
-    rule.resources.map((res) => ({
-      apiGroups: rule.apiGroups,
-      resources: [res],
-      verbs: rule.verbs.filter((v) => !(res === resource && v === verb)),
-    }))
-  ).filter((rule) => rule.verbs.length > 0);
-}
-
-/** Grants `rules` in `namespace` to a user of its own (Role + RoleBinding), once effective. */
-async function grant(namespace: string, user: string, rules: Rule[]): Promise<void> {
-  const items = [
-    {
-      apiVersion: "rbac.authorization.k8s.io/v1",
-      kind: "Role",
-      metadata: { name: user },
-      rules,
-    },
-    {
-      apiVersion: "rbac.authorization.k8s.io/v1",
-      kind: "RoleBinding",
-      metadata: { name: user },
-      roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: user },
-      subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: user }],
-    },
-  ];
-  await kubectl(["apply", "-n", namespace, "-f", "-"], {
-    input: JSON.stringify({ apiVersion: "v1", kind: "List", items }),
-  });
-  // The authorizer learns of new bindings from an informer: wait until it grants the first rule.
-  const [first] = rules;
-  const resource = first.apiGroups[0]
-    ? `${first.resources[0]}.${first.apiGroups[0]}`
-    : first.resources[0];
-  await waitFor(`${user}'s Role to take effect`, async () => {
-    const result = await runCommand([
-      KUBECTL,
-      `--kubeconfig=${KUBECONFIG}`,
-      "auth",
-      "can-i",
-      first.verbs[0],
-      resource,
-      "-n",
-      namespace,
-      "--as",
-      user,
-    ]);
-    return result.stdout.trim() === "yes";
-  }, { timeoutMs: 20_000 });
-}
 
 Deno.test({
   name:

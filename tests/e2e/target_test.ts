@@ -9,22 +9,20 @@ import {
   ok as assert,
 } from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { parseAllDocuments } from "yaml";
 import {
   createTestNamespace,
   ensureCluster,
   execInPod,
   KUBECONFIG,
-  KUBECTL,
   kubectl,
   kubectlJson,
   podNetns,
   readLine,
-  REPO_DIR,
   runCommand,
   waitFor,
 } from "./harness.ts";
 import { AGENT_SELECTOR } from "./agents.ts";
+import { grant, permissionsOf, shippedRules, without } from "./rbac.ts";
 import { relayCommand, startRelay } from "./relay_process.ts";
 import { createEchoWorkloads } from "./workloads.ts";
 
@@ -291,43 +289,8 @@ Deno.test({
     await ensureCluster();
     await using ns = await createTestNamespace("target-rbac");
     const echo = await createEchoWorkloads(ns.name, ["pod", "deploy"]);
-    const docs = parseAllDocuments(await Deno.readTextFile(`${REPO_DIR}/manifests/rbac.yaml`))
-      .map((d) => d.toJS());
-    const role = docs.find((d) => d?.kind === "Role" && d.metadata.name === "relay-targeted");
-    assert(role, "rbac.yaml holds the relay-targeted Role");
     const user = "relay-targeted-user";
-    await kubectl(["apply", "-n", ns.name, "-f", "-"], {
-      input: JSON.stringify({
-        apiVersion: "v1",
-        kind: "List",
-        items: [
-          { ...role, metadata: { name: user } },
-          {
-            apiVersion: "rbac.authorization.k8s.io/v1",
-            kind: "RoleBinding",
-            metadata: { name: user },
-            roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: user },
-            subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: user }],
-          },
-        ],
-      }),
-    });
-    await waitFor(`${user}'s Role to take effect`, async () => {
-      const result = await runCommand([
-        KUBECTL,
-        `--kubeconfig=${KUBECONFIG}`,
-        "auth",
-        "can-i",
-        "patch",
-        "pods",
-        "--subresource=ephemeralcontainers",
-        "-n",
-        ns.name,
-        "--as",
-        user,
-      ]);
-      return result.stdout.trim() === "yes";
-    }, { timeoutMs: 20_000 });
+    await grant(ns.name, user, await shippedRules("relay-targeted"));
     const local = localServer("hello as the targeted user");
     try {
       await using relay = await startRelay([
@@ -498,10 +461,7 @@ Deno.test({
     await ensureCluster();
     await using ns = await createTestNamespace("target-perms");
     await createEchoWorkloads(ns.name, ["pod", "deploy"]);
-    const docs = parseAllDocuments(await Deno.readTextFile(`${REPO_DIR}/manifests/rbac.yaml`))
-      .map((d) => d.toJS());
-    const role = docs.find((d) => d?.kind === "Role" && d.metadata.name === "relay-targeted");
-    const rules = role.rules as { apiGroups: string[]; resources: string[]; verbs: string[] }[];
+    const rules = await shippedRules("relay-targeted");
     const scenario: Record<string, string[]> = {
       "get pods": ["--target", "pod/echo-pod"],
       "list pods": ["--target", "deploy/echo"],
@@ -517,63 +477,14 @@ Deno.test({
       "get daemonsets": ["--target", "ds/echo-ds"],
       "get replicasets": ["--target", "rs/echo-rs"],
     };
-    const permissions = rules.flatMap((rule) =>
-      rule.resources.flatMap((resource) => rule.verbs.map((verb) => ({ verb, resource })))
-    );
+    const permissions = permissionsOf(rules);
     for (const { verb, resource } of permissions) {
       assert(`${verb} ${resource}` in scenario, `no scenario for ${verb} ${resource}`);
     }
     for (const [i, { verb, resource }] of permissions.entries()) {
       const permission = `${verb} ${resource}`;
       const user = `relay-targeted-${i}`;
-      const kept = rules.flatMap((rule) =>
-        rule.resources.map((res) => ({
-          apiGroups: rule.apiGroups,
-          resources: [res],
-          verbs: rule.verbs.filter((v) => !(res === resource && v === verb)),
-        }))
-      ).filter((rule) => rule.verbs.length > 0);
-      await kubectl(["apply", "-n", ns.name, "-f", "-"], {
-        input: JSON.stringify({
-          apiVersion: "v1",
-          kind: "List",
-          items: [
-            {
-              apiVersion: "rbac.authorization.k8s.io/v1",
-              kind: "Role",
-              metadata: { name: user },
-              rules: kept,
-            },
-            {
-              apiVersion: "rbac.authorization.k8s.io/v1",
-              kind: "RoleBinding",
-              metadata: { name: user },
-              roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: user },
-              subjects: [{ apiGroup: "rbac.authorization.k8s.io", kind: "User", name: user }],
-            },
-          ],
-        }),
-      });
-      // The authorizer learns of the binding from an informer: wait until it grants a rule.
-      const [probe] = kept;
-      const [resource0, sub0] = probe.resources[0].split("/");
-      const group = probe.apiGroups[0] ? `.${probe.apiGroups[0]}` : "";
-      await waitFor(`${user}'s Role to take effect`, async () => {
-        const result = await runCommand([
-          KUBECTL,
-          `--kubeconfig=${KUBECONFIG}`,
-          "auth",
-          "can-i",
-          probe.verbs[0],
-          `${resource0}${group}`,
-          ...(sub0 ? [`--subresource=${sub0}`] : []),
-          "-n",
-          ns.name,
-          "--as",
-          user,
-        ]);
-        return result.stdout.trim() === "yes" ? true : undefined;
-      }, { timeoutMs: 20_000 });
+      await grant(ns.name, user, without(rules, resource, verb));
       const result = await runCommand(
         relayCommand(["--as", user, "-n", ns.name, ...scenario[permission], "-R", "9520:1"]),
         { env: { KUBECONFIG } },
