@@ -1,16 +1,12 @@
 /** `relay agent`'s own flags (the in-pod end); the token comes from the environment. */
 import { Command, CommanderError } from "@commander-js/extra-typings";
+import type { AgentSettings } from "../contract.ts";
 import { UsageError } from "../errors.ts";
 import { parseDuration } from "./duration.ts";
 import { parsePortNumber } from "./ports.ts";
 
 /** The agent's flags, parsed; durations in milliseconds, absent means the agent's default. */
-export interface AgentArgs {
-  port?: number;
-  udpIdleMs?: number;
-  idleExitMs?: number;
-  connectTimeoutMs?: number;
-}
+export type AgentArgs = Partial<AgentSettings>;
 
 /** What `relay agent …` asks for: run with these flags, or print help. */
 export type AgentInvocation = { run: AgentArgs } | { print: string };

@@ -16,8 +16,6 @@ import { mergePatch } from "./merge_patch.ts";
 
 export { AGENT_PORT, AGENT_TOKEN_ENV };
 
-/** The agent's arguments; a --patch may not change them. */
-export const AGENT_ARGS: readonly string[] = ["agent", "--port", String(AGENT_PORT)];
 /** Labels every agent Job and pod carries. */
 export const AGENT_NAME_LABEL = "app.kubernetes.io/name";
 export const SESSION_LABEL = "relay.dev/session";
@@ -164,8 +162,8 @@ export function agentArgs(
   udpIdleTimeout?: string,
   port = AGENT_PORT,
 ): string[] {
-  const base = port === AGENT_PORT ? AGENT_ARGS : ["agent", "--port", String(port)];
-  const args = idleExit ? [...base, "--idle-exit", idleExit] : [...base];
+  const args = ["agent", "--port", String(port)];
+  if (idleExit) args.push("--idle-exit", idleExit);
   if (udpIdleTimeout) args.push("--udp-idle-timeout", udpIdleTimeout);
   return args;
 }

@@ -52,13 +52,16 @@ export class ConnChannel implements ByteChannel {
   private writeDone = false;
   private closed = false;
   private readSize = SMALL_READ;
+  /** The pool large reads are lent from: the owner's, when its buffers are read-sized. */
+  private readonly lender?: BufferPool;
 
-  constructor(private readonly conn: Deno.Conn, private readonly pool?: BufferPool) {}
+  constructor(private readonly conn: Deno.Conn, private readonly pool?: BufferPool) {
+    if (pool?.size === LARGE_READ) this.lender = pool;
+  }
 
   async read(): Promise<Uint8Array | null> {
-    const pooled = this.readSize === LARGE_READ && this.pool !== undefined &&
-      this.pool.size === LARGE_READ;
-    const buf = pooled ? this.pool!.take() : new Uint8Array(this.readSize);
+    const pooled = this.readSize === LARGE_READ && this.lender !== undefined;
+    const buf = pooled ? this.lender!.take() : new Uint8Array(this.readSize);
     let n: number | null;
     try {
       n = await this.conn.read(buf);
@@ -80,11 +83,11 @@ export class ConnChannel implements ByteChannel {
     // buffer itself is then free at once.
     if (n * 4 < buf.length) {
       const copy = buf.slice(0, n);
-      if (pooled) this.pool!.giveBack(buf.buffer);
+      if (pooled) this.lender!.giveBack(buf.buffer);
       return copy;
     }
     const chunk = buf.subarray(0, n);
-    return pooled ? this.pool!.lend(chunk) : chunk;
+    return pooled ? this.lender!.lend(chunk) : chunk;
   }
 
   /** Once written, the bytes are the kernel's: the chunk's buffer may take another read. */
