@@ -67,6 +67,7 @@ async function print(text: string): Promise<number> {
 
 /** Binds every listener first, so a busy port fails before the cluster is touched. */
 async function forward(plan: Plan, logger: Logger): Promise<number> {
+  for (const warning of plan.warnings ?? []) logger.info(`warning: ${warning}`);
   // Loaded here, not at the top: the session brings @kubernetes/client-node, which `relay
   // agent` in its pod has no use for.
   const [{ bindForwards }, { refuseUnsupported, runSession }, { forwardEntry }, { reverseEntry }] =

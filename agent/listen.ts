@@ -1,43 +1,131 @@
 /**
- * Reverse forwards for the agent: a port of the pod it listens on for the client (LISTEN),
- * each accepted connection opened as a stream back to the client on the same tunnel.
+ * Reverse forwards for the agent (LISTEN): a port of the pod it takes for the client, each
+ * connection arriving there opened as a stream back to the client on the same tunnel.
+ * A free port is listened on; a port the app serves is stolen or mirrored through netfilter
+ * redirects (netfilter.ts) to a listener of the agent's own.
  */
+import type { IncomingMode } from "../lib/contract.ts";
+import { describeError } from "../lib/errors.ts";
 import { AcceptBackoff } from "../lib/net/accept_backoff.ts";
 import type { BufferPool } from "../lib/net/buffer_pool.ts";
 import { closeQuietly, ConnChannel } from "../lib/net/socket.ts";
 import { splice } from "../lib/net/splice.ts";
-import { describeError } from "../lib/errors.ts";
 import {
   type KeptListener,
+  type ListenOptions,
   OpenError,
   type OpenRequest,
   type Tunnel,
 } from "../lib/tunnel/types.ts";
+import { type CompiledFilter, compileFilter, filterConnection } from "./http_filter.ts";
+import { mirrorConnection } from "./mirror.ts";
+import type { PortRedirects } from "./netfilter.ts";
+import { appAddress, listenersOn } from "./port_owners.ts";
 
 /** What a reverse listener needs from the agent. */
 export interface ReverseListenOptions {
   buffers?: BufferPool;
   log: (line: string) => void;
+  /** The agent's redirects, made when first needed (steal, mirror). */
+  redirects: () => PortRedirects;
+  /** Who listens on a port of the pod (tests replace it). */
+  listening?: (port: number) => Promise<string[]>;
 }
 
 /**
- * Listens on `request.port` on every address of the pod (IPv6 and IPv4 together where the
- * pod has IPv6). A port something in the pod already listens on is `in-use`.
+ * Takes `request.port` for the client in `mode`: `listen` binds it on every address of the
+ * pod (`in-use` if something listens there); `steal` redirects it; `mirror` redirects it and
+ * passes each connection on to the app (`refused` if nothing listens there); `auto` mirrors a
+ * port the app listens on and listens on a free one.
  */
-export function listenForClient(
+export async function listenForClient(
   request: OpenRequest,
+  { mode, filter }: ListenOptions,
   tunnel: Tunnel,
   options: ReverseListenOptions,
 ): Promise<KeptListener> {
   if (request.protocol !== "tcp") {
-    return Promise.reject(new OpenError("forbidden", "only TCP ports can be reverse forwarded"));
+    throw new OpenError("forbidden", "only TCP ports can be reverse forwarded");
   }
-  let listener: Deno.TcpListener;
+  let compiled: CompiledFilter | undefined;
+  if (filter) {
+    if (mode !== "steal") throw new OpenError("forbidden", "an HTTP filter goes with steal only");
+    try {
+      compiled = compileFilter(filter);
+    } catch (error) {
+      throw new OpenError("error", `bad HTTP filter: ${describeError(error)}`);
+    }
+  }
+  const port = request.port;
+  const owners = mode === "listen" ? [] : await (options.listening ?? listenersOn)(port);
+  const effective: IncomingMode = mode === "auto"
+    ? (owners.length > 0 ? "mirror" : "listen")
+    : mode;
+  if (effective === "listen") {
+    let listener: Deno.TcpListener;
+    try {
+      listener = bindAll(port);
+    } catch (error) {
+      throw listenFailure(error, port);
+    }
+    return acceptInto(
+      listener,
+      "listen",
+      port,
+      options,
+      (conn) => carry(conn, port, tunnel, options),
+    );
+  }
+  const app = appAddress(owners);
+  if (effective === "mirror" && app === undefined) {
+    throw new OpenError(
+      "refused",
+      `nothing listens on port ${port} in the pod, so there is nothing to mirror`,
+    );
+  }
+  // The redirect's target: a port of the agent's own, on every address (REDIRECT sends
+  // outside callers to the pod's address and in-pod ones to loopback).
+  const listener = bindAll(0);
+  const redirects = options.redirects();
   try {
-    listener = bindAll(request.port);
+    await redirects.add(port, (listener.addr as Deno.NetAddr).port);
   } catch (error) {
-    return Promise.reject(listenFailure(error, request.port));
+    closeQuietly(listener);
+    throw error;
   }
+  options.log(`relay agent: ${effective === "steal" ? "stealing" : "mirroring"} port ${port}`);
+  const handle = (conn: Deno.TcpConn): Promise<void> => {
+    if (compiled) {
+      const to = app === undefined ? undefined : { hostname: app, port };
+      const request = callerRequest(conn, port);
+      return filterConnection(conn, to, request, tunnel, compiled, options.log, options.buffers);
+    }
+    if (effective === "steal") return carry(conn, port, tunnel, options);
+    const request = callerRequest(conn, port);
+    return mirrorConnection(conn, { hostname: app!, port }, request, tunnel, options.buffers);
+  };
+  const kept = acceptInto(listener, effective, port, options, handle);
+  return {
+    mode: effective,
+    close() {
+      // The rule goes first, so no new connection reaches a closed listener.
+      redirects.remove(port).catch((error) =>
+        options.log(
+          `relay agent: cannot remove the redirect of port ${port}: ${describeError(error)}`,
+        )
+      ).finally(() => kept.close());
+    },
+  };
+}
+
+/** Accepts on `listener` until closed, handing each connection to `handle`. */
+function acceptInto(
+  listener: Deno.TcpListener,
+  mode: IncomingMode,
+  port: number,
+  options: ReverseListenOptions,
+  handle: (conn: Deno.TcpConn) => Promise<void>,
+): KeptListener {
   const open = new Set<Deno.TcpConn>();
   let closed = false;
   void (async () => {
@@ -51,25 +139,31 @@ export function listenForClient(
         if (closed || error instanceof Deno.errors.BadResource) return;
         const { report, pause } = backoff.failed();
         if (report) {
-          options.log(
-            `relay agent: cannot accept on port ${request.port}: ${describeError(error)}`,
-          );
+          options.log(`relay agent: cannot accept on port ${port}: ${describeError(error)}`);
         }
         await pause();
         continue;
       }
+      conn.setNoDelay(true);
       open.add(conn);
-      void carry(conn, request.port, tunnel, options).finally(() => open.delete(conn));
+      void handle(conn).finally(() => open.delete(conn));
     }
   })();
-  return Promise.resolve({
+  return {
+    mode,
     close() {
       if (closed) return;
       closed = true;
       closeQuietly(listener);
       for (const conn of open) closeQuietly(conn);
     },
-  });
+  };
+}
+
+/** The open the client gets for a caller of `port`: the caller's address and the port. */
+function callerRequest(conn: Deno.TcpConn, port: number): OpenRequest {
+  const caller = (conn.remoteAddr as Deno.NetAddr).hostname.replace(/^::ffff:(?=\d+\.)/, "");
+  return { protocol: "tcp", host: caller, port };
 }
 
 /** One caller's connection: a stream to the client, spliced with it; closed if refused. */
@@ -79,11 +173,9 @@ async function carry(
   tunnel: Tunnel,
   options: ReverseListenOptions,
 ): Promise<void> {
-  conn.setNoDelay(true);
-  const caller = (conn.remoteAddr as Deno.NetAddr).hostname.replace(/^::ffff:(?=\d+\.)/, "");
   let stream;
   try {
-    stream = await tunnel.open({ protocol: "tcp", host: caller, port });
+    stream = await tunnel.open(callerRequest(conn, port));
   } catch {
     // The client said why (nothing listening locally); the caller sees its connection end.
     closeQuietly(conn);

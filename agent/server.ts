@@ -14,6 +14,8 @@ import type { OpenRequest, Tunnel, TunnelStream } from "../lib/tunnel/types.ts";
 import { VERSION } from "../lib/version.ts";
 import { denoConnector, type Dialer, dialTcp, systemResolver } from "./dial.ts";
 import { listenForClient } from "./listen.ts";
+import { type IptablesRunner, podFamilies, PortRedirects, sweepStale } from "./netfilter.ts";
+import { hasNetAdmin } from "./port_owners.ts";
 import { dialUdp } from "./udp.ts";
 
 export { AGENT_DEFAULTS };
@@ -28,6 +30,8 @@ export interface AgentConfig extends Partial<AgentSettings> {
   dialer?: Partial<Dialer>;
   /** Where log lines go (default: stderr). */
   log?: (line: string) => void;
+  /** Replace iptables (tests). */
+  iptables?: IptablesRunner;
 }
 
 /** A started agent. */
@@ -60,6 +64,29 @@ export function startAgent(config: AgentConfig): AgentHandle {
   const port = (listener.addr as Deno.NetAddr).port;
   // One pool for the agent's sockets and tunnels: what one reads, another releases.
   const buffers = new BufferPool();
+  // Steal and mirror change the pod's netfilter rules; they are made on first use and
+  // removed before the agent exits, and a dead agent's are swept away at start.
+  let redirects: PortRedirects | undefined;
+  let families: Awaited<ReturnType<typeof podFamilies>> = ["ipv4"];
+  const ready = (async () => {
+    families = await podFamilies();
+    if (!config.iptables && !(await hasNetAdmin())) return;
+    try {
+      const swept = await sweepStale(families, port, config.iptables);
+      for (const gone of swept) {
+        log(`relay agent: removed the redirects of a relay agent that is gone (port ${gone})`);
+      }
+    } catch (e) {
+      log(`relay agent: cannot look for redirects left by a dead agent: ${describeError(e)}`);
+    }
+  })();
+  const getRedirects = () =>
+    redirects ??= new PortRedirects({
+      agentPort: port,
+      agentGid: Deno.gid() ?? 0,
+      families,
+      run: config.iptables,
+    });
   const tunnels = new Set<Tunnel>();
   const handshaking = new Set<Deno.Conn>();
   let stopped = false;
@@ -126,7 +153,10 @@ export function startAgent(config: AgentConfig): AgentHandle {
         token: config.token,
         onOpen,
         onStreamEnd,
-        onListen: (request, tunnel) => listenForClient(request, tunnel, { buffers, log }),
+        onListen: async (request, how, tunnel) => {
+          await ready;
+          return listenForClient(request, how, tunnel, { buffers, log, redirects: getRedirects });
+        },
         onSessionEnd: (reason) => stop(`relay ended the session (${reason}), exiting`),
         buffers,
         keepAliveMs: config.keepAliveMs ?? AGENT_KEEPALIVE_MS,
@@ -185,7 +215,11 @@ export function startAgent(config: AgentConfig): AgentHandle {
       }
     }
     const closing = [...tunnels].map((t) => (t.close(reason), t.closed));
-    Promise.all(closing).then(() => finish(0));
+    // The app's ports answer normally again before the agent is gone.
+    const unredirect = ready.then(() => redirects?.removeAll()).catch((e) =>
+      log(`relay agent: cannot remove its redirects: ${describeError(e)}`)
+    );
+    Promise.all([...closing, unredirect]).then(() => finish(0));
   };
 
   acceptLoop();

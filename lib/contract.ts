@@ -8,7 +8,35 @@
  * The tunnel protocol's version, sent in both ends' handshake; ends of different versions
  * refuse each other with a message naming both.
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
+
+/**
+ * How the agent takes a pod port for a reverse forward (-R): `listen` binds a free port;
+ * `steal` redirects the app's incoming connections to the client (the app no longer sees
+ * them); `mirror` lets the app answer and sends a copy of what each caller sends.
+ */
+export type IncomingMode = "listen" | "steal" | "mirror";
+
+/** What the client asks for: a mode, or `auto` (listen on a free port, mirror a served one). */
+export type IncomingRequest = IncomingMode | "auto";
+
+/**
+ * mirrord's `http_filter` for a stolen port: an HTTP/1.1 request whose path or one of whose
+ * header lines (`Name: value`) matches comes to the client; every other request on the
+ * connection, and every connection that is not HTTP/1.x, goes on to the app. Regular
+ * expressions in JavaScript's syntax; an empty or absent one matches nothing.
+ */
+export interface HttpFilter {
+  header?: string;
+  path?: string;
+}
+
+/**
+ * The group the agent runs as when it may redirect a port (steal, mirror): its netfilter
+ * rules leave this group's own connections alone, so its pass-through to the app does not
+ * loop back to itself. Distinct from the usual nonroot group (65532) apps run as.
+ */
+export const AGENT_STEAL_GID = 64_646;
 
 /** The port the agent listens on, on its pod's 127.0.0.1, unless told another. */
 export const AGENT_PORT = 4646;

@@ -2,6 +2,7 @@
  * What relay prints: ready lines on stdout (kubectl's format, so scripts that parse
  * `kubectl port-forward` output keep working), status and errors on stderr.
  */
+import type { HttpFilter, IncomingMode } from "./contract.ts";
 import { formatHostPort } from "./net/address.ts";
 import type { Protocol } from "./net/types.ts";
 import type { TargetRef } from "./plan.ts";
@@ -34,6 +35,10 @@ export interface ReverseReadyFacts {
   remotePort: number;
   localAddress: string;
   localPort: number;
+  /** How the agent took the port (default listen). */
+  mode?: IncomingMode;
+  /** With steal: the HTTP requests that come here. */
+  filter?: HttpFilter;
 }
 
 /**
@@ -50,8 +55,28 @@ export function formatReadyLine(facts: ReadyLineFacts): string {
 
 /** `Listening on pod/web-7f9c:9000 -> 127.0.0.1:9000`: connections to that port come here. */
 export function formatReverseReadyLine(facts: ReverseReadyFacts): string {
-  return `Listening on ${facts.place}:${facts.remotePort} -> ` +
+  const route = `${facts.place}:${facts.remotePort} -> ` +
     formatHostPort(facts.localAddress, facts.localPort);
+  switch (facts.mode ?? "listen") {
+    case "listen":
+      return `Listening on ${route}`;
+    case "mirror":
+      return `Mirroring ${route} (the app still answers; steal with --steal or ` +
+        `feature.network.incoming: steal)`;
+    case "steal":
+      if (facts.filter) return `Stealing ${route} (${describeFilter(facts.filter)})`;
+      return `Stealing ${route} (the app no longer sees these connections; mirror with ` +
+        `--mirror or feature.network.incoming: mirror)`;
+  }
+}
+
+/** Which requests a filtered steal takes, for its ready line. */
+function describeFilter(filter: HttpFilter): string {
+  const which = [
+    filter.path !== undefined ? `whose path matches ${filter.path}` : "",
+    filter.header !== undefined ? `with a header matching ${filter.header}` : "",
+  ].filter(Boolean).join(" or ");
+  return `HTTP requests ${which}; every other request and connection still reaches the app`;
 }
 
 /** Where a logger writes lines; each call gets one line without its newline. */

@@ -2,6 +2,7 @@
  * What the command line asks for, after parsing and before any API call: the contract
  * between the CLI (lib/cli/) and the parts that talk to the cluster (lib/kube/, lib/forward/).
  */
+import type { HttpFilter, IncomingRequest } from "./contract.ts";
 import type { Protocol } from "./net/types.ts";
 
 /** The kinds of target relay forwards to, in their canonical (krelay) spelling. */
@@ -81,6 +82,19 @@ export interface Plan {
   reverses: ReverseSpec[];
   /** `--target`: the pod or workload whose network namespace the agent joins (always for -R). */
   agentTarget?: TargetRef;
+  /**
+   * How `-R` takes a port the app serves (--steal, --mirror, or mirrord's
+   * `feature.network.incoming` in `-f`): `auto` listens on a free port and mirrors a served one.
+   */
+  incoming: IncomingRequest;
+  /** Steal only the HTTP requests matching this (mirrord's http_filter, --http-*-filter). */
+  httpFilter?: HttpFilter;
+  /** The -R remote ports the filter applies to; absent: every -R. */
+  httpFilterPorts?: number[];
+  /** Where `incoming` was chosen, for messages (`--steal`, `mirrord.yaml`); absent: default. */
+  incomingSource?: string;
+  /** Lines to print once before starting (keys of a config file that relay ignores). */
+  warnings?: string[];
   /** `--udp-idle-timeout` in milliseconds: a UDP session with no datagram for this long ends. */
   udpIdleTimeoutMs: number;
 }

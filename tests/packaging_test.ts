@@ -126,10 +126,16 @@ Deno.test("rendering fails on an archive SHA256SUMS lacks or an unknown placehol
   assertEquals(error, "template names an unknown placeholder {{NOPE}}");
 });
 
-Deno.test("the agent image is the linux binary on distroless/cc, as a numeric non-root user", async () => {
+Deno.test("the agent image is the linux binary on distroless/cc, as a numeric non-root user, with iptables", async () => {
   const dockerfile = await Deno.readTextFile(`${ROOT}/manifests/Dockerfile`);
   const instructions = dockerfile.split("\n").filter((l) => /^[A-Z]+ /.test(l));
-  assertMatch(instructions[0], /^FROM gcr\.io\/distroless\/cc-debian\d+:nonroot$/);
+  const stages = instructions.filter((l) => l.startsWith("FROM "));
+  assertMatch(stages.at(-1)!, /^FROM gcr\.io\/distroless\/cc-debian(\d+):nonroot$/);
+  // iptables comes from the same Debian release as the final image, unpacked without emulation.
+  const release = /cc-debian(\d+)/.exec(stages.at(-1)!)![1];
+  assertEquals(stages[0], `FROM --platform=$BUILDPLATFORM debian:${release}-slim AS netfilter`);
+  assertStringIncludes(dockerfile, "COPY --from=netfilter /netfilter/usr/ /usr/");
+  assertStringIncludes(dockerfile, 'ln -sf xtables-nft-multi "/netfilter/usr/sbin/$name"');
   assertStringIncludes(
     dockerfile,
     "\nCOPY --chmod=0755 ${TARGETARCH}/relay /usr/local/bin/relay\n",

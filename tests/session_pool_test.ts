@@ -3,6 +3,7 @@
  * duplexPair where the wire matters, and hand-driven fake tunnels where a test must decide when
  * a connect settles or a tunnel closes. No cluster, no sockets.
  */
+import type { IncomingMode } from "../lib/contract.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { TunnelPool } from "../lib/session/pool.ts";
 import {
@@ -86,8 +87,8 @@ class FakeTunnel implements Tunnel {
     return Promise.resolve({ id: this.opens.length, request } as unknown as TunnelStream);
   }
 
-  listen(): Promise<void> {
-    return Promise.resolve();
+  listen(): Promise<IncomingMode> {
+    return Promise.resolve("listen");
   }
 
   endSession(): Promise<void> {

@@ -70,8 +70,22 @@ const SAMPLES: Frame[] = [
     type: FrameType.LISTEN,
     streamId: 2,
     request: { protocol: "tcp", host: "0.0.0.0", port: 8080 },
+    mode: "listen",
   },
-  { type: FrameType.LISTEN_RESULT, streamId: 2, result: "forbidden", message: "later" },
+  {
+    type: FrameType.LISTEN,
+    streamId: 4,
+    request: { protocol: "tcp", host: "::", port: 80 },
+    mode: "auto",
+  },
+  {
+    type: FrameType.LISTEN_RESULT,
+    streamId: 2,
+    result: "forbidden",
+    mode: "listen",
+    message: "later",
+  },
+  { type: FrameType.LISTEN_RESULT, streamId: 4, result: "ok", mode: "mirror", message: "" },
 ];
 
 /** Frames compare with their payload views as plain arrays. */

@@ -13,6 +13,8 @@ import { parseLocalForward, parseReverseForward } from "./mirrord_flags.ts";
 import { parsePatch } from "./patch.ts";
 import { parseNamespace, parseTargetRef } from "./target.ts";
 import { parseTargetsFile } from "./targets_file.ts";
+import { type MirrordConfig, readMirrordConfig } from "./mirrord_config.ts";
+import type { HttpFilter, IncomingRequest } from "../contract.ts";
 
 /** How the parser reads `-f`, `--patch-file` and `-f -`; tests substitute their own. */
 export interface CliIo {
@@ -43,6 +45,10 @@ export type CommandOptions = {
   portForward?: string[];
   reversePortForward?: string[];
   target?: string;
+  steal?: true;
+  mirror?: true;
+  httpHeaderFilter?: string;
+  httpPathFilter?: string;
   patch?: string;
   patchFile?: string;
   agentImage?: string;
@@ -67,16 +73,23 @@ export async function toPlan(words: string[], opts: CommandOptions, io: CliIo): 
     : parseNamespace(opts.namespace, "--namespace");
   const forwards: ForwardSpec[] = [];
   if (words.length > 0) forwards.push(...parseForwardArgs(words, { namespace, source: "argv" }));
+  let mirrord: MirrordConfig | undefined;
   if (opts.file !== undefined) {
     const text = await readNamed(opts.file, "-f", io);
     const name = opts.file === "-" ? "stdin" : opts.file;
-    forwards.push(...parseTargetsFile(text, { name, namespace }));
+    mirrord = readMirrordConfig(text, name);
+    if (!mirrord) forwards.push(...parseTargetsFile(text, { name, namespace }));
   }
   forwards.push(...(opts.portForward ?? []).map(parseLocalForward));
   const reverses = (opts.reversePortForward ?? []).map(parseReverseForward);
-  const agentTarget = opts.target === undefined
-    ? undefined
-    : parseAgentTarget(opts.target, namespace);
+  // The flag wins over the config file, as with mirrord.
+  const targetText = opts.target ?? mirrord?.target;
+  const agentTarget = targetText === undefined ? undefined : parseAgentTarget(
+    targetText,
+    opts.target === undefined ? mirrord?.namespace ?? namespace : namespace,
+  );
+  const filter = pickHttpFilter(opts, mirrord);
+  const { incoming, incomingSource } = pickIncoming(opts, mirrord, opts.file, reverses, filter);
   if (forwards.length === 0 && reverses.length === 0) {
     throw new UsageError(
       "nothing to forward: give TARGET PORT..., -f FILE, -L or -R (see relay --help)",
@@ -128,9 +141,83 @@ export async function toPlan(words: string[], opts: CommandOptions, io: CliIo): 
     opts.udpIdleTimeout ?? DEFAULTS.udpIdleTimeout,
     "--udp-idle-timeout",
   );
-  const plan: Plan = { options, forwards, reverses, udpIdleTimeoutMs };
+  const plan: Plan = { options, forwards, reverses, udpIdleTimeoutMs, incoming };
+  if (incomingSource) plan.incomingSource = incomingSource;
+  if (mirrord) plan.warnings = mirrord.warnings;
+  if (filter) {
+    plan.httpFilter = filter;
+    if (mirrord?.httpFilterPorts && !opts.httpHeaderFilter && !opts.httpPathFilter) {
+      plan.httpFilterPorts = mirrord.httpFilterPorts;
+    }
+  }
   if (agentTarget) plan.agentTarget = agentTarget;
   return plan;
+}
+
+/** How -R takes a served port: --steal or --mirror, else the mirrord config's, else auto. */
+function pickIncoming(
+  opts: CommandOptions,
+  mirrord: MirrordConfig | undefined,
+  file: string | undefined,
+  reverses: readonly ReverseSpec[],
+  filter: HttpFilter | undefined,
+): { incoming: IncomingRequest; incomingSource?: string } {
+  if (opts.steal && opts.mirror) {
+    throw new UsageError("--steal and --mirror both given: a port is either stolen or mirrored");
+  }
+  const flag = opts.steal ? "--steal" : opts.mirror ? "--mirror" : undefined;
+  const needsR = flag ??
+    (opts.httpHeaderFilter !== undefined
+      ? "--http-header-filter"
+      : opts.httpPathFilter !== undefined
+      ? "--http-path-filter"
+      : undefined);
+  if (needsR && reverses.length === 0) {
+    throw new UsageError(`${needsR} needs -R: it says how -R takes a port the app serves`);
+  }
+  let chosen: { incoming: IncomingRequest; incomingSource?: string } = { incoming: "auto" };
+  if (flag) chosen = { incoming: flag === "--steal" ? "steal" : "mirror", incomingSource: flag };
+  else if (mirrord?.incoming) {
+    chosen = { incoming: mirrord.incoming, incomingSource: `feature.network.incoming in ${file}` };
+  }
+  if (!filter) return chosen;
+  // A filter picks which requests to steal: it implies steal, and goes with nothing else.
+  if (chosen.incoming === "auto") return { incoming: "steal", incomingSource: "the HTTP filter" };
+  if (chosen.incoming !== "steal") {
+    const mode = chosen.incoming === "listen" ? "off" : chosen.incoming;
+    throw new UsageError(
+      `an HTTP filter steals matching requests, but incoming is ${mode} ` +
+        `(${chosen.incomingSource}): use --steal or drop the filter`,
+    );
+  }
+  return chosen;
+}
+
+/** The HTTP filter from --http-header-filter/--http-path-filter, else the mirrord config's. */
+function pickHttpFilter(
+  opts: CommandOptions,
+  mirrord: MirrordConfig | undefined,
+): HttpFilter | undefined {
+  const fromFlags = opts.httpHeaderFilter !== undefined || opts.httpPathFilter !== undefined;
+  const filter: HttpFilter | undefined = fromFlags
+    ? {
+      ...(opts.httpHeaderFilter !== undefined ? { header: opts.httpHeaderFilter } : {}),
+      ...(opts.httpPathFilter !== undefined ? { path: opts.httpPathFilter } : {}),
+    }
+    : mirrord?.httpFilter;
+  if (!filter) return undefined;
+  for (const [kind, pattern] of Object.entries(filter)) {
+    const where = fromFlags ? `--http-${kind}-filter` : `http_filter.${kind}_filter`;
+    if (pattern === "") throw new UsageError(`${where} is empty: expected a regular expression`);
+    try {
+      new RegExp(pattern);
+    } catch (error) {
+      throw new UsageError(
+        `invalid ${where} ${JSON.stringify(pattern)}: ${(error as Error).message}`,
+      );
+    }
+  }
+  return filter;
 }
 
 /** A duration that must be above 0: a zero timeout could never be met. */

@@ -48,7 +48,10 @@ export function createProgram(
       "local addresses to listen on, comma-separated or repeated; localhost means 127.0.0.1 and ::1 (default: 127.0.0.1)",
       collect,
     )
-    .option("-f, --file <path>", "read targets from a file, one a line ('-' for stdin)")
+    .option(
+      "-f, --file <path>",
+      "read targets from a file, one a line ('-' for stdin), or a mirrord config (target, feature.network.incoming)",
+    )
     .option(
       "-L, --port-forward <spec>",
       "forward [local:]host:port[@udp] (mirrord's form), repeatable",
@@ -62,6 +65,22 @@ export function createProgram(
     .option(
       "--target <target>",
       "pod or workload whose network the agent joins; -L and targets then leave from it",
+    )
+    .option(
+      "--steal",
+      "-R takes the app's port over: its connections come to the local port, not the app",
+    )
+    .option(
+      "--mirror",
+      "-R copies what callers send the app's port to the local port; the app still answers (default for a served port)",
+    )
+    .option(
+      "--http-header-filter <regex>",
+      "steal only HTTP requests with a header line (Name: value) matching regex; the rest reach the app",
+    )
+    .option(
+      "--http-path-filter <regex>",
+      "steal only HTTP requests whose path matches regex; the rest reach the app",
     )
     .option("-p, --patch <patch>", "merge patch (JSON or YAML) applied to the agent pod")
     .option("--patch-file <path>", "file holding a merge patch for the agent pod")

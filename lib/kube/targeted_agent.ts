@@ -8,7 +8,7 @@
  * the agent exits when relay ends the session (or when idle) and stays as a Terminated entry.
  */
 import type { CoreV1Api, V1EphemeralContainer, V1Pod, Watch } from "@kubernetes/client-node";
-import { AGENT_TOKEN_ENV } from "../contract.ts";
+import { AGENT_STEAL_GID, AGENT_TOKEN_ENV } from "../contract.ts";
 import { DEFAULT_AGENT_IMAGE } from "../version.ts";
 import { agentArgs, agentTokenSecret, randomHex, TOKEN_SECRET_KEY } from "./agent_manifest.ts";
 import type { AgentPod } from "./agent_pod.ts";
@@ -42,6 +42,8 @@ export interface TargetedAgentOptions {
   udpIdleTimeout?: string;
   /** The agent's port in the pod; default: a random one the pod declares no port on. */
   port?: number;
+  /** Whether the agent may redirect the pod's ports (steal, mirror): NET_ADMIN, as root. */
+  redirect?: boolean;
 }
 
 /** Ports the agent picks from: above what apps usually serve, below the ephemeral range. */
@@ -135,7 +137,7 @@ function ephemeralAgent(
       valueFrom: { secretKeyRef: { name: secretName, key: TOKEN_SECRET_KEY } },
     }],
     terminationMessagePolicy: "FallbackToLogsOnError",
-    securityContext: {
+    securityContext: options.redirect ? redirectingContext() : {
       runAsNonRoot: true,
       runAsUser: 65532,
       runAsGroup: 65532,
@@ -144,6 +146,22 @@ function ephemeralAgent(
       capabilities: { drop: ["ALL"] },
       seccompProfile: { type: "RuntimeDefault" },
     },
+  };
+}
+
+/**
+ * The agent that steals or mirrors: it changes the pod's netfilter rules, which takes
+ * NET_ADMIN, and Kubernetes gives added capabilities to root only. Its group
+ * (AGENT_STEAL_GID) is how its rules tell its own connections to the app apart; iptables
+ * keeps its lock under /run, so the root filesystem stays writable.
+ */
+function redirectingContext(): V1EphemeralContainer["securityContext"] {
+  return {
+    runAsUser: 0,
+    runAsGroup: AGENT_STEAL_GID,
+    allowPrivilegeEscalation: false,
+    capabilities: { drop: ["ALL"], add: ["NET_ADMIN"] },
+    seccompProfile: { type: "RuntimeDefault" },
   };
 }
 
@@ -179,6 +197,14 @@ async function addContainer(
   } catch (error) {
     const status = statusOf(error);
     if (status === 404) throw new UsageError(`${where} not found`, { cause: error });
+    const message = statusMessageOf(error) ?? "";
+    // Admission (Pod Security, a policy engine) refusing the container is not RBAC.
+    if (status === 403 && /PodSecurity|admission|denied the request/i.test(message)) {
+      const why = container.securityContext?.capabilities?.add?.includes("NET_ADMIN")
+        ? "; stealing and mirroring need NET_ADMIN for the agent (README: Steal and mirror)"
+        : "";
+      throw new KubeError(`cannot add the agent to ${where}: ${message}${why}`, { cause: error });
+    }
     if (status === 422 || status === 400) {
       throw new KubeError(
         `cannot add the agent to ${where}: ${statusMessageOf(error) ?? status}`,

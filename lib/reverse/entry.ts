@@ -12,6 +12,8 @@ import type { Duplex } from "../net/types.ts";
 import type { Plan, ReverseSpec } from "../plan.ts";
 import type { ServeContext, SessionEntry } from "../session/run.ts";
 import { OpenError, type OpenRequest, type Tunnel } from "../tunnel/types.ts";
+import type { HttpFilter, IncomingMode } from "../contract.ts";
+import { declaredPort } from "./redirect.ts";
 
 /** While the local port refuses, one line per this long, not one per connection. */
 const REFUSAL_REPORT_MS = 10_000;
@@ -24,22 +26,37 @@ interface Reverse {
   spec: ReverseSpec;
   /** The tunnel whose agent end listens for it now, if any. */
   holder?: Tunnel;
+  /** How the agent took the port. */
+  mode?: IncomingMode;
+  /** Steal only the HTTP requests matching this. */
+  filter?: HttpFilter;
   lastRefusalReport: number;
 }
 
 /** The reverse forwards of `plan`; their ports listen in the --target pod. */
 export function reverseEntry(plan: Plan, logger: Logger): SessionEntry {
+  const filtered = (port: number) =>
+    plan.httpFilter && (!plan.httpFilterPorts || plan.httpFilterPorts.includes(port))
+      ? { filter: plan.httpFilter }
+      : {};
   const reverses = new Map<number, Reverse>(
-    plan.reverses.map((spec) => [spec.remotePort, { spec, lastRefusalReport: -Infinity }]),
+    plan.reverses.map((spec) => [
+      spec.remotePort,
+      { spec, lastRefusalReport: -Infinity, ...filtered(spec.remotePort) },
+    ]),
   );
   const tunnels = new Set<Tunnel>();
   let context: ServeContext | undefined;
+  let pod: V1Pod | undefined;
 
   /** Asks a live tunnel to listen for `reverse`; rejects with the agent's OpenError. */
   const listen = async (reverse: Reverse): Promise<void> => {
     for (const tunnel of tunnels) {
       if (tunnel.closeReason !== null) continue;
-      await tunnel.listen({ protocol: "tcp", host: "::", port: reverse.spec.remotePort });
+      reverse.mode = await tunnel.listen(
+        { protocol: "tcp", host: "::", port: reverse.spec.remotePort },
+        { mode: plan.incoming, ...(reverse.filter ? { filter: reverse.filter } : {}) },
+      );
       reverse.holder = tunnel;
       return;
     }
@@ -62,10 +79,14 @@ export function reverseEntry(plan: Plan, logger: Logger): SessionEntry {
 
   return {
     prepare: ({ target }) => {
-      // A port the app declares is one it serves: stealing or mirroring it comes later.
+      pod = target;
+      // With incoming off, a port the app declares cannot be had: say so before the agent
+      // joins the pod, since its container could not be removed again.
       for (const { spec } of reverses.values()) {
-        const declared = target && declaredPort(target, spec.remotePort);
-        if (declared) throw inUse(spec, `pod/${target.metadata?.name}`, declared);
+        if (plan.incoming === "listen" && target && declaredPort(target, spec.remotePort)) {
+          const place = `pod/${target.metadata?.name}`;
+          throw listenRefused(new OpenError("in-use", ""), spec, place, plan, target);
+        }
       }
       return Promise.resolve();
     },
@@ -74,6 +95,8 @@ export function reverseEntry(plan: Plan, logger: Logger): SessionEntry {
       tunnel.closed.then(() => relisten(tunnel));
       if (!context) return;
       for (const reverse of reverses.values()) {
+        // serve() takes each port the first time and reports its failure itself.
+        if (reverse.mode === undefined) continue;
         if (reverse.holder && reverse.holder.closeReason === null) continue;
         listen(reverse).catch((error) =>
           logger.error(`${reverse.spec.source}: cannot listen in the pod: ${describeError(error)}`)
@@ -88,8 +111,8 @@ export function reverseEntry(plan: Plan, logger: Logger): SessionEntry {
         try {
           await listen(reverse);
         } catch (error) {
-          if (error instanceof OpenError && error.code === "in-use") {
-            throw inUse(reverse.spec, place);
+          if (error instanceof OpenError) {
+            throw listenRefused(error, reverse.spec, place, plan, pod);
           }
           throw error;
         }
@@ -98,6 +121,8 @@ export function reverseEntry(plan: Plan, logger: Logger): SessionEntry {
           remotePort: reverse.spec.remotePort,
           localAddress: LOCAL_HOSTS[0],
           localPort: reverse.spec.localPort,
+          mode: reverse.mode,
+          ...(reverse.filter ? { filter: reverse.filter } : {}),
         });
       }
       await new Promise<void>((resolve) => {
@@ -139,22 +164,34 @@ async function deliver(
   throw new OpenError("refused", `local port ${reverse.spec.localPort}: ${describeError(last)}`);
 }
 
-/** The container port `port` of `pod`, as `container/name`, if a container declares it. */
-function declaredPort(pod: V1Pod, port: number): string | undefined {
-  for (const container of pod.spec?.containers ?? []) {
-    for (const declared of container.ports ?? []) {
-      if (declared.containerPort === port && (declared.protocol ?? "TCP") === "TCP") {
-        return `container ${container.name}`;
-      }
-    }
+/** Exit 2: the agent could not take the port, said as what to do about it. */
+function listenRefused(
+  error: OpenError,
+  spec: ReverseSpec,
+  place: string,
+  plan: Plan,
+  pod: V1Pod | undefined,
+): UsageError {
+  const where = `port ${spec.remotePort} of ${place}`;
+  const declared = pod && declaredPort(pod, spec.remotePort);
+  const by = declared ? ` (${declared} declares it)` : "";
+  if (error.code === "in-use") {
+    const off = plan.incomingSource ? ` (incoming is off in ${plan.incomingSource})` : "";
+    return new UsageError(
+      `${spec.source}: ${where} is already in use${by}${off}; take it with --steal or --mirror`,
+    );
   }
-  return undefined;
-}
-
-/** Exit 2: the app already listens on the port, which only steal or mirror could take. */
-function inUse(spec: ReverseSpec, place: string, by = "the app"): UsageError {
-  return new UsageError(
-    `${spec.source}: port ${spec.remotePort} of ${place} is already in use (${by}); ` +
-      `stealing or mirroring an app's port (steal/mirror modes) is not supported yet`,
-  );
+  if (error.code === "forbidden" && /NET_ADMIN/.test(error.message) && plan.incoming === "auto") {
+    return new UsageError(
+      `${spec.source}: ${where} is in use by something the pod does not declare; pass ` +
+        `--mirror or --steal so that the agent may redirect it`,
+    );
+  }
+  if (error.code === "refused" && plan.incoming === "mirror") {
+    return new UsageError(
+      `${spec.source}: nothing listens on ${where}, so there is nothing to mirror; drop ` +
+        `${plan.incomingSource ?? "--mirror"} to listen there, or steal it with --steal`,
+    );
+  }
+  return new UsageError(`${spec.source}: cannot take ${where}: ${error.message}`);
 }

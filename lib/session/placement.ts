@@ -9,6 +9,7 @@ import type { Kube } from "../kube/config.ts";
 import { pickTargetPod } from "../kube/resolve.ts";
 import { startTargetedAgent } from "../kube/targeted_agent.ts";
 import type { Plan } from "../plan.ts";
+import { needsRedirect } from "../reverse/redirect.ts";
 
 /** One way of placing the agent. */
 export interface Placement {
@@ -59,6 +60,7 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
         signal,
         idleExit: run.agentIdleExit,
         udpIdleTimeout,
+        redirect: needsRedirect(plan, pod),
       });
     },
   };

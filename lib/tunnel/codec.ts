@@ -11,6 +11,7 @@ import {
   MAX_PAYLOAD,
 } from "./frame.ts";
 import type { OpenFailure, OpenRequest } from "./types.ts";
+import type { IncomingMode, IncomingRequest } from "../contract.ts";
 
 const RESULT_CODES: readonly ("ok" | OpenFailure)[] = [
   "ok",
@@ -22,6 +23,8 @@ const RESULT_CODES: readonly ("ok" | OpenFailure)[] = [
   "error",
   "in-use",
 ];
+/** LISTEN's modes and LISTEN_RESULT's, by their byte. */
+const INCOMING_MODES: readonly IncomingRequest[] = ["listen", "steal", "mirror", "auto"];
 const HELLO_ERR_CODES: readonly HelloErrorCode[] = ["token", "version", "other"];
 const PROTOCOLS: readonly Protocol[] = ["tcp", "udp"];
 const ADDR_IPV4 = 4;
@@ -138,12 +141,20 @@ export function encodePayload(frame: Frame): Uint8Array {
       w.shortString(frame.version, "version").tailString(frame.message);
       break;
     case FrameType.OPEN:
+      writeAddress(w, frame.request);
+      break;
     case FrameType.LISTEN:
+      w.u8(INCOMING_MODES.indexOf(frame.mode));
+      w.longString(frame.filter?.header ?? "", "header filter");
+      w.longString(frame.filter?.path ?? "", "path filter");
       writeAddress(w, frame.request);
       break;
     case FrameType.OPEN_RESULT:
-    case FrameType.LISTEN_RESULT:
       w.u8(resultByte(frame.result)).tailString(frame.message);
+      break;
+    case FrameType.LISTEN_RESULT:
+      w.u8(resultByte(frame.result)).u8(INCOMING_MODES.indexOf(frame.mode));
+      w.tailString(frame.message);
       break;
     case FrameType.WINDOW:
       w.u32(frame.increment);
@@ -309,11 +320,25 @@ export function decodePayload(type: number, streamId: number, payload: Uint8Arra
       return { type, streamId, code, protocolVersion, version, message: r.tailString() };
     }
     case FrameType.OPEN:
-    case FrameType.LISTEN:
       return { type, streamId, request: readAddress(r) };
+    case FrameType.LISTEN: {
+      const mode = INCOMING_MODES[r.u8()];
+      if (!mode) throw new FrameError("unknown mode in listen");
+      const header = r.longString();
+      const path = r.longString();
+      const request = readAddress(r);
+      if (!header && !path) return { type, streamId, mode, request };
+      const filter = { ...(header ? { header } : {}), ...(path ? { path } : {}) };
+      return { type, streamId, mode, filter, request };
+    }
     case FrameType.OPEN_RESULT:
-    case FrameType.LISTEN_RESULT:
       return { type, streamId, result: readResult(r), message: r.tailString() };
+    case FrameType.LISTEN_RESULT: {
+      const result = readResult(r);
+      const mode = INCOMING_MODES[r.u8()];
+      if (!mode || mode === "auto") throw new FrameError("unknown mode in listen result");
+      return { type, streamId, result, mode: mode as IncomingMode, message: r.tailString() };
+    }
     case FrameType.WINDOW: {
       const increment = r.u32();
       r.end();

@@ -15,7 +15,12 @@
  * Decoding never trusts a length: anything that does not fit the payload is a FrameError.
  */
 import type { OpenFailure, OpenRequest } from "./types.ts";
-import { PROTOCOL_VERSION } from "../contract.ts";
+import {
+  type HttpFilter,
+  type IncomingMode,
+  type IncomingRequest,
+  PROTOCOL_VERSION,
+} from "../contract.ts";
 
 export { PROTOCOL_VERSION };
 
@@ -167,6 +172,13 @@ export interface ListenFrame {
   type: typeof FrameType.LISTEN;
   streamId: number;
   request: OpenRequest;
+  /** How to take the port (a u8 before the address). */
+  mode: IncomingRequest;
+  /**
+   * Steal only the matching HTTP requests (two u16-length strings after the mode, header
+   * then path, empty for none).
+   */
+  filter?: HttpFilter;
 }
 
 /** Agent → client: the answer to LISTEN. */
@@ -174,6 +186,8 @@ export interface ListenResultFrame {
   type: typeof FrameType.LISTEN_RESULT;
   streamId: number;
   result: "ok" | OpenFailure;
+  /** The mode in effect (a u8 after the result; `listen` when the LISTEN failed). */
+  mode: IncomingMode;
   message: string;
 }
 

@@ -2,10 +2,12 @@
  * A session's LISTEN traffic (reverse forwards): listens it asked of its peer and awaits the
  * answer to, and listeners it keeps for its peer until the tunnel closes.
  */
+import type { IncomingMode } from "../contract.ts";
 import { FrameType } from "./frame.ts";
 import {
   type KeptListener,
   type ListenHandler,
+  type ListenOptions,
   OpenError,
   type OpenFailure,
   type OpenRequest,
@@ -14,7 +16,10 @@ import {
 import type { FrameWriter } from "./writer.ts";
 
 export class Listeners {
-  readonly #asked = new Map<number, { resolve: () => void; reject: (e: unknown) => void }>();
+  readonly #asked = new Map<
+    number,
+    { resolve: (mode: IncomingMode) => void; reject: (e: unknown) => void }
+  >();
   readonly #kept = new Set<KeptListener>();
   #closed = false;
 
@@ -23,12 +28,15 @@ export class Listeners {
     private readonly onListen: ListenHandler | undefined,
   ) {}
 
-  /** Sends LISTEN as `id`; resolves when the peer listens, rejects with its OpenError. */
-  ask(id: number, request: OpenRequest): Promise<void> {
+  /**
+   * Sends LISTEN as `id`; resolves with the mode in effect when the peer listens, rejects
+   * with its OpenError.
+   */
+  ask(id: number, request: OpenRequest, how: ListenOptions): Promise<IncomingMode> {
     return new Promise((resolve, reject) => {
       this.#asked.set(id, { resolve, reject });
       try {
-        this.writer.send({ type: FrameType.LISTEN, streamId: id, request });
+        this.writer.send({ type: FrameType.LISTEN, streamId: id, request, ...how });
       } catch (e) {
         this.#asked.delete(id);
         reject(new OpenError("error", e instanceof Error ? e.message : String(e)));
@@ -37,24 +45,24 @@ export class Listeners {
   }
 
   /** The peer's LISTEN_RESULT for `id`. */
-  answered(id: number, result: "ok" | OpenFailure, message: string): void {
+  answered(id: number, result: "ok" | OpenFailure, mode: IncomingMode, message: string): void {
     const asked = this.#asked.get(id);
     if (!asked) return;
     this.#asked.delete(id);
-    if (result === "ok") asked.resolve();
+    if (result === "ok") asked.resolve(mode);
     else asked.reject(new OpenError(result, message || `listen failed: ${result}`));
   }
 
   /** The peer's LISTEN as `id`: listen through the handler, and answer. */
-  requested(id: number, request: OpenRequest, tunnel: Tunnel): void {
-    const answer = (result: "ok" | OpenFailure, message: string) =>
-      this.writer.send({ type: FrameType.LISTEN_RESULT, streamId: id, result, message });
+  requested(id: number, request: OpenRequest, how: ListenOptions, tunnel: Tunnel): void {
+    const answer = (result: "ok" | OpenFailure, message: string, mode: IncomingMode = "listen") =>
+      this.writer.send({ type: FrameType.LISTEN_RESULT, streamId: id, result, mode, message });
     if (!this.onListen) return answer("forbidden", "this end accepts no reverse forwards");
-    this.onListen(request, tunnel).then(
+    this.onListen(request, how, tunnel).then(
       (listener) => {
         if (this.#closed) return listener.close();
         this.#kept.add(listener);
-        answer("ok", "");
+        answer("ok", "", listener.mode);
       },
       (error) => {
         if (this.#closed) return;

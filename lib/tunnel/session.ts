@@ -7,6 +7,7 @@ import type { BufferPool } from "../net/buffer_pool.ts";
 import { channelOf } from "../net/channel.ts";
 import { splice } from "../net/splice.ts";
 import type { ByteChannel } from "../net/types.ts";
+import type { IncomingMode } from "../contract.ts";
 import type { FrameDecoder } from "./decoder.ts";
 import {
   DEFAULT_IDLE_CREDIT_MS,
@@ -24,6 +25,7 @@ import type { StreamLimits } from "./receive_window.ts";
 import { MuxStream, StreamResetError } from "./stream.ts";
 import type { FrameWriter } from "./writer.ts";
 import {
+  type ListenOptions,
   OpenError,
   type OpenFailure,
   type OpenHandler,
@@ -161,13 +163,13 @@ export class Session implements Tunnel {
     });
   }
 
-  listen(request: OpenRequest): Promise<void> {
+  listen(request: OpenRequest, how: ListenOptions = { mode: "listen" }): Promise<IncomingMode> {
     if (this.closeReason !== null) {
       return Promise.reject(new Error(`tunnel closed: ${this.closeReason}`));
     }
     const id = this.nextId;
     this.nextId += 2;
-    return this.listeners.ask(id, request);
+    return this.listeners.ask(id, request, how);
   }
 
   endSession(reason: string): Promise<void> {
@@ -270,9 +272,14 @@ export class Session implements Tunnel {
         return;
       case FrameType.LISTEN:
         this.checkPeerId(frame.streamId);
-        return this.listeners.requested(frame.streamId, frame.request, this);
+        return this.listeners.requested(
+          frame.streamId,
+          frame.request,
+          { mode: frame.mode, ...(frame.filter ? { filter: frame.filter } : {}) },
+          this,
+        );
       case FrameType.LISTEN_RESULT:
-        return this.listeners.answered(frame.streamId, frame.result, frame.message);
+        return this.listeners.answered(frame.streamId, frame.result, frame.mode, frame.message);
       case FrameType.SHUTDOWN:
         this.onSessionEnd?.(frame.reason);
         return;

@@ -7,6 +7,7 @@
  * On it, either end opens **streams**: one per TCP connection or UDP session. Stream ids
  * opened by the client are odd, those opened by the agent (reverse forwards) are even.
  */
+import type { HttpFilter, IncomingMode, IncomingRequest } from "../contract.ts";
 import type { BufferPool } from "../net/buffer_pool.ts";
 import type { ByteChannel, Duplex, Protocol } from "../net/types.ts";
 
@@ -66,6 +67,8 @@ export type OpenHandler = (request: OpenRequest, signal?: AbortSignal) => Promis
 
 /** A listener an end keeps for its peer's LISTEN, closed with the tunnel. */
 export interface KeptListener {
+  /** How it took the port. */
+  readonly mode: IncomingMode;
   close(): void;
 }
 
@@ -73,7 +76,18 @@ export interface KeptListener {
  * Decides what a LISTEN becomes: a listener whose connections the handler opens as streams on
  * `tunnel`, or an OpenError (`in-use` when something already listens there).
  */
-export type ListenHandler = (request: OpenRequest, tunnel: Tunnel) => Promise<KeptListener>;
+export type ListenHandler = (
+  request: OpenRequest,
+  how: ListenOptions,
+  tunnel: Tunnel,
+) => Promise<KeptListener>;
+
+/** How a LISTEN asks for its port to be taken. */
+export interface ListenOptions {
+  mode: IncomingRequest;
+  /** With steal: only matching HTTP requests come to the asker. */
+  filter?: HttpFilter;
+}
 
 /** Options common to both ends of a tunnel. */
 export interface TunnelOptions {
@@ -121,9 +135,9 @@ export interface Tunnel {
   /**
    * Asks the peer to listen on `request.port` for as long as this tunnel lives; each
    * connection it accepts arrives as an open from the peer (TunnelOptions.onOpen). Rejects
-   * with OpenError when the peer cannot listen there.
+   * with OpenError when the peer cannot listen there; resolves with the mode in effect.
    */
-  listen(request: OpenRequest): Promise<void>;
+  listen(request: OpenRequest, how?: ListenOptions): Promise<IncomingMode>;
   /**
    * Tells the peer the session is over (SHUTDOWN): an agent exits. Resolves once the frame
    * has been handed to the transport.

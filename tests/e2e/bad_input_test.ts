@@ -51,6 +51,10 @@ async function makeFiles(dir: string): Promise<Record<string, string>> {
     "targets-dangling.txt": "svc/echo 80 --namespace\n",
     "patch-broken.yaml": "spec:\n  nodeSelector: {disk: ssd\n",
     "patch-list.json": '[{"op": "add"}]\n',
+    "mirrord-off.yaml": "feature:\n  network:\n    incoming: off\n",
+    "not-mirrord.yaml": "server:\n  port: 80\n",
+    "mirrord-unknown.json": '{"target": "pod/echo-pod", "feature": {"network": {"incoming": ' +
+      '{"mode": "steal", "filter": "x"}}}}\n',
     "kubeconfig-broken.yaml": "apiVersion: v1\nclusters: [{name: x, cluster: {server: \n",
   };
   const paths: Record<string, string> = {};
@@ -137,9 +141,28 @@ function table(
     { category: "-L/-R", argv: ["-R", "9000", "--target", "ip/10.0.0.1"], bad: "ip/10.0.0.1" },
     {
       category: "-L/-R",
-      argv: ["-n", ns, "--target", "pod/echo-pod", "-R", "8080"],
+      argv: ["-n", ns, "-f", files["mirrord-off.yaml"], "--target", "pod/echo-pod", "-R", "8080"],
       bad: "8080",
-      says: /already in use.*steal/,
+      says: /already in use.*incoming is off in .*mirrord-off\.yaml.*--steal or --mirror/,
+      child: true,
+    },
+    {
+      category: "-L/-R",
+      argv: ["-n", ns, "--target", "pod/echo-pod", "-R", "8080", "--steal", "--mirror"],
+      bad: "--steal and --mirror",
+    },
+    {
+      category: "-f",
+      argv: ["-n", ns, "-f", files["not-mirrord.yaml"], "--target", "pod/echo-pod", "-R", "8080"],
+      bad: "not-mirrord.yaml",
+      says: /not a mirrord config/,
+      child: true,
+    },
+    {
+      category: "-f",
+      argv: ["-n", ns, "-f", files["mirrord-unknown.json"], "-R", "8080"],
+      bad: "incoming.filter",
+      says: /unknown key/,
       child: true,
     },
     {

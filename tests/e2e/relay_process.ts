@@ -73,7 +73,7 @@ export async function startRelay(
         if (m) {
           readyLines.push(line);
           ports.push(Number(m[1]));
-        } else if (line.startsWith("Listening on ")) {
+        } else if (/^(Listening on|Mirroring|Stealing) /.test(line)) {
           // A reverse forward (-R): its port is in the pod, not here.
           readyLines.push(line);
         }

@@ -26,6 +26,8 @@ export interface ContainerOptions {
    */
   secretEnv?: () => Promise<Record<string, string>>;
   workingDir: string;
+  /** The argv prefix that applies the container's group and capabilities (privileges.ts). */
+  privileges: string[];
   /** Where `<name>.pid` and `<name>.log` go. */
   stateDir: string;
   /** Called whenever the status changed. */
@@ -203,6 +205,7 @@ export class Container {
       "exec",
       this.#o.netns,
       "setsid",
+      ...this.#o.privileges,
       "sh",
       "-c",
       `exec "$@" </dev/null >>'${log}' 2>&1`,

@@ -2,6 +2,7 @@
  * One pod on the kwok node, as a kubelet keeps it: its network, its containers (ephemeral
  * ones included), its status in the API, its port-forward route, and its deletion.
  */
+import { privilegesPrefix } from "./privileges.ts";
 import { NET, NODE_NAME, PATHS, REPO_DIR } from "../config.ts";
 import { Container } from "./container.ts";
 import { type ImageMapOptions, resolveImage } from "./images.ts";
@@ -153,6 +154,7 @@ export class PodWorker {
       env: this.#envFor(spec),
       secretEnv: () => this.#secretEnvFor(spec),
       workingDir: spec.workingDir ?? REPO_DIR,
+      privileges: privilegesPrefix(spec, this.#pod.spec.securityContext),
       stateDir: this.#stateDir,
       onChange: () => this.#markStatusDirty(),
       onEvent: (type, reason, message) => this.#event(spec.name, type, reason, message),

@@ -11,6 +11,10 @@ export interface ContainerSpec {
   ports?: { name?: string; containerPort: number; protocol?: string }[];
   readinessProbe?: Probe;
   resources?: { limits?: { memory?: string; cpu?: string } };
+  securityContext?: {
+    runAsGroup?: number;
+    capabilities?: { add?: string[]; drop?: string[] };
+  };
 }
 
 /**
@@ -56,7 +60,7 @@ export interface Pod {
     containers: ContainerSpec[];
     ephemeralContainers?: ContainerSpec[];
     terminationGracePeriodSeconds?: number;
-    securityContext?: { sysctls?: { name: string; value: string }[] };
+    securityContext?: { sysctls?: { name: string; value: string }[]; runAsGroup?: number };
   };
   status?: {
     phase?: string;

@@ -1,0 +1,142 @@
+/**
+ * Mirroring one caller's connection: the agent carries it to the app as a pass-through
+ * (the app answers as always) and copies what the caller sends to a stream to the client,
+ * whose replies are read and dropped. The caller never waits for the client: the copy is
+ * queued up to MIRROR_BACKLOG and given up beyond it, never the caller's own bytes.
+ */
+import type { BufferPool } from "../lib/net/buffer_pool.ts";
+import { closeQuietly, ConnChannel } from "../lib/net/socket.ts";
+import { splice } from "../lib/net/splice.ts";
+import type { ByteChannel } from "../lib/net/types.ts";
+import type { OpenRequest, Tunnel, TunnelStream } from "../lib/tunnel/types.ts";
+
+/** Bytes of copy a slow or absent client may fall behind by before its copy is dropped. */
+export const MIRROR_BACKLOG = 1024 * 1024;
+
+/**
+ * Carries `caller` to the app at `app`, copying its bytes to a new stream on `tunnel` that
+ * opens as `request` (the caller's address and the mirrored port).
+ */
+export async function mirrorConnection(
+  caller: Deno.TcpConn,
+  app: { hostname: string; port: number },
+  request: OpenRequest,
+  tunnel: Tunnel,
+  buffers?: BufferPool,
+): Promise<void> {
+  let upstream: Deno.TcpConn;
+  try {
+    upstream = await Deno.connect({ ...app, transport: "tcp" });
+    upstream.setNoDelay(true);
+  } catch {
+    // The app stopped listening: the caller sees what it would have seen without relay.
+    closeQuietly(caller);
+    return;
+  }
+  const copy = new MirrorCopy(tunnel.open(request));
+  await splice(
+    new TappedChannel(new ConnChannel(caller, buffers), copy),
+    new ConnChannel(upstream, buffers),
+  );
+  copy.end();
+}
+
+/** A channel whose reads are also offered to a copy. */
+class TappedChannel implements ByteChannel {
+  constructor(private readonly inner: ByteChannel, private readonly copy: MirrorCopy) {}
+
+  async read(): Promise<Uint8Array | null> {
+    const chunk = await this.inner.read();
+    if (chunk === null) this.copy.end();
+    else this.copy.offer(chunk.slice());
+    return chunk;
+  }
+  write(chunk: Uint8Array): Promise<void> {
+    return this.inner.write(chunk);
+  }
+  closeWrite(): Promise<void> | void {
+    return this.inner.closeWrite();
+  }
+  abort(reason: string): void {
+    this.copy.end();
+    this.inner.abort(reason);
+  }
+  onFailure(callback: (error: Error) => void): void {
+    this.inner.onFailure?.(callback);
+  }
+}
+
+/** The copy of one connection, written to its stream as the stream takes it. */
+export class MirrorCopy {
+  readonly #queue: Uint8Array[] = [];
+  #queued = 0;
+  #ended = false;
+  #dropped = false;
+  #wake: (() => void) | undefined;
+
+  constructor(stream: Promise<TunnelStream>) {
+    void this.#pump(stream);
+  }
+
+  /** Queues `chunk` for the copy; past MIRROR_BACKLOG the copy is given up instead. */
+  offer(chunk: Uint8Array): void {
+    if (this.#ended || this.#dropped) return;
+    if (this.#queued + chunk.length > MIRROR_BACKLOG) {
+      this.#dropped = true;
+      this.#queue.length = 0;
+      this.#queued = 0;
+    } else {
+      this.#queue.push(chunk);
+      this.#queued += chunk.length;
+    }
+    this.#wake?.();
+  }
+
+  /** The caller has sent everything (or its connection ended). */
+  end(): void {
+    this.#ended = true;
+    this.#wake?.();
+  }
+
+  async #pump(opening: Promise<TunnelStream>): Promise<void> {
+    let stream: TunnelStream;
+    try {
+      stream = await opening;
+    } catch {
+      // The client could not deliver the copy (nothing listens locally): it said why.
+      this.#dropped = true;
+      this.#queue.length = 0;
+      return;
+    }
+    // The local server's replies are read and dropped, so it is never blocked on them.
+    void (async () => {
+      try {
+        while (await stream.read() !== null) { /* discarded */ }
+      } catch {
+        // reset: the copy ends below
+      }
+    })();
+    try {
+      for (;;) {
+        const chunk = this.#queue.shift();
+        if (chunk) {
+          this.#queued -= chunk.length;
+          await stream.write(chunk);
+          continue;
+        }
+        if (this.#dropped) {
+          stream.abort("the local side fell behind; mirroring of this connection stopped");
+          return;
+        }
+        if (this.#ended) {
+          await stream.closeWrite();
+          return;
+        }
+        await new Promise<void>((resolve) => (this.#wake = resolve));
+        this.#wake = undefined;
+      }
+    } catch {
+      stream.abort("mirror copy failed");
+    }
+  }
+}

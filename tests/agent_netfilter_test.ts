@@ -1,0 +1,111 @@
+/**
+ * The agent's netfilter rules for steal and mirror, against a recording iptables: which
+ * rules it writes (the agent's own group exempt on OUTPUT), that removing a port removes
+ * exactly its rules, and that a dead agent's chains are swept while a live one's stay.
+ * The real rules in a real pod are proven by tests/e2e/steal_mirror_test.ts.
+ */
+import { deepStrictEqual, ok, rejects } from "node:assert/strict";
+import { type IptablesRunner, PortRedirects, sweepStale } from "../agent/netfilter.ts";
+import { appAddress, hasNetAdmin, listenersOn, parseListeners } from "../agent/port_owners.ts";
+import { OpenError } from "../lib/tunnel/types.ts";
+
+function recorder(fail?: (args: string[]) => string | undefined) {
+  const calls: string[] = [];
+  const run: IptablesRunner = (family, args) => {
+    calls.push(`${family} ${args.join(" ")}`);
+    const why = fail?.(args);
+    return why ? Promise.reject(new Error(why)) : Promise.resolve("");
+  };
+  return { calls, run };
+}
+
+Deno.test("a stolen port is redirected from outside and from lo, except the agent's group", async () => {
+  const { calls, run } = recorder();
+  const redirects = new PortRedirects({
+    agentPort: 4646,
+    agentGid: 64646,
+    families: ["ipv4"],
+    run,
+  });
+  await redirects.add(80, 31000);
+  const added = calls.filter((c) => c.includes(" -A ") || c.includes(" -N ") || c.includes(" -I "));
+  deepStrictEqual(added, [
+    "ipv4 -t nat -N RELAY-4646-IN",
+    "ipv4 -t nat -N RELAY-4646-OUT",
+    "ipv4 -t nat -I PREROUTING 1 -j RELAY-4646-IN",
+    "ipv4 -t nat -I OUTPUT 1 -j RELAY-4646-OUT",
+    "ipv4 -t nat -A RELAY-4646-IN -p tcp --dport 80 -j REDIRECT --to-ports 31000",
+    "ipv4 -t nat -A RELAY-4646-OUT -o lo -p tcp --dport 80 -m owner ! --gid-owner 64646 -j REDIRECT --to-ports 31000",
+  ]);
+  calls.length = 0;
+  await redirects.remove(80);
+  deepStrictEqual(calls, [
+    "ipv4 -t nat -D RELAY-4646-IN -p tcp --dport 80 -j REDIRECT --to-ports 31000",
+    "ipv4 -t nat -D RELAY-4646-OUT -o lo -p tcp --dport 80 -m owner ! --gid-owner 64646 -j REDIRECT --to-ports 31000",
+  ]);
+  calls.length = 0;
+  await redirects.removeAll();
+  ok(calls.includes("ipv4 -t nat -X RELAY-4646-IN"), calls.join("\n"));
+  ok(calls.includes("ipv4 -t nat -D OUTPUT -j RELAY-4646-OUT"), calls.join("\n"));
+});
+
+Deno.test("an agent in group 0 redirects nothing: it could not exempt its own connections", async () => {
+  const { calls, run } = recorder();
+  const redirects = new PortRedirects({ agentPort: 1, agentGid: 0, families: ["ipv4"], run });
+  await rejects(
+    redirects.add(80, 2),
+    (e: unknown) => e instanceof OpenError && /group 0/.test(e.message),
+  );
+  deepStrictEqual(calls, []);
+});
+
+Deno.test("without NET_ADMIN the redirect is refused as forbidden, naming the capability", async () => {
+  const { run } = recorder((args) =>
+    args.includes("-N") ? "iptables: Permission denied (you must be root)" : undefined
+  );
+  const redirects = new PortRedirects({ agentPort: 1, agentGid: 5, families: ["ipv4"], run });
+  await rejects(
+    redirects.add(80, 2),
+    (e: unknown) => e instanceof OpenError && e.code === "forbidden" && /NET_ADMIN/.test(e.message),
+  );
+});
+
+Deno.test("the sweep removes the chains of agents nobody listens for, and only those", async () => {
+  const calls: string[] = [];
+  const run: IptablesRunner = (_family, args) => {
+    calls.push(args.join(" "));
+    if (args.includes("-S")) {
+      return Promise.resolve(
+        "-P PREROUTING ACCEPT\n-N RELAY-20001-IN\n-N RELAY-20001-OUT\n-N RELAY-20002-IN\n" +
+          "-N RELAY-20002-OUT\n-N KUBE-SERVICES\n-A PREROUTING -j RELAY-20001-IN\n",
+      );
+    }
+    return args.includes("-D") && calls.filter((c) => c === args.join(" ")).length > 1
+      ? Promise.reject(new Error("no such rule"))
+      : Promise.resolve("");
+  };
+  const alive = (port: number) => Promise.resolve(port === 20002 ? ["127.0.0.1"] : []);
+  deepStrictEqual(await sweepStale(["ipv4"], 4646, run, alive), [20001]);
+  ok(calls.includes("-t nat -X RELAY-20001-IN") && calls.includes("-t nat -X RELAY-20001-OUT"));
+  ok(!calls.some((c) => c.includes("20002") || c.includes("KUBE")), calls.join("\n"));
+});
+
+Deno.test("listeners are read from the kernel's tables, IPv4 and IPv6, and a live one is seen", async () => {
+  const table = [
+    "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid",
+    "   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0",
+    "   1: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0",
+    "   2: 0100007F:0050 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0",
+  ].join("\n");
+  deepStrictEqual(parseListeners(table, 80), ["0.0.0.0"]);
+  deepStrictEqual(parseListeners(table, 8080), ["127.0.0.1"]);
+  const v6 = "  sl  local_address\n   0: 00000000000000000000000001000000:0050 " +
+    "00000000000000000000000000000000:0000 0A 0";
+  deepStrictEqual(parseListeners(v6, 80), ["::1"]);
+  deepStrictEqual(appAddress(["::"]), "::1");
+  deepStrictEqual(appAddress(["10.1.2.3"]), "10.1.2.3");
+  deepStrictEqual(appAddress([]), undefined);
+  using server = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  deepStrictEqual(await listenersOn(server.addr.port), ["127.0.0.1"]);
+  ok(typeof await hasNetAdmin() === "boolean");
+});
