@@ -70,8 +70,10 @@ export async function dialTcp(
   dialer: Dialer,
   buffers?: BufferPool,
   cancelled?: AbortSignal,
+  /** Keeps the addresses the agent may connect to; throws when none is left. */
+  screen: (addresses: string[]) => string[] = (a) => a,
 ): Promise<Duplex> {
-  const addresses = await resolveHost(host, dialer.resolve);
+  const addresses = screen(await resolveHost(host, dialer.resolve));
   let last: OpenError | null = null;
   for (const address of addresses) {
     // The client reset the stream before the answer: stop dialing for it.

@@ -44,6 +44,7 @@ export async function runAgent(options: AgentOptions = {}): Promise<number> {
         udpIdleMs: options.udpIdleMs,
         idleExitMs: options.idleExitMs,
         connectTimeoutMs: options.connectTimeoutMs,
+        allow: options.allow,
         log,
       } satisfies AgentConfig,
     );

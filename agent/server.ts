@@ -14,6 +14,7 @@ import type { OpenRequest, Tunnel, TunnelStream } from "../lib/tunnel/types.ts";
 import { VERSION } from "../lib/version.ts";
 import { denoConnector, type Dialer, dialTcp, systemResolver } from "./dial.ts";
 import { listenForClient } from "./listen.ts";
+import { DestinationPolicy } from "./policy.ts";
 import { type IptablesRunner, podFamilies, PortRedirects, sweepStale } from "./netfilter.ts";
 import { hasNetAdmin } from "./port_owners.ts";
 import { dialUdp } from "./udp.ts";
@@ -94,11 +95,15 @@ export function startAgent(config: AgentConfig): AgentHandle {
   let finish!: (code: number) => void;
   const finished = new Promise<number>((resolve) => (finish = resolve));
 
+  const policy = new DestinationPolicy(config.allow);
   const onOpen = async (request: OpenRequest, signal?: AbortSignal): Promise<Duplex> => {
     try {
+      const rule = policy.admit(request);
+      const screen = (addresses: string[]) => policy.screen(request, rule, addresses);
       return request.protocol === "udp"
         ? await dialUdp(request.host, request.port, {
           resolve: dialer.resolve,
+          screen,
           idleMs: udpIdleMs,
           onDrops: (dropped) => {
             if (dropped > 0) {
@@ -110,7 +115,7 @@ export function startAgent(config: AgentConfig): AgentHandle {
             }
           },
         })
-        : await dialTcp(request.host, request.port, dialer, buffers, signal);
+        : await dialTcp(request.host, request.port, dialer, buffers, signal, screen);
     } catch (e) {
       const code = (e as { code?: string }).code ?? "error";
       log(`relay agent: open ${describe(request)} failed (${code}): ${describeError(e)}`);

@@ -20,6 +20,8 @@ export interface UdpSessionOptions {
    * than the tunnel carried it); unknown (not called) where /proc/net/udp is unreadable.
    */
   onDrops?: (dropped: number) => void;
+  /** Keeps the addresses the agent may send to; throws when none is left. */
+  screen?: (addresses: string[]) => string[];
 }
 
 /**
@@ -32,7 +34,8 @@ export async function dialUdp(
   port: number,
   options: UdpSessionOptions,
 ): Promise<Duplex> {
-  const [address] = await resolveHost(host, options.resolve);
+  const resolved = await resolveHost(host, options.resolve);
+  const [address] = options.screen ? options.screen(resolved) : resolved;
   const target = addressBytes(address);
   const socket = Deno.listenDatagram({
     transport: "udp",

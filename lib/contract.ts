@@ -4,6 +4,8 @@
  * limits from it; the tunnel protocol's version is here too.
  */
 
+import type { Protocol } from "./net/types.ts";
+
 /**
  * The tunnel protocol's version, sent in both ends' handshake; ends of different versions
  * refuse each other with a message naming both.
@@ -67,6 +69,11 @@ export interface AgentSettings {
   idleExitMs: number;
   /** Give up on one TCP connect after this long (`--connect-timeout`). */
   connectTimeoutMs: number;
+  /**
+   * What the agent may dial (`--allow`, repeated): the session's destinations, or `any`.
+   * Absent: anything (a `relay agent` run by hand); relay always sets it.
+   */
+  allow?: DestinationRule[] | "any";
 }
 
 /** The agent's settings when its flags say nothing. */
@@ -76,6 +83,30 @@ export const AGENT_DEFAULTS: Readonly<AgentSettings> = {
   idleExitMs: 300_000,
   connectTimeoutMs: 10_000,
 };
+
+/**
+ * One destination a session may open: a protocol, a host (a name or IP literal as the client
+ * sends it, or `*` for any address: a workload's pods come and go) and a port (0 for any).
+ * Loopback and link-local addresses (the agent itself, cloud metadata) are allowed only by a
+ * rule that names them: a literal, or `localhost`.
+ */
+export interface DestinationRule {
+  protocol: Protocol;
+  host: string;
+  port: number;
+}
+
+/** A rule as the agent's `--allow` spells it: `tcp/10.0.0.5/5432`, `tcp/redis.example/6379`. */
+export function formatDestinationRule(rule: DestinationRule): string {
+  return `${rule.protocol}/${rule.host}/${rule.port}`;
+}
+
+/** The rule `--allow TEXT` stands for, or undefined when TEXT is not one. */
+export function parseDestinationRule(text: string): DestinationRule | undefined {
+  const match = /^(tcp|udp)\/([^/\s]+)\/(\d{1,5})$/.exec(text);
+  if (!match || Number(match[3]) > 65_535) return undefined;
+  return { protocol: match[1] as Protocol, host: match[2].toLowerCase(), port: Number(match[3]) };
+}
 
 /** Room for the largest UDP payload: a datagram crosses the tunnel whole up to this size. */
 export const MAX_DATAGRAM = 65_535;

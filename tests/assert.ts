@@ -90,3 +90,29 @@ export async function assertRejects<E extends Error>(
   });
   return checkError(caught, type, includes);
 }
+
+/**
+ * Waits until `read()` is above 0 and has not changed for `quietMs`: how a test learns that
+ * a sender has used up its credit, without betting on how long that takes on a busy machine.
+ * Fails naming `what` after `timeoutMs`.
+ */
+export async function plateau(
+  what: string,
+  read: () => number,
+  { quietMs = 100, timeoutMs = 10_000 } = {},
+): Promise<number> {
+  const until = performance.now() + timeoutMs;
+  let last = read();
+  let since = performance.now();
+  while (performance.now() < until) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    const now = read();
+    if (now !== last) {
+      last = now;
+      since = performance.now();
+    } else if (now > 0 && performance.now() - since >= quietMs) {
+      return now;
+    }
+  }
+  throw new Error(`${what} did not settle within ${timeoutMs} ms (last: ${last})`);
+}

@@ -71,6 +71,11 @@ function settle(): Promise<void> {
 class FakeTunnel implements Tunnel {
   streamCount = 0;
   closeReason: string | null = null;
+  /** Set by the test: the tunnel is going away and takes no new streams. */
+  draining = false;
+  get accepting(): boolean {
+    return this.closeReason === null && !this.draining;
+  }
   /** What the pool passed to close(), if it closed the tunnel. */
   closedBy: string | undefined;
   readonly opens: OpenRequest[] = [];
@@ -332,6 +337,24 @@ Deno.test("TunnelPool: open goes to the least loaded tunnel", async () => {
   await pool.open({ ...REQUEST, port: 8 });
   assertEquals(third.opens, [{ ...REQUEST, port: 8 }]);
   assertEquals(first.opens, []);
+  pool.close();
+});
+
+Deno.test("TunnelPool: a tunnel going away gets no new streams and is replaced at once; it is left to finish", async () => {
+  const { pool, dialer, first, logged } = await startedPool(1);
+  first.draining = true;
+  const opening = pool.open(REQUEST);
+  const second = new FakeTunnel("second");
+  (await dialer.call(1)).resolve(second);
+  await within(opening, "the open on the replacement");
+  assertEquals(second.opens, [REQUEST]);
+  assertEquals(first.opens, []);
+  assertEquals(first.closedBy, undefined, "the pool does not cut its streams short");
+  assertEquals(logged, ["tunnel to the agent is going away; connecting another"]);
+  // Once it has closed by itself, it is not replaced a second time.
+  first.drop("went away");
+  await settle();
+  assertEquals(dialer.calls.length, 2);
   pool.close();
 });
 

@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertInstanceOf, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertInstanceOf, assertRejects, plateau } from "./assert.ts";
 import {
   acceptTunnel,
   connectTunnel,
@@ -143,6 +143,37 @@ Deno.test("session: a wrong token with another protocol version is refused for t
   assertEquals(reason.peerVersion, "");
   assert(!reason.message.includes("0.9.0"), reason.message);
   assertEquals(agent.reason.code, "token");
+});
+
+Deno.test("session: an end whose stream ids are used up goes away: its streams finish, new ones are refused, then it closes", async () => {
+  const [a, b] = duplexPair();
+  const [client, agent] = await Promise.all([
+    connectTunnel(a, { token: TOKEN, firstStreamId: 0xffff_fffd }),
+    acceptTunnel(b, { token: TOKEN, onOpen: echo }),
+  ]);
+  const last = await client.open({ protocol: "tcp", host: "10.0.0.1", port: 1 });
+  const lastOfAll = await client.open({ protocol: "tcp", host: "10.0.0.1", port: 2 });
+  assertEquals([last.id, lastOfAll.id], [0xffff_fffd, 0xffff_ffff]);
+  assert(client.accepting);
+  await assertRejects(
+    () => client.open({ protocol: "tcp", host: "10.0.0.1", port: 3 }),
+    Error,
+    "going away",
+  );
+  assert(!client.accepting, "no new streams after the ids ran out");
+  // The streams already open still carry bytes both ways.
+  const writer = last.writable.getWriter();
+  await writer.write(new TextEncoder().encode("still here"));
+  const reader = last.readable.getReader();
+  assertEquals(new TextDecoder().decode((await reader.read()).value), "still here");
+  assertEquals(client.closeReason, null, "not closed while streams are open");
+  await writer.close();
+  await reader.read();
+  lastOfAll.reset();
+  await client.closed;
+  assertEquals(client.closeReason, "went away");
+  agent.close();
+  await agent.closed;
 });
 
 Deno.test("session: the client refuses an agent that offers a stream window of 0", async () => {
@@ -376,8 +407,7 @@ Deno.test("session: a fast reader grows its window; stalled, it buffers at most 
   assert(a.receiveWindow > WINDOW, `window did not grow from ${WINDOW}`);
   assert(a.receiveWindow <= MAX, `window ${a.receiveWindow} grew past ${MAX}`);
   // The reader stops: the sender fills what it was granted, and no more.
-  await new Promise((resolve) => setTimeout(resolve, 200));
-  assert(a.buffered > 0, "nothing arrived after the reader stopped");
+  await plateau("the stopped stream's buffer", () => a.buffered);
   assert(a.buffered <= a.receiveWindow, `buffered ${a.buffered}, window ${a.receiveWindow}`);
   a.reset("done");
   await close();

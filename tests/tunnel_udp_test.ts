@@ -2,7 +2,7 @@
  * UDP streams on a tunnel: credit bounds what one session has in flight, a session out of
  * credit waits alone (its source sheds the excess), and the kernel's drop counter is read.
  */
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, plateau } from "./assert.ts";
 import { acceptTunnel, connectTunnel, type OpenHandler, type Tunnel } from "../lib/tunnel/mod.ts";
 import { UDP_SHARED_WINDOW, UDP_WINDOW } from "../lib/contract.ts";
 import { duplexPair, kernelDrops, kernelDropsSoon } from "../lib/net/mod.ts";
@@ -56,7 +56,7 @@ Deno.test("udp stream: a session whose far end stops reading holds only its cred
       written++;
     }
   })();
-  await new Promise((resolve) => setTimeout(resolve, 100));
+  await plateau("the flooded session's writes", () => written);
   assert(written < 1_000, "a session without credit kept sending");
   assert(written * 1_000 <= 2 * UDP_WINDOW, `${written} KB in flight, more than its credit`);
 
@@ -93,8 +93,7 @@ Deno.test("udp stream: alone on its tunnel a session may have UDP_WINDOW in flig
         written += 1_000;
       }
     })().catch(() => {});
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    return written;
+    return await plateau("datagrams in flight", () => written);
   };
   const lone = await client.open({ protocol: "udp", host: "10.0.0.1", port: 1 });
   const loneBytes = await inFlight(lone);

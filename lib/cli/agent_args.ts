@@ -1,6 +1,6 @@
 /** `relay agent`'s own flags (the in-pod end); the token comes from the environment. */
 import { Command, CommanderError } from "@commander-js/extra-typings";
-import type { AgentSettings } from "../contract.ts";
+import { type AgentSettings, type DestinationRule, parseDestinationRule } from "../contract.ts";
 import { UsageError } from "../errors.ts";
 import { parseDuration } from "./duration.ts";
 import { parsePortNumber } from "./ports.ts";
@@ -29,6 +29,11 @@ export function parseAgentArgs(args: readonly string[]): AgentInvocation {
     .option(
       "--connect-timeout <duration>",
       "give up on one TCP connect after this long (default: 10s)",
+    )
+    .option(
+      "--allow <rule>",
+      "a destination it may open, PROTOCOL/HOST/PORT (HOST * any address, PORT 0 any port), or any; repeatable (default: anything)",
+      (value: string, previous: string[] = []) => [...previous, value],
     )
     .helpOption("-h, --help", "print this help")
     .exitOverride()
@@ -61,7 +66,21 @@ export function parseAgentArgs(args: readonly string[]): AgentInvocation {
   if (opts.connectTimeout !== undefined) {
     parsed.connectTimeoutMs = positive(opts.connectTimeout, "--connect-timeout");
   }
+  if (opts.allow !== undefined) parsed.allow = parseAllow(opts.allow);
   return { run: parsed };
+}
+
+function parseAllow(values: string[]): DestinationRule[] | "any" {
+  if (values.includes("any")) return "any";
+  return values.map((text) => {
+    const rule = parseDestinationRule(text);
+    if (!rule) {
+      throw new UsageError(
+        `relay agent: invalid --allow ${JSON.stringify(text)}: expected PROTOCOL/HOST/PORT or any`,
+      );
+    }
+    return rule;
+  });
 }
 
 function positive(text: string, flag: string): number {

@@ -37,6 +37,7 @@ export function forwardEntry(plan: Plan, listeners: ListenerSet, logger: Logger)
     prepare: async ({ kube, follow }) => {
       routes = await resolveRoutes(kube, plan, listeners, follow);
     },
+    destinations: () => routes.map((route) => route.forward.allows),
     serve: (context) => serve(routes, context, logger),
   };
 }

@@ -9,7 +9,12 @@ import type {
   V1PodTemplateSpec,
   V1Secret,
 } from "@kubernetes/client-node";
-import { AGENT_PORT, AGENT_TOKEN_ENV } from "../contract.ts";
+import {
+  AGENT_PORT,
+  AGENT_TOKEN_ENV,
+  type DestinationRule,
+  formatDestinationRule,
+} from "../contract.ts";
 import { VERSION } from "../version.ts";
 import { UsageError } from "./errors.ts";
 import { mergePatch } from "./merge_patch.ts";
@@ -83,8 +88,9 @@ export function agentJobManifest(opts: {
   patch?: Record<string, unknown>;
   idleExit?: string;
   udpIdleTimeout?: string;
+  allow?: readonly DestinationRule[] | "any";
 }): V1Job {
-  const args = agentArgs(opts.idleExit, opts.udpIdleTimeout);
+  const args = agentArgs(opts);
   const labels = { [AGENT_NAME_LABEL]: "relay-agent", [SESSION_LABEL]: opts.sessionId };
   const container: V1Container = {
     name: CONTAINER_NAME,
@@ -157,14 +163,18 @@ export function agentJobManifest(opts: {
 }
 
 /** The agent container's arguments: its port, plus the optional flags asked for. */
-export function agentArgs(
-  idleExit: string | undefined,
-  udpIdleTimeout?: string,
-  port = AGENT_PORT,
-): string[] {
-  const args = ["agent", "--port", String(port)];
-  if (idleExit) args.push("--idle-exit", idleExit);
-  if (udpIdleTimeout) args.push("--udp-idle-timeout", udpIdleTimeout);
+export function agentArgs(opts: {
+  idleExit?: string;
+  udpIdleTimeout?: string;
+  port?: number;
+  allow?: readonly DestinationRule[] | "any";
+}): string[] {
+  const args = ["agent", "--port", String(opts.port ?? AGENT_PORT)];
+  if (opts.idleExit) args.push("--idle-exit", opts.idleExit);
+  if (opts.udpIdleTimeout) args.push("--udp-idle-timeout", opts.udpIdleTimeout);
+  // The agent opens only these (agent/policy.ts): the destinations of this session.
+  if (opts.allow === "any") args.push("--allow", "any");
+  else for (const rule of opts.allow ?? []) args.push("--allow", formatDestinationRule(rule));
   return args;
 }
 

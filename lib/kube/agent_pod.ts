@@ -4,6 +4,7 @@
  * on stop. Its manifest is in agent_manifest.ts, the reading of its state in agent_status.ts.
  */
 import type { BatchV1Api, CoreV1Api, V1Job, V1Pod, Watch } from "@kubernetes/client-node";
+import type { DestinationRule } from "../contract.ts";
 import { DEFAULT_AGENT_IMAGE } from "../version.ts";
 import {
   AGENT_PORT,
@@ -51,6 +52,8 @@ export interface AgentPodOptions {
   idleExit?: string;
   /** The agent's `--udp-idle-timeout` (e.g. `60s`): relay's own, so both ends agree. */
   udpIdleTimeout?: string;
+  /** What the agent may open: the session's destinations (its `--allow`). */
+  allow?: readonly DestinationRule[] | "any";
 }
 
 /** A running agent pod. */
@@ -88,6 +91,7 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
     patch: opts.patch,
     idleExit: opts.idleExit,
     udpIdleTimeout: opts.udpIdleTimeout,
+    allow: opts.allow,
   });
   const namespace = manifest.metadata!.namespace!;
   let job: V1Job;

@@ -3,6 +3,7 @@
  * agent dials, decided again for every new connection where the answer can change (headless
  * Services and workloads follow their Ready pods across rolling updates).
  */
+import type { DestinationRule } from "../contract.ts";
 import type {
   AppsV1Api,
   CoreV1Api,
@@ -56,6 +57,11 @@ export interface ResolvedForward {
   protocol: Protocol;
   /** Where a new connection goes, decided now; rejects when no pod is Ready. */
   destination(): Promise<Destination>;
+  /**
+   * What the agent must be allowed to open for it: the host and port it sends, or any
+   * address (`*`) on the port for pods that come and go.
+   */
+  allows: DestinationRule;
 }
 
 const WORKLOADS = new Set<TargetKind>(["deploy", "sts", "ds", "rs"]);
@@ -83,12 +89,14 @@ export async function resolveTarget(
         );
       }
       const destination = { host: target.name, port: spec.remote };
+      const protocol = spec.protocol ?? "tcp";
       return {
         label: label(spec),
         namespace: "",
         spec,
-        protocol: spec.protocol ?? "tcp",
+        protocol,
         destination: () => Promise.resolve(destination),
+        allows: { protocol, ...destination },
       };
     });
   }
@@ -108,13 +116,16 @@ export async function resolveTarget(
       const containerPort = pickContainerPort(pod.spec, spec, object);
       const port = containerPort?.containerPort ?? (spec.remote as number);
       let current = pod;
+      const protocol = containerPort
+        ? protocolOf(containerPort.protocol, object, spec)
+        : spec.protocol ?? "tcp";
       return {
         label: label(spec),
         namespace,
         spec,
-        protocol: containerPort
-          ? protocolOf(containerPort.protocol, object, spec)
-          : spec.protocol ?? "tcp",
+        protocol,
+        // A pod's IP is fixed once it has one; one still Pending gets it later.
+        allows: { protocol, host: pod.status?.podIP ?? "*", port },
         destination: async () => {
           // A pod's IP is fixed once assigned; ask again only while it has none.
           if (!current.status?.podIP) current = await readPod(api, namespace, target.name);
@@ -137,13 +148,17 @@ export async function resolveTarget(
     const follower = await follow?.(namespace, selectorText);
     return ports.map((spec) => {
       const templatePort = pickContainerPort(template, spec, object);
+      const protocol = templatePort
+        ? protocolOf(templatePort.protocol, object, spec)
+        : spec.protocol ?? "tcp";
+      const port = templatePort?.containerPort ??
+        (typeof spec.remote === "number" ? spec.remote : 0);
       return {
         label: label(spec),
         namespace,
         spec,
-        protocol: templatePort
-          ? protocolOf(templatePort.protocol, object, spec)
-          : spec.protocol ?? "tcp",
+        protocol,
+        allows: { protocol, host: "*", port },
         destination: async () => {
           const pod = await readyPod(api, namespace, selectorText, object, follower);
           // Named ports are looked up on the chosen pod: a rollout may renumber them.
@@ -217,7 +232,15 @@ function resolveServicePort(
     const host = service.spec.externalName;
     if (!host) throw new UsageError(`${object} is an ExternalName Service without externalName`);
     const port = servicePort?.port ?? (spec.remote as number);
-    return { label, namespace, spec, protocol, destination: () => Promise.resolve({ host, port }) };
+    const allows = { protocol, host, port };
+    return {
+      label,
+      namespace,
+      spec,
+      protocol,
+      allows,
+      destination: () => Promise.resolve({ host, port }),
+    };
   }
   if (!servicePort) {
     throw new UsageError(`${object} has no port ${spec.remote} (it has ${describePorts(service)})`);
@@ -225,7 +248,14 @@ function resolveServicePort(
   const clusterIP = service.spec?.clusterIP;
   if (clusterIP && clusterIP !== "None") {
     const destination = { host: clusterIP, port: servicePort.port };
-    return { label, namespace, spec, protocol, destination: () => Promise.resolve(destination) };
+    return {
+      label,
+      namespace,
+      spec,
+      protocol,
+      allows: { protocol, ...destination },
+      destination: () => Promise.resolve(destination),
+    };
   }
 
   // Headless: one of its Ready pods, chosen per connection, at the Service's targetPort.
@@ -235,11 +265,14 @@ function resolveServicePort(
   }
   const selectorText = selectorString({ matchLabels: selector });
   const targetPort = servicePort.targetPort ?? servicePort.port;
+  const numbered = typeof targetPort === "number" || /^\d+$/.test(targetPort);
   return {
     label,
     namespace,
     spec,
     protocol,
+    // A named targetPort is numbered by each pod: any port of the Service's pods.
+    allows: { protocol, host: "*", port: numbered ? Number(targetPort) : 0 },
     destination: async () => {
       const pod = await readyPod(api, namespace, selectorText, object, follower);
       const port = typeof targetPort === "number" || /^\d+$/.test(targetPort)

@@ -8,7 +8,7 @@
  * the agent exits when relay ends the session (or when idle) and stays as a Terminated entry.
  */
 import type { CoreV1Api, V1EphemeralContainer, V1Pod, Watch } from "@kubernetes/client-node";
-import { AGENT_STEAL_GID, AGENT_TOKEN_ENV } from "../contract.ts";
+import { AGENT_STEAL_GID, AGENT_TOKEN_ENV, type DestinationRule } from "../contract.ts";
 import { DEFAULT_AGENT_IMAGE } from "../version.ts";
 import { agentArgs, agentTokenSecret, randomHex, TOKEN_SECRET_KEY } from "./agent_manifest.ts";
 import type { AgentPod } from "./agent_pod.ts";
@@ -44,6 +44,8 @@ export interface TargetedAgentOptions {
   port?: number;
   /** Whether the agent may redirect the pod's ports (steal, mirror): NET_ADMIN, as root. */
   redirect?: boolean;
+  /** What the agent may open: the session's destinations (its `--allow`). */
+  allow?: readonly DestinationRule[] | "any";
 }
 
 /** Ports the agent picks from: above what apps usually serve, below the ephemeral range. */
@@ -131,7 +133,7 @@ function ephemeralAgent(
   return {
     name,
     image: options.image ?? DEFAULT_AGENT_IMAGE,
-    args: agentArgs(options.idleExit, options.udpIdleTimeout, port),
+    args: agentArgs({ ...options, port }),
     env: [{
       name: AGENT_TOKEN_ENV,
       valueFrom: { secretKeyRef: { name: secretName, key: TOKEN_SECRET_KEY } },

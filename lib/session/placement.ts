@@ -8,6 +8,7 @@ import { type AgentPod, startAgentPod } from "../kube/agent_pod.ts";
 import type { Kube } from "../kube/config.ts";
 import { pickTargetPod } from "../kube/resolve.ts";
 import { startTargetedAgent } from "../kube/targeted_agent.ts";
+import type { DestinationRule } from "../contract.ts";
 import type { Plan } from "../plan.ts";
 import { needsRedirect } from "../reverse/redirect.ts";
 
@@ -17,8 +18,11 @@ export interface Placement {
   resolve(): Promise<V1Pod | undefined>;
   /** Fails naming every permission the placement needs and the user lacks. */
   checkAccess(): Promise<void>;
-  /** Starts an agent (the first, or one replacing an agent that is gone). */
-  start(signal: AbortSignal): Promise<AgentPod>;
+  /**
+   * Starts an agent (the first, or one replacing an agent that is gone) that may open only
+   * `allow`.
+   */
+  start(signal: AbortSignal, allow: DestinationRule[] | "any"): Promise<AgentPod>;
 }
 
 /** The placement `plan` asks for. */
@@ -32,8 +36,9 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
     return {
       resolve: () => Promise.resolve(undefined),
       checkAccess: () => checkAccess(kube, namespace, AGENT_PERMISSIONS),
-      start: (signal) =>
+      start: (signal, allow) =>
         startAgentPod(kube, {
+          allow,
           namespace,
           image: run.agentImage,
           patch: run.patch,
@@ -48,7 +53,7 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
   return {
     resolve: async () => picked = await pickTargetPod(kube, target),
     checkAccess: () => checkAccess(kube, target.namespace ?? kube.namespace, TARGET_PERMISSIONS),
-    start: async (signal) => {
+    start: async (signal, allow) => {
       // The first agent goes where resolve() looked; a replacement (the pod went away in a
       // rollout, say) goes to a Ready pod picked anew.
       const pod = picked ?? await pickTargetPod(kube, target);
@@ -61,6 +66,7 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
         idleExit: run.agentIdleExit,
         udpIdleTimeout,
         redirect: needsRedirect(plan, pod),
+        allow,
       });
     },
   };

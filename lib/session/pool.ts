@@ -32,6 +32,8 @@ const BACKOFF_MAX_MS = 2_000;
 /** Keeps `size` tunnels to one agent and opens streams on the least loaded one. */
 export class TunnelPool {
   #tunnels: Tunnel[] = [];
+  /** Tunnels going away: no new streams, already replaced, left to finish their streams. */
+  readonly #retired = new Set<Tunnel>();
   #stopped = false;
   #waiters: Array<() => void> = [];
   #lastError: unknown;
@@ -76,8 +78,22 @@ export class TunnelPool {
 
   /** Opens a stream on the least loaded tunnel, waiting briefly if none is up. */
   async open(request: OpenRequest): Promise<TunnelStream> {
-    const tunnel = this.#leastLoaded() ?? await this.#waitForTunnel();
-    return await tunnel.open(request);
+    for (;;) {
+      const tunnel = this.#leastLoaded() ?? await this.#waitForTunnel();
+      if (tunnel.accepting) return await tunnel.open(request);
+      // Going away (its stream ids used up, or the agent draining it): it keeps its streams
+      // until they end, and a new tunnel takes its place for new ones now.
+      this.#retire(tunnel);
+    }
+  }
+
+  /** Stops giving `tunnel` new streams and connects a replacement. */
+  #retire(tunnel: Tunnel): void {
+    if (!this.#tunnels.includes(tunnel)) return;
+    this.#tunnels = this.#tunnels.filter((t) => t !== tunnel);
+    this.options.log?.("tunnel to the agent is going away; connecting another");
+    this.#retired.add(tunnel);
+    this.#refill();
   }
 
   /**
@@ -115,6 +131,8 @@ export class TunnelPool {
     for (const wake of this.#waiters.splice(0)) wake();
     tunnel.closed.finally(() => {
       this.#tunnels = this.#tunnels.filter((t) => t !== tunnel);
+      // A retired tunnel was replaced when it started going away.
+      if (this.#retired.delete(tunnel)) return;
       if (!this.#stopped) {
         const why = tunnel.closeReason;
         this.options.log?.(`tunnel to the agent closed${why ? ` (${why})` : ""}; reconnecting`);
@@ -138,11 +156,19 @@ export class TunnelPool {
     }
   }
 
-  /** The open tunnel with the fewest streams; one that is closing is never picked. */
+  /**
+   * The open tunnel with the fewest streams, preferring those that accept new ones; one that
+   * is closing is never picked.
+   */
   #leastLoaded(): Tunnel | undefined {
     let best: Tunnel | undefined;
     for (const t of this.#tunnels) {
       if (t.closeReason !== null) continue;
+      if (best && best.accepting && !t.accepting) continue;
+      if (best && !best.accepting && t.accepting) {
+        best = t;
+        continue;
+      }
       if (!best || t.streamCount < best.streamCount) best = t;
     }
     return best;

@@ -7,6 +7,7 @@
  * every exit path deletes it.
  */
 import type { V1Pod } from "@kubernetes/client-node";
+import { type DestinationRule, formatDestinationRule } from "../contract.ts";
 import { describeError, UsageError } from "../errors.ts";
 import { agentGoneReason, type AgentPod } from "../kube/agent_pod.ts";
 import { type Kube, loadKube } from "../kube/config.ts";
@@ -55,6 +56,8 @@ export interface SessionEntry {
   onTunnel?(tunnel: Tunnel): void;
   /** Answers the agent's opens (reverse forwards); at most one entry has it. */
   onOpen?: OpenHandler;
+  /** After prepare: what the agent must be allowed to open for this entry, or `any`. */
+  destinations?(): DestinationRule[] | "any";
 }
 
 /** What {@link runSession} is given. */
@@ -128,7 +131,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
   const onTunnel = (tunnel: Tunnel) => entries.forEach((entry) => entry.onTunnel?.(tunnel));
   const onOpen = entries.find((entry) => entry.onOpen)?.onOpen;
   const supervisor = new AgentSupervisor({
-    start: () => placement.start(stop.signal),
+    start: () => placement.start(stop.signal, allow),
     connect: (agent) => dialTunnel(kube, agent, { buffers, onOpen }),
     goneReason: (agent) =>
       withDeadline(() => agentGoneReason(kube, agent), DIAL_TIMEOUT_MS, "reading the agent pod"),
@@ -139,6 +142,8 @@ export async function runSession(options: SessionOptions): Promise<void> {
     },
   });
   let started = false;
+  // The agent's destination policy: what the entries opens, known once they have prepared.
+  let allow: DestinationRule[] | "any" = [];
   try {
     // Workload and headless-Service targets watch their pods until relay stops (stop.signal
     // ends every watch before kube.close() below).
@@ -158,6 +163,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
     ]);
     if (prepared.status === "rejected") throw prepared.reason;
     if (access.status === "rejected") throw access.reason;
+    allow = destinationsOf(entries);
     if (stop.signal.aborted) return;
     started = true;
     const agent = await supervisor.start();
@@ -198,6 +204,17 @@ export async function runSession(options: SessionOptions): Promise<void> {
     kube.close();
   }
   if (fatal) throw fatal;
+}
+
+/** Every entry's destinations, once each, or `any` if one entry needs anything. */
+function destinationsOf(entries: SessionEntry[]): DestinationRule[] | "any" {
+  const rules = new Map<string, DestinationRule>();
+  for (const entry of entries) {
+    const wanted = entry.destinations?.() ?? [];
+    if (wanted === "any") return "any";
+    for (const rule of wanted) rules.set(formatDestinationRule(rule), rule);
+  }
+  return [...rules.values()];
 }
 
 /** Prepares entries one after another, so the first bad target is the one reported. */

@@ -22,6 +22,7 @@ const RESULT_CODES: readonly ("ok" | OpenFailure)[] = [
   "forbidden",
   "error",
   "in-use",
+  "denied",
 ];
 /** LISTEN's modes and LISTEN_RESULT's, by their byte. */
 const INCOMING_MODES: readonly IncomingRequest[] = ["listen", "steal", "mirror", "auto"];

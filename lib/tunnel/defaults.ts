@@ -37,3 +37,10 @@ export const DEFAULT_UDP_QUEUE = 256;
  */
 export const DEFAULT_MAX_STREAMS = 4096;
 export const DEFAULT_MAX_DIALS = 1024;
+
+/**
+ * The last stream id an end may use (ids are u32 on the wire and only ever grow): an end
+ * that has used its ids up goes away gracefully, so its streams finish and new ones go to
+ * another tunnel.
+ */
+export const MAX_STREAM_ID = 0xffff_ffff;

@@ -23,6 +23,8 @@ export interface HandshakeOptions extends TunnelOptions {
   version?: string;
   /** Our tunnel protocol version (default PROTOCOL_VERSION; tests override it). */
   protocolVersion?: number;
+  /** The first stream id this end uses (tests: to reach the end of the ids quickly). */
+  firstStreamId?: number;
 }
 
 /** Why a tunnel could not be set up. */

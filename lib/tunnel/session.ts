@@ -17,6 +17,7 @@ import {
   DEFAULT_MAX_STREAMS,
   DEFAULT_SESSION_GROWTH,
   DEFAULT_UDP_QUEUE,
+  MAX_STREAM_ID,
 } from "./defaults.ts";
 import { type Frame, FrameError, FrameType } from "./frame.ts";
 import { KeepAlive } from "./keepalive.ts";
@@ -47,7 +48,7 @@ export interface SessionInit {
   /** The window we grant (our streamWindow) and the one the peer granted us. */
   receiveWindow: number;
   sendWindow: number;
-  options: TunnelOptions & { udpQueue?: number };
+  options: TunnelOptions & { udpQueue?: number; firstStreamId?: number };
 }
 
 interface PendingOpen {
@@ -112,7 +113,7 @@ export class Session implements Tunnel {
       growth: { left: init.options.maxSessionGrowth ?? DEFAULT_SESSION_GROWTH },
       udpStreams: { open: 0 },
     };
-    this.nextId = init.role === "client" ? 1 : 2;
+    this.nextId = init.options.firstStreamId ?? (init.role === "client" ? 1 : 2);
     this.peerParity = init.role === "client" ? 0 : 1;
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     const keepAliveMs = init.options.keepAliveMs ?? DEFAULT_KEEPALIVE_MS;
@@ -147,8 +148,10 @@ export class Session implements Tunnel {
     if (this.goingAway || this.peerGoingAway) {
       return Promise.reject(new Error("tunnel is going away; open the stream on another tunnel"));
     }
-    const id = this.nextId;
-    this.nextId += 2;
+    const id = this.takeId();
+    if (id === undefined) {
+      return Promise.reject(new Error("tunnel is going away; open the stream on another tunnel"));
+    }
     const stream = this.newStream(id, request);
     return new Promise((resolve, reject) => {
       this.opening.set(id, { stream, resolve, reject });
@@ -167,8 +170,10 @@ export class Session implements Tunnel {
     if (this.closeReason !== null) {
       return Promise.reject(new Error(`tunnel closed: ${this.closeReason}`));
     }
-    const id = this.nextId;
-    this.nextId += 2;
+    const id = this.takeId();
+    if (id === undefined) {
+      return Promise.reject(new Error("tunnel is going away; listen on another tunnel"));
+    }
     return this.listeners.ask(id, request, how);
   }
 
@@ -176,6 +181,25 @@ export class Session implements Tunnel {
     if (this.closeReason !== null) return Promise.resolve();
     this.writer.send({ type: FrameType.SHUTDOWN, streamId: 0, reason });
     return this.writer.drained();
+  }
+
+  /** Whether new streams may be opened on this tunnel (not closing, nobody going away). */
+  get accepting(): boolean {
+    return this.closeReason === null && !this.goingAway && !this.peerGoingAway;
+  }
+
+  /**
+   * The next stream id, or undefined once they are used up: the tunnel then goes away
+   * (GO_AWAY, its streams finish, then it closes) instead of wrapping.
+   */
+  private takeId(): number | undefined {
+    const id = this.nextId;
+    if (id > MAX_STREAM_ID) {
+      void this.goAway();
+      return undefined;
+    }
+    this.nextId += 2;
+    return id;
   }
 
   ping(): Promise<number> {

@@ -29,7 +29,8 @@ export type OpenFailure =
   | "unreachable"
   | "forbidden"
   | "error"
-  | "in-use";
+  | "in-use"
+  | "denied";
 
 /** An open that the far end could not complete, with its reason. */
 export class OpenError extends Error {
@@ -155,4 +156,6 @@ export interface Tunnel {
   readonly closed: Promise<void>;
   /** Why the tunnel closed, as soon as it is closing (null while it is open). */
   readonly closeReason: string | null;
+  /** Whether new streams may be opened on it: open, and neither end going away. */
+  readonly accepting: boolean;
 }

@@ -11,6 +11,7 @@ import {
 import { loadKube } from "../../lib/kube/config.ts";
 import { dialPortForward } from "../../lib/kube/portforward.ts";
 import { connectTunnel, HandshakeError } from "../../lib/tunnel/handshake.ts";
+import { OpenError } from "../../lib/tunnel/types.ts";
 import { PROTOCOL_VERSION } from "../../lib/tunnel/frame.ts";
 import {
   createTestNamespace,
@@ -534,5 +535,64 @@ Deno.test({
       );
       return left.trim() === "";
     }, { timeoutMs: 30_000 });
+  },
+});
+
+Deno.test({
+  name:
+    "story: even with the session's token, the agent opens only what the session named: not its own port, loopback, cloud metadata, or another pod; its pod spec lists what it may open",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("sec-policy");
+    const echo = await createEchoWorkloads(ns.name, ["pod", "deploy"]);
+    await using relay = await startRelay(["-n", ns.name, "pod/echo-pod", ":8080"]);
+    const pod = await theAgentPod(ns.name);
+    const agent = pod.spec.containers.find((c) => c.name === "agent")!;
+    const echoIP = (await kubectl(
+      ["get", "pod", "echo-pod", "-n", ns.name, "-o", "jsonpath={.status.podIP}"],
+    )).trim();
+    const args = (agent as unknown as { args: string[] }).args;
+    assertEquals(args.filter((_, i) => args[i - 1] === "--allow"), [`tcp/${echoIP}/8080`]);
+
+    const token = await agentToken(ns.name, agent);
+    const kube = loadKube({ kubeconfig: KUBECONFIG, asGroups: [] });
+    try {
+      const transport = await dialPortForward(kube, {
+        namespace: ns.name,
+        pod: pod.metadata.name,
+        port: AGENT_PORT,
+      });
+      const tunnel = await connectTunnel(transport, { token, handshakeTimeoutMs: 10_000 });
+      try {
+        // What the session named opens.
+        const named = await tunnel.open({ protocol: "tcp", host: echoIP, port: 8080 });
+        named.reset();
+        const refused: [string, number][] = [
+          ["127.0.0.1", AGENT_PORT],
+          ["localhost", 8080],
+          ["169.254.169.254", 80],
+          [echo.deployPodIP, 8080],
+          [echoIP, 9000],
+        ];
+        for (const [host, port] of refused) {
+          const error = await tunnel.open({ protocol: "tcp", host, port }).then(
+            (stream) => (stream.reset(), undefined),
+            (e: unknown) => e,
+          );
+          assert(
+            error instanceof OpenError && error.code === "denied",
+            `${host}:${port} was not denied: ${error}`,
+          );
+        }
+      } finally {
+        tunnel.close("test over");
+      }
+    } finally {
+      kube.close();
+    }
+    assertMatch(await greeting(relay.ports[0]), /^pod=echo-pod /);
+    assertEquals(await relay.stop(), 0, relay.stderr());
   },
 });
