@@ -16,9 +16,12 @@ import {
   applyYaml,
   createTestNamespace,
   ensureCluster,
+  KUBECONFIG,
+  KUBECTL,
   kubectlJson,
   podNetns,
   podPid,
+  REPO_DIR,
   runCommand,
   waitForReadyPod,
 } from "../tests/e2e/harness.ts";
@@ -26,11 +29,13 @@ import { clusterPid, cpuUsed, snapshotCpu } from "./bench/cpu.ts";
 import {
   computeFigures,
   cpuRows,
+  type Figures,
   formatMarkdown,
   formatTable,
   formatText,
   type RawResults,
   summarize,
+  type Summary,
 } from "./bench/report.ts";
 import {
   type BenchConfig,
@@ -40,9 +45,16 @@ import {
   scenarios,
 } from "./bench/scenarios.ts";
 import { timeToFirstEcho } from "./bench/startup.ts";
+import {
+  findToxiproxy,
+  kubectlGetNsMs,
+  type LatencyProxy,
+  startLatencyProxy,
+} from "./bench/latency_proxy.ts";
 import { median, rotate } from "./bench/stats.ts";
 import {
   type BenchPods,
+  currentRssMb,
   type Endpoint,
   findKrelay,
   peakRssMb,
@@ -69,14 +81,16 @@ function parseFlags(): { config: BenchConfig; json?: string; markdown?: string; 
       connections: { type: "string" },
       "udp-rates": { type: "string" },
       "startup-runs": { type: "string" },
+      rtt: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
   if (values.help) {
     console.log(
       "deno task bench [--quick] [--rounds N] [--json FILE] [--markdown FILE]\n" +
-        "  [--only bulk,connrate,latency,concurrency,hol,udp,startup] [--bulk-mib N]\n" +
-        "  [--connrate-seconds S] [--connections N] [--udp-rates R1,R2,...] [--startup-runs N]",
+        "  [--only bulk,connrate,http,latency,concurrency,hol,udp,startup] [--bulk-mib N]\n" +
+        "  [--connrate-seconds S] [--connections N] [--udp-rates R1,R2,...] [--startup-runs N]\n" +
+        "  [--rtt 0,20ms,80ms]  round trips between the tools and the API server (default 0,20ms)",
     );
     Deno.exit(0);
   }
@@ -96,12 +110,20 @@ function parseFlags(): { config: BenchConfig; json?: string; markdown?: string; 
     config.udpRates = values["udp-rates"].split(",").map((r) => num(r, "udp-rates"));
   }
   if (values["startup-runs"]) config.startupRuns = num(values["startup-runs"], "startup-runs");
+  if (values.rtt) config.rtts = values.rtt.split(",").map(parseRtt);
   return {
     config,
     json: values.json,
     markdown: values.markdown,
     only: values.only?.split(","),
   };
+}
+
+/** `0`, `20ms`, `20` (ms) or `0.02s`: a round trip in milliseconds. */
+function parseRtt(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s)?$/.exec(text.trim());
+  if (!match) throw new Error(`--rtt: not a duration: ${text}`);
+  return Number(match[1]) * (match[2] === "s" ? 1000 : 1);
 }
 
 /**
@@ -137,6 +159,7 @@ async function createPods(namespace: string): Promise<BenchPods> {
     clientNetns,
     nodeNetns: NODE_NETNS,
     krelay: await findKrelay(),
+    kubeconfig: KUBECONFIG,
   };
 }
 
@@ -223,7 +246,10 @@ async function main(): Promise<void> {
   const { config, json, markdown, only } = parseFlags();
   const chosen = scenarios.filter((s) => !only || only.includes(s.name));
   const started = new Date();
-  console.error(`bench: ${chosen.map((s) => s.name).join(", ")}; ${config.rounds} round(s) each`);
+  console.error(
+    `bench: ${chosen.map((s) => s.name).join(", ")}; ${config.rounds} round(s) each, at ` +
+      `${config.rtts.map((r) => `${r} ms`).join(" and ")} round trip to the API server`,
+  );
   await ensureCluster();
   await using ns = await createTestNamespace("relay-bench");
   const pods = await createPods(ns.name);
@@ -234,14 +260,163 @@ async function main(): Promise<void> {
   await using _restoreNode = {
     [Symbol.asyncDispose]: () => setTimeWaitReuse(NODE_NETNS, nodeReuse).then(() => {}, () => {}),
   };
-  const raw: RawResults = { rounds: {}, skipped: {} };
   // The processes every path shares; each tool adds its client (and relay its agent).
   const pathPids = {
     apiserver: await clusterPid("kube-apiserver"),
     kwok: await clusterPid("kwok"),
     echo: await podPid(pods.namespace, pods.echoPod, "echo").catch(() => undefined),
   };
+  const toxiproxy = config.rtts.some((rtt) => rtt > 0) ? await findToxiproxy() : undefined;
 
+  const runs: RttRun[] = [];
+  for (const rtt of config.rtts) {
+    let proxy: LatencyProxy | undefined;
+    if (rtt > 0) {
+      if (typeof toxiproxy !== "string") {
+        console.error(`bench: ${rtt} ms skipped: ${toxiproxy?.skipped}`);
+        runs.push({ rtt, skipped: toxiproxy?.skipped ?? "no latency proxy" });
+        continue;
+      }
+      proxy = await startLatencyProxy(toxiproxy, rtt);
+    }
+    try {
+      const kubeconfig = proxy?.kubeconfig ?? KUBECONFIG;
+      const getNsMs = await kubectlGetNsMs(KUBECTL, kubeconfig);
+      console.error(
+        `bench: ${rtt} ms round trip: \`kubectl get ns\` takes ${getNsMs.toFixed(0)} ms`,
+      );
+      // The direct and node paths never cross the API server: measured at 0 ms only.
+      const here = rtt === 0 ? chosen : chosen.map((s) => ({
+        ...s,
+        tools: s.tools.filter((t) => t !== "direct" && t !== "node-path"),
+      }));
+      const raw = await runScenarios(here, { ...pods, kubeconfig }, config, pathPids);
+      const figures = computeFigures(here, raw);
+      runs.push({ rtt, getNsMs, scenarios: here, raw, figures, summary: summarize(figures) });
+    } finally {
+      await proxy?.stop();
+    }
+  }
+
+  const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1];
+  const machine = `${navigator.hardwareConcurrency} cores, ${cpu ?? "unknown CPU"}`;
+  const commit = (await runCommand(["git", "-C", REPO_DIR, "rev-parse", "--short", "HEAD"]))
+    .stdout.trim();
+  console.log(
+    `\nrelay benchmark, ${started.toISOString().slice(0, 10)}, ${machine}, commit ${commit}`,
+  );
+  console.log(`${config.rounds} round(s) per scenario, medians; tools alternated round by round`);
+  const markdownParts: string[] = [];
+  for (const run of runs) {
+    if (!("figures" in run)) {
+      console.log(`\n${run.rtt} ms round trip: skipped (${run.skipped})`);
+      continue;
+    }
+    console.log(
+      `\n${run.rtt} ms round trip between the tools and the API server ` +
+        `(kubectl get ns: ${run.getNsMs.toFixed(0)} ms)\n`,
+    );
+    console.log(formatTable(run.scenarios, run.figures));
+    const cpuTable = formatText(cpuRows(run.scenarios, run.figures));
+    if (cpuTable) {
+      console.log(
+        "\nwhere the CPU went (user + system seconds of each process on the path, medians):\n" +
+          cpuTable,
+      );
+    }
+    markdownParts.push(
+      `#### ${run.rtt} ms round trip (kubectl get ns: ${run.getNsMs.toFixed(0)} ms)\n\n` +
+        formatMarkdown(run.scenarios, run.figures),
+    );
+  }
+  if (krelaySkipped) console.log(`\n${krelaySkipped}.`);
+  const summary = combinedSummary(runs);
+  const atZero = runs.find((r) => r.rtt === 0 && "summary" in r) as MeasuredRun | undefined;
+  if (atZero) {
+    console.log(
+      `\nkubelet shim's per-connection path (node-path: kwok's dial into the pod, DNAT to its ` +
+        `localhost) vs direct: connection rate ${
+          atZero.summary.node_path_connrate_vs_direct ?? "-"
+        }×, p50 latency ${atZero.summary.node_path_latency_p50_vs_direct ?? "-"}×`,
+    );
+  }
+  console.log(`\nsummary: ${JSON.stringify(summary)}`);
+  if (markdown) await Deno.writeTextFile(markdown, markdownParts.join("\n\n") + "\n");
+  if (json) {
+    await Deno.writeTextFile(
+      json,
+      JSON.stringify(
+        {
+          date: started.toISOString(),
+          machine,
+          commit,
+          config,
+          krelay: "skipped" in pods.krelay ? pods.krelay.skipped : pods.krelay.version,
+          summary,
+          runs: runs.map((run) =>
+            "figures" in run
+              ? {
+                rtt_ms: run.rtt,
+                kubectl_get_ns_ms: run.getNsMs,
+                figures: run.figures,
+                skipped: run.raw.skipped,
+                rounds: run.raw.rounds,
+              }
+              : { rtt_ms: run.rtt, skipped: run.skipped }
+          ),
+        },
+        (_key, value) => typeof value === "number" && !Number.isFinite(value) ? null : value,
+        2,
+      ) + "\n",
+    );
+  }
+}
+
+/** One round trip's results, or why it was not measured. */
+interface MeasuredRun {
+  rtt: number;
+  getNsMs: number;
+  scenarios: Scenario[];
+  raw: RawResults;
+  figures: Figures;
+  summary: Summary;
+}
+type RttRun = MeasuredRun | { rtt: number; skipped: string };
+
+/**
+ * The summary's keys: at 0 ms today's keys as they were, and for every round trip measured
+ * the headline ratios under `rtt<ms>.`, with the client's idle and peak RSS.
+ */
+function combinedSummary(runs: RttRun[]): Record<string, number | null> {
+  const out: Record<string, number | null> = {};
+  for (const run of runs) {
+    if (!("summary" in run)) continue;
+    if (run.rtt === 0) Object.assign(out, run.summary);
+    const s = run.summary;
+    const prefix = `rtt${run.rtt}.`;
+    const headline: Record<string, number | null> = {
+      startup_vs_kubectl: s.startup_vs_kubectl,
+      startup_vs_krelay: s.startup_vs_krelay,
+      newconn_p50_vs_kubectl: s.newconn_p50_vs_kubectl,
+      throughput_vs_kubectl: s.throughput_vs_kubectl,
+      latency_p50_vs_kubectl: s.latency_p50_vs_kubectl,
+      http_fresh_conn_p50_vs_kubectl: s.http_fresh_conn_p50_vs_kubectl,
+      client_rss_idle_mb: s.client_rss_idle_mb,
+      client_rss_peak_mb: s.client_rss_mb,
+    };
+    for (const [key, value] of Object.entries(headline)) out[prefix + key] = value;
+  }
+  return out;
+}
+
+/** Runs `chosen` against every tool, rounds alternating the tools; their raw results. */
+async function runScenarios(
+  chosen: Scenario[],
+  pods: BenchPods,
+  config: BenchConfig,
+  pathPids: Record<string, number | undefined>,
+): Promise<RawResults> {
+  const raw: RawResults = { rounds: {}, skipped: {} };
   for (const scenario of chosen) {
     // Another `deno task test` on the machine ends with `cluster down`: stop with the reason
     // instead of printing a table of failures.
@@ -284,6 +459,11 @@ async function main(): Promise<void> {
           const rssPids = scenario.measureRss
             ? Object.entries({ rss_mb: endpoint.pid, agent_rss_mb: endpoint.agentPid })
             : [];
+          // Before any load: what the tool holds just forwarding (idle).
+          const idle: Record<string, number> = {};
+          for (const [key, pid] of rssPids) {
+            if (pid) idle[key.replace(/_mb$/, "_idle_mb")] = await currentRssMb(pid);
+          }
           for (const [, pid] of rssPids) if (pid) await resetPeakRss(pid);
           const pids = { ...pathPids, client: endpoint.pid, agent: endpoint.agentPid };
           try {
@@ -295,6 +475,7 @@ async function main(): Promise<void> {
               Object.assign(result, cpuUsed(cpuBefore, cpuAfter, loadCpu, scenario.cpuPer(result)));
             }
             for (const [key, pid] of rssPids) if (pid) result[key] = await peakRssMb(pid);
+            Object.assign(result, idle);
             rounds.push(result);
             const keys = scenario.figures.filter((f) => !f.detail && f.key in result)
               .map((f) => f.key);
@@ -312,47 +493,7 @@ async function main(): Promise<void> {
     }
   }
 
-  const figures = computeFigures(chosen, raw);
-  const summary = summarize(figures);
-  const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1];
-  const machine = `${navigator.hardwareConcurrency} cores, ${cpu ?? "unknown CPU"}`;
-  console.log(`\nrelay benchmark, ${started.toISOString().slice(0, 10)}, ${machine}`);
-  console.log(`${config.rounds} round(s) per scenario, medians; tools alternated round by round\n`);
-  console.log(formatTable(chosen, figures));
-  const cpuTable = formatText(cpuRows(chosen, figures));
-  if (cpuTable) {
-    console.log(
-      "\nwhere the CPU went (user + system seconds of each process on the path, medians):\n" +
-        cpuTable,
-    );
-  }
-  if (krelaySkipped) console.log(`\n${krelaySkipped}.`);
-  console.log(
-    `kubelet shim's per-connection path (node-path: kwok's dial into the pod, DNAT to its ` +
-      `localhost) vs direct: connection rate ${summary.node_path_connrate_vs_direct ?? "-"}×, ` +
-      `p50 latency ${summary.node_path_latency_p50_vs_direct ?? "-"}×`,
-  );
-  console.log(`\nsummary: ${JSON.stringify(summary)}`);
-  if (markdown) await Deno.writeTextFile(markdown, formatMarkdown(chosen, figures) + "\n");
-  if (json) {
-    await Deno.writeTextFile(
-      json,
-      JSON.stringify(
-        {
-          date: started.toISOString(),
-          machine,
-          config,
-          krelay: "skipped" in pods.krelay ? pods.krelay.skipped : pods.krelay.version,
-          summary,
-          figures,
-          skipped: raw.skipped,
-          rounds: raw.rounds,
-        },
-        (_key, value) => typeof value === "number" && !Number.isFinite(value) ? null : value,
-        2,
-      ) + "\n",
-    );
-  }
+  return raw;
 }
 
 if (import.meta.main) await main();

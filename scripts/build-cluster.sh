@@ -4,15 +4,18 @@
 # They land in $RELAY_CLUSTER_CACHE/bin-<versions> (default ~/.cache/relay-cluster) and are
 # reused by later runs; a binary already there is never rebuilt. krelay, the benchmark's
 # peer, lands in $RELAY_CLUSTER_CACHE/krelay-<version>; without it the bench skips krelay.
+# Toxiproxy, the bench's latency proxy, lands in $RELAY_CLUSTER_CACHE/toxiproxy-<version>.
 set -euo pipefail
 
 K8S_VERSION=${K8S_VERSION:-v1.33.13}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.7.0}
 KRELAY_VERSION=${KRELAY_VERSION:-v0.2.0}
+TOXIPROXY_VERSION=${TOXIPROXY_VERSION:-v2.5.0}
 CACHE=${RELAY_CLUSTER_CACHE:-$HOME/.cache/relay-cluster}
 BIN="$CACHE/bin-k8s$K8S_VERSION-etcd$ETCD_VERSION-kwok$KWOK_VERSION"
 KRELAY_DIR="$CACHE/krelay-$KRELAY_VERSION"
+TOXIPROXY="$CACHE/toxiproxy-$TOXIPROXY_VERSION/toxiproxy-server"
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -208,6 +211,17 @@ build_krelay() {
   done
 }
 
+# Toxiproxy (github.com/Shopify/toxiproxy), for the benchmark's laptop-to-cluster round trip
+# (`deno task bench --rtt`): a latency proxy in front of the API server.
+build_toxiproxy() {
+  [ -x "$TOXIPROXY" ] && return 0
+  say "building toxiproxy $TOXIPROXY_VERSION"
+  mkdir -p "$(dirname "$TOXIPROXY")"
+  GOBIN="$(dirname "$TOXIPROXY")" go install -trimpath -ldflags "-s -w" \
+    "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION" || return 1
+  mv "$(dirname "$TOXIPROXY")/server" "$TOXIPROXY"
+}
+
 case "${1:-all}" in
   path) echo "$BIN" ;;
   kwok) build_kwok ;;
@@ -215,13 +229,15 @@ case "${1:-all}" in
   missing) missing ;;
   krelay-path) echo "$KRELAY_DIR" ;;
   krelay) build_krelay && echo "$KRELAY_DIR" ;;
+  toxiproxy) build_toxiproxy && echo "$TOXIPROXY" ;;
   all)
     build_etcd
     build_kwok
     build_kubernetes
     # Only the benchmark needs krelay, and it says why it skips it; the cluster does not.
     build_krelay || say "krelay $KRELAY_VERSION not built; the benchmark will skip it"
+    build_toxiproxy || say "toxiproxy $TOXIPROXY_VERSION not built; the benchmark runs at 0 ms only"
     echo "$BIN"
     ;;
-  *) say "usage: build-cluster.sh [all|path|missing|kwok|crds|krelay|krelay-path]"; exit 2 ;;
+  *) say "usage: build-cluster.sh [all|path|missing|kwok|crds|krelay|krelay-path|toxiproxy]"; exit 2 ;;
 esac

@@ -20,6 +20,7 @@ export type LoadRequest =
   | { scenario: "latency"; host: string; port: number; count: number; size: number }
   | { scenario: "concurrency"; host: string; port: number; connections: number; bytes: number }
   | { scenario: "hol"; host: string; port: number; bytes: number; pauseMs: number }
+  | { scenario: "http"; host: string; port: number; count: number }
   | {
     scenario: "udp";
     host: string;
@@ -120,6 +121,52 @@ async function connrate(r: Extract<LoadRequest, { scenario: "connrate" }>) {
     per_second: latencies.length / seconds,
     p50_ms: percentile(latencies, 50),
     p99_ms: percentile(latencies, 99),
+  };
+}
+
+/**
+ * Requests as a browser or a CLI makes them to an API: a fresh connection for each, one GET
+ * with `Connection: close`; each timed from connect to the last byte of the answer.
+ */
+async function http(r: Extract<LoadRequest, { scenario: "http" }>) {
+  const request = new TextEncoder().encode(
+    `GET /api HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n`,
+  );
+  const scratch = new Uint8Array(4096);
+  const samples: number[] = [];
+  let errors = 0;
+  for (let i = 0; i < r.count; i++) {
+    const t0 = performance.now();
+    let conn: Deno.TcpConn | undefined;
+    try {
+      conn = await connect(r.host, r.port);
+      conn.setNoDelay(true);
+      await writeAll(conn, request);
+      // As a browser or curl does: the head, then Content-Length bytes of body; done.
+      let answer = "";
+      for (;;) {
+        const end = answer.indexOf("\r\n\r\n");
+        const length = Number(/content-length: *(\d+)/i.exec(answer)?.[1]);
+        if (end >= 0 && answer.length >= end + 4 + length) break;
+        const n = await conn.read(scratch);
+        if (n === null) throw new Error(`closed mid-answer: ${answer.slice(0, 40)}`);
+        answer += new TextDecoder().decode(scratch.subarray(0, n));
+      }
+      if (!answer.startsWith("HTTP/1.1 200")) throw new Error(`answer: ${answer.slice(0, 40)}`);
+      samples.push(performance.now() - t0);
+    } catch {
+      errors++;
+    } finally {
+      try {
+        conn?.close();
+      } catch { /* closed already */ }
+    }
+  }
+  return {
+    requests: samples.length,
+    errors,
+    p50_ms: percentile(samples, 50),
+    p99_ms: percentile(samples, 99),
   };
 }
 
@@ -302,6 +349,7 @@ async function main(): Promise<void> {
     latency,
     concurrency,
     hol,
+    http,
     udp,
   }[request.scenario] as (r: LoadRequest) => Promise<unknown>;
   const result = await run(request) as Record<string, unknown>;

@@ -25,6 +25,7 @@ export function aggregate(values: number[], how: Aggregate): number {
   const finite = values.filter((v) => Number.isFinite(v));
   if (finite.length === 0) return NaN;
   if (how === "max") return Math.max(...finite);
+  if (how === "min") return Math.min(...finite);
   if (how === "sum") return finite.reduce((a, b) => a + b, 0);
   return median(finite);
 }
@@ -78,6 +79,12 @@ export interface Summary {
   /** Start to first echoed byte, relay over kubectl and krelay (lower is better). */
   startup_vs_kubectl: number | null;
   startup_vs_krelay: number | null;
+  /** A new connection's p50 (open, 100 B echo), relay over kubectl. */
+  newconn_p50_vs_kubectl: number | null;
+  /** A fresh-connection HTTP request's p50, relay over kubectl. */
+  http_fresh_conn_p50_vs_kubectl: number | null;
+  /** relay's RSS once forwarding, before any load (bulk scenario). */
+  client_rss_idle_mb: number | null;
 }
 
 /** The summary object of `--json`. */
@@ -109,6 +116,9 @@ export function summarize(figures: Figures): Summary {
     node_path_latency_p50_vs_direct: vs("latency", "p50_us", "direct", "node-path"),
     startup_vs_kubectl: vs("startup", "first_echo_ms", "kubectl"),
     startup_vs_krelay: vs("startup", "first_echo_ms", "krelay"),
+    newconn_p50_vs_kubectl: vs("connrate", "p50_ms", "kubectl"),
+    http_fresh_conn_p50_vs_kubectl: vs("http", "p50_ms", "kubectl"),
+    client_rss_idle_mb: relay("bulk", "rss_idle_mb", 1),
   };
 }
 

@@ -22,6 +22,10 @@ export interface BenchConfig {
   udpStepSeconds: number;
   /** Starts of each tool per round in the startup scenario. */
   startupRuns: number;
+  /** Fresh-connection HTTP requests per round. */
+  httpRequests: number;
+  /** Round trips between the tools and the API server to run every scenario at (ms). */
+  rtts: number[];
 }
 
 /** The issue's sizes, in about ten minutes on a 2-core machine (two rounds; `--rounds` for more). */
@@ -38,6 +42,8 @@ export const defaultConfig: BenchConfig = {
   udpRates: [500, 1_000, 2_000, 4_000, 8_000],
   udpStepSeconds: 2,
   startupRuns: 3,
+  httpRequests: 500,
+  rtts: [0, 20],
 };
 
 /** Every scenario, shortened, in under two minutes: a smoke run for CI. */
@@ -54,10 +60,12 @@ export const quickConfig: BenchConfig = {
   udpRates: [500, 1_000, 2_000],
   udpStepSeconds: 1,
   startupRuns: 1,
+  httpRequests: 100,
+  rtts: [0, 20],
 };
 
 /** How the rounds of one figure combine into the reported one. */
-export type Aggregate = "median" | "max" | "sum";
+export type Aggregate = "median" | "max" | "min" | "sum";
 
 /** One reported number of a scenario. */
 export interface Figure {
@@ -74,7 +82,7 @@ export interface Figure {
 
 /** One scenario. */
 export interface Scenario {
-  name: "bulk" | "connrate" | "latency" | "concurrency" | "hol" | "udp" | "startup";
+  name: "bulk" | "connrate" | "http" | "latency" | "concurrency" | "hol" | "udp" | "startup";
   title: string;
   tools: ToolName[];
   ports: PortSpec[];
@@ -94,6 +102,7 @@ export interface Scenario {
 
 const TCP_ECHO = 9000;
 const TCP_SOURCE = 9002;
+const TCP_HTTP = 9004;
 
 /** The scenarios in the order they run. */
 export const scenarios: Scenario[] = [
@@ -108,7 +117,10 @@ export const scenarios: Scenario[] = [
     figures: [
       fig("mbps", "throughput", "MB/s", "median", true),
       ...cpuFigures("s/GiB"),
+      // The first round's is the idle figure: later rounds start where earlier ones left it.
+      fig("rss_idle_mb", "client RSS before load", "MB", "min", false),
       fig("rss_mb", "client peak RSS", "MB", "max", false),
+      fig("agent_rss_idle_mb", "agent RSS before load", "MB", "min", false),
       fig("agent_rss_mb", "agent peak RSS", "MB", "max", false),
     ],
     request: (ep, c) => ({
@@ -137,6 +149,23 @@ export const scenarios: Scenario[] = [
       port: ep.ports[TCP_ECHO],
       seconds: c.connrateSeconds,
       concurrency: c.connrateConcurrency,
+    }),
+  },
+  {
+    name: "http",
+    title: "HTTP requests, a fresh connection each (as a browser or CLI calls an API)",
+    tools: ["relay", "kubectl", "krelay", "direct"],
+    ports: [TCP_HTTP],
+    figures: [
+      fig("p50_ms", "p50", "ms", "median", false),
+      fig("p99_ms", "p99", "ms", "median", false),
+      fig("errors", "errors", "", "sum", false),
+    ],
+    request: (ep, c) => ({
+      scenario: "http",
+      host: ep.host,
+      port: ep.ports[TCP_HTTP],
+      count: c.httpRequests,
     }),
   },
   {

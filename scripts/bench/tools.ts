@@ -6,7 +6,6 @@
  */
 import { AGENT_SELECTOR } from "../../tests/e2e/agents.ts";
 import {
-  KUBECONFIG,
   kubectlJson,
   kubectlPortForward,
   podPid,
@@ -47,6 +46,11 @@ export interface BenchPods {
   nodeNetns: string;
   /** krelay's client and server image, or why the bench has no krelay. */
   krelay: Krelay | { skipped: string };
+  /**
+   * The kubeconfig the forwarding tools use: the cluster's own, or one whose server is a
+   * latency proxy in front of the API server (latency_proxy.ts).
+   */
+  kubeconfig: string;
 }
 
 /** krelay as scripts/build-cluster.sh builds it. */
@@ -128,7 +132,7 @@ async function startRelayTool(
       `pod/${pods.echoPod}`,
       ...specs,
     ],
-    { readyLines: ports.length, timeoutMs: 120_000 },
+    { readyLines: ports.length, timeoutMs: 120_000, env: { KUBECONFIG: pods.kubeconfig } },
   );
   // Ready lines come in the order of the port arguments.
   const local = Object.fromEntries(ports.map((p, i) => [String(p), relay.ports[i]]));
@@ -176,7 +180,12 @@ async function startKubectl(
     throw new Error("kubectl port-forward does not forward UDP");
   }
   const tcp = ports as number[];
-  const forward = await kubectlPortForward(pods.namespace, `pod/${pods.echoPod}`, tcp);
+  const forward = await kubectlPortForward(
+    pods.namespace,
+    `pod/${pods.echoPod}`,
+    tcp,
+    pods.kubeconfig,
+  );
   const local = Object.fromEntries(tcp.map((p, i) => [String(p), forward.localPorts[i]]));
   await onListening?.("127.0.0.1", local).catch(async (error) => {
     await forward.close();
@@ -202,7 +211,7 @@ async function startKrelay(
   if ("skipped" in pods.krelay) throw new Error(pods.krelay.skipped);
   const child = new Deno.Command(pods.krelay.client, {
     args: [
-      `--kubeconfig=${KUBECONFIG}`,
+      `--kubeconfig=${pods.kubeconfig}`,
       "-n",
       pods.namespace,
       `--server.image=${pods.krelay.serverImage}`,
@@ -270,6 +279,16 @@ async function readKrelayPorts(
     while (!(await lines.read().catch(() => ({ done: true }))).done) { /* drain */ }
   })();
   return local;
+}
+
+/** The resident set of a process now (VmRSS), in MB, or NaN once it is gone. */
+export async function currentRssMb(pid: number): Promise<number> {
+  try {
+    const status = await Deno.readTextFile(`/proc/${pid}/status`);
+    return Number(status.match(/^VmRSS:\s+(\d+) kB/m)?.[1]) / 1024;
+  } catch {
+    return NaN;
+  }
 }
 
 /** The peak resident set of a process (VmHWM), in MB, or NaN once it is gone. */

@@ -21,6 +21,7 @@ import {
   kubectlJson,
   readLine,
   runCommand,
+  waitFor,
 } from "./harness.ts";
 import { inBatches } from "./agents.ts";
 import { relayCommand, startRelay } from "./relay_process.ts";
@@ -510,6 +511,11 @@ Deno.test({
       assertMatch(line, /connection to host\/no-such-host\.invalid:80 failed/);
     }
     assertEquals(await relay.stop(), 0, relay.stderr());
-    assertEquals(await leftovers(ns.name), []);
+    // relay deleted the Job; the garbage collector then deletes its pod.
+    await waitFor(
+      "the agent's Job and pod to be gone",
+      async () => (await leftovers(ns.name)).length === 0 || undefined,
+      { timeoutMs: 30_000 },
+    );
   },
 });

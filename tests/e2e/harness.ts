@@ -226,10 +226,11 @@ export async function kubectlPortForward(
   namespace: string,
   target: string,
   remotePorts: number[],
+  kubeconfig = KUBECONFIG,
 ): Promise<PortForward> {
   const child = new Deno.Command(KUBECTL, {
     args: [
-      `--kubeconfig=${KUBECONFIG}`,
+      `--kubeconfig=${kubeconfig}`,
       "port-forward",
       "-n",
       namespace,
