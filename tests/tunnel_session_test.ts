@@ -176,6 +176,59 @@ Deno.test("session: an end whose stream ids are used up goes away: its streams f
   await agent.closed;
 });
 
+Deno.test("session: an early open carries its first bytes before the answer; they reach the far end once it has connected", async () => {
+  let connect!: () => void;
+  const connected = new Promise<void>((resolve) => (connect = resolve));
+  const { client, close } = await tunnelPair(async () => {
+    await connected;
+    return new TransformStream<Uint8Array, Uint8Array>();
+  });
+  const stream = await client.open({ protocol: "tcp", host: "10.0.0.1", port: 1 }, { early: true });
+  const writer = stream.writable.getWriter();
+  await writer.write(new TextEncoder().encode("before the answer"));
+  let answered = false;
+  stream.opened.then(() => (answered = true));
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert(!answered, "opened before the far end connected");
+  connect();
+  await stream.opened;
+  const reader = stream.readable.getReader();
+  assertEquals(new TextDecoder().decode((await reader.read()).value), "before the answer");
+  await writer.close();
+  assertEquals((await reader.read()).done, true);
+  await close();
+});
+
+Deno.test("session: an early open the far end refuses is reset, and opened rejects with its OpenError", async () => {
+  const { client, close } = await tunnelPair(() =>
+    Promise.reject(new OpenError("refused", "connect to 10.0.0.1:1: connection refused"))
+  );
+  const stream = await client.open({ protocol: "tcp", host: "10.0.0.1", port: 1 }, { early: true });
+  const error = await stream.opened.then(() => undefined, (e: unknown) => e);
+  assertInstanceOf(error, OpenError);
+  assertEquals((error as OpenError).code, "refused");
+  await assertRejects(() => stream.read(), StreamResetError);
+  await stream.closed;
+  await close();
+});
+
+Deno.test("session: an early open reset by its opener before the answer settles, and the far end drops the dial", async () => {
+  let dialSignal: AbortSignal | undefined;
+  const { client, close } = await tunnelPair((_request, signal) => {
+    dialSignal = signal;
+    return new Promise(() => {});
+  });
+  const stream = await client.open({ protocol: "tcp", host: "10.0.0.1", port: 1 }, { early: true });
+  stream.reset("the local client went away");
+  const error = await stream.opened.then(() => undefined, (e: unknown) => e);
+  assertInstanceOf(error, StreamResetError);
+  for (let i = 0; i < 100 && !dialSignal?.aborted; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert(dialSignal?.aborted, "the far end's dial was not aborted");
+  await close();
+});
+
 Deno.test("session: the client refuses an agent that offers a stream window of 0", async () => {
   const [a, b] = duplexPair();
   const [client] = await Promise.allSettled([

@@ -134,17 +134,26 @@ async function forwardConnection(
   logger: Logger,
 ): Promise<void> {
   let stream;
-  try {
-    const destination = await forward.destination();
-    stream = await context.open({ protocol: "tcp", ...destination });
-  } catch (error) {
+  const failed = (error: unknown) => {
     // A connection that came in as relay stops is simply closed.
     if (!context.stopped) {
       logger.error(`connection to ${forward.label} failed: ${failure(error)}`);
     }
+  };
+  try {
+    const destination = await forward.destination();
+    // Early: the first bytes go right behind the OPEN instead of a round trip after it.
+    stream = await context.open({ protocol: "tcp", ...destination }, { early: true });
+  } catch (error) {
+    failed(error);
     return; // the listener closes the connection
   }
   await splice(new ConnChannel(conn, context.buffers), stream);
+  // The agent's refusal (the reset that ended the splice) is told as a failed connection; a
+  // reset from this side (the local client went away) is not a failure of the forward.
+  await stream.opened.catch((error) => {
+    if (error instanceof OpenError) failed(error);
+  });
 }
 
 /** One UDP session (a local source address): a stream to the target, spliced with it. */

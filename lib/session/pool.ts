@@ -3,7 +3,7 @@
  * connection's head-of-line blocking and one WebSocket's throughput are not the ceiling;
  * a tunnel that closes is replaced in the background, with backoff.
  */
-import type { OpenRequest, Tunnel, TunnelStream } from "../tunnel/types.ts";
+import type { OpenOptions, OpenRequest, Tunnel, TunnelStream } from "../tunnel/types.ts";
 
 /** How the pool reaches its agent and speaks to it. */
 export interface TunnelPoolOptions {
@@ -77,10 +77,10 @@ export class TunnelPool {
   }
 
   /** Opens a stream on the least loaded tunnel, waiting briefly if none is up. */
-  async open(request: OpenRequest): Promise<TunnelStream> {
+  async open(request: OpenRequest, options?: OpenOptions): Promise<TunnelStream> {
     for (;;) {
       const tunnel = this.#leastLoaded() ?? await this.#waitForTunnel();
-      if (tunnel.accepting) return await tunnel.open(request);
+      if (tunnel.accepting) return await tunnel.open(request, options);
       // Going away (its stream ids used up, or the agent draining it): it keeps its streams
       // until they end, and a new tunnel takes its place for new ones now.
       this.#retire(tunnel);

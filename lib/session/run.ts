@@ -15,7 +15,13 @@ import { type FollowPods, followPods } from "../kube/ready_pods.ts";
 import type { Logger } from "../log.ts";
 import { BufferPool } from "../net/buffer_pool.ts";
 import type { Plan } from "../plan.ts";
-import type { OpenHandler, OpenRequest, Tunnel, TunnelStream } from "../tunnel/types.ts";
+import type {
+  OpenHandler,
+  OpenOptions,
+  OpenRequest,
+  Tunnel,
+  TunnelStream,
+} from "../tunnel/types.ts";
 import { VERSION } from "../version.ts";
 import { withDeadline } from "./deadline.ts";
 import { placementFor } from "./placement.ts";
@@ -35,7 +41,7 @@ export interface PrepareContext {
 /** What an entry point serves with once the tunnels are up. */
 export interface ServeContext {
   /** Opens a stream on the least loaded tunnel to the agent. */
-  open(request: OpenRequest): Promise<TunnelStream>;
+  open(request: OpenRequest, options?: OpenOptions): Promise<TunnelStream>;
   /** Whether the session is stopping: opens failing now fail because of it. */
   readonly stopped: boolean;
   /** The session's buffer pool: sockets spliced with streams read into it. */
@@ -183,7 +189,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
     if (stop.signal.aborted) return;
     const streams = pool;
     const context: ServeContext = {
-      open: (request) => streams.open(request),
+      open: (request, options) => streams.open(request, options),
       get stopped() {
         return streams.stopped;
       },

@@ -30,6 +30,7 @@ import {
   OpenError,
   type OpenFailure,
   type OpenHandler,
+  type OpenOptions,
   type OpenRequest,
   type Tunnel,
   type TunnelOptions,
@@ -141,7 +142,7 @@ export class Session implements Tunnel {
     return this.streams.size;
   }
 
-  open(request: OpenRequest): Promise<TunnelStream> {
+  open(request: OpenRequest, options: OpenOptions = {}): Promise<TunnelStream> {
     if (this.closeReason !== null) {
       return Promise.reject(new Error(`tunnel closed: ${this.closeReason}`));
     }
@@ -162,7 +163,9 @@ export class Session implements Tunnel {
         this.opening.delete(id);
         this.streams.delete(id);
         reject(new OpenError("error", e instanceof Error ? e.message : String(e)));
+        return;
       }
+      if (options.early) resolve(stream);
     });
   }
 
@@ -343,6 +346,7 @@ export class Session implements Tunnel {
           return;
         }
         this.writer.send({ type: FrameType.OPEN_RESULT, streamId: id, result: "ok", message: "" });
+        stream.markOpened();
         void splice(stream, duplex);
       },
       (error) => {
@@ -360,10 +364,16 @@ export class Session implements Tunnel {
     const pending = this.opening.get(id);
     if (!pending) return;
     this.opening.delete(id);
-    if (result === "ok") return pending.resolve(pending.stream);
-    this.streams.delete(id);
+    if (result === "ok") {
+      pending.stream.markOpened();
+      return pending.resolve(pending.stream);
+    }
+    const error = new OpenError(result, message || `open failed: ${result}`);
+    // An early open has resolved already: its stream is what learns of the refusal.
+    if (this.streams.get(id) === pending.stream) this.streams.delete(id);
+    pending.stream.markRefused(error);
     pending.stream.teardown(new StreamResetError(message));
-    pending.reject(new OpenError(result, message || `open failed: ${result}`));
+    pending.reject(error);
   }
 
   private newStream(id: number, request: OpenRequest): MuxStream {

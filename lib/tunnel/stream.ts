@@ -38,7 +38,10 @@ export class StreamResetError extends Error {
  */
 export class MuxStream implements TunnelStream {
   readonly closed: Promise<void>;
+  /** Settles with the peer's answer to the OPEN (see TunnelStream.opened). */
+  readonly opened: Promise<void>;
   dropped = 0;
+  private settleOpened: { resolve: () => void; reject: (e: unknown) => void } | null = null;
 
   private readonly udp: boolean;
   private resolveClosed!: () => void;
@@ -86,6 +89,21 @@ export class MuxStream implements TunnelStream {
     if (this.udp) limits.udpStreams.open++;
     this.window = new ReceiveWindow(limits, this.udp);
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
+    this.opened = new Promise((resolve, reject) => (this.settleOpened = { resolve, reject }));
+    // Nobody need wait for the answer: an unawaited refusal is not an unhandled rejection.
+    this.opened.catch(() => {});
+  }
+
+  /** The peer answered the OPEN with ok (or this end accepted the stream). */
+  markOpened(): void {
+    this.settleOpened?.resolve();
+    this.settleOpened = null;
+  }
+
+  /** The peer refused the OPEN: `opened` rejects with its reason (before the teardown). */
+  markRefused(error: Error): void {
+    this.settleOpened?.reject(error);
+    this.settleOpened = null;
   }
 
   /** The receive side as a Web Stream (made on first use; see the class's doc). */
@@ -219,6 +237,8 @@ export class MuxStream implements TunnelStream {
   /** The peer reset the stream, or the tunnel went away. */
   teardown(error: StreamResetError): void {
     if (this.done) return;
+    // Reset before any answer (by either end, or the tunnel's end): the open never completed.
+    this.markRefused(error);
     this.failure = error;
     this.queue = [];
     this.queueHead = 0;

@@ -58,6 +58,21 @@ export interface TunnelStream extends Duplex, ByteChannel {
   readonly closed: Promise<void>;
   /** UDP datagrams dropped because a queue was full (always 0 for TCP). */
   readonly dropped: number;
+  /**
+   * Settles with the far end's answer to the open: resolves once it has connected, rejects
+   * with its OpenError (or the reset that came first). What an `early` open reports by.
+   */
+  readonly opened: Promise<void>;
+}
+
+/** How to open a stream. */
+export interface OpenOptions {
+  /**
+   * Resolve as soon as OPEN is sent, without waiting a round trip for the answer: bytes may
+   * follow at once, within the far end's initial window, and wait there until it has
+   * connected; a refusal then resets the stream and rejects `opened`.
+   */
+  early?: boolean;
 }
 
 /**
@@ -132,7 +147,7 @@ export interface Tunnel {
   /** The version string the other end sent in its handshake. */
   readonly peerVersion: string;
   /** Open a stream to `request`; rejects with OpenError when the far end cannot dial it. */
-  open(request: OpenRequest): Promise<TunnelStream>;
+  open(request: OpenRequest, options?: OpenOptions): Promise<TunnelStream>;
   /**
    * Asks the peer to listen on `request.port` for as long as this tunnel lives; each
    * connection it accepts arrives as an open from the peer (TunnelOptions.onOpen). Rejects
