@@ -120,7 +120,7 @@ Deno.test("echo: logs one line per listener and exits cleanly on SIGTERM", async
   await withEchoServer((server) => {
     assertEquals(
       [...server.ports.keys()].sort(),
-      ["echo/tcp", "echo/udp", "flood/udp", "greeting/tcp", "hash/tcp", "source/tcp"],
+      ["echo/tcp", "echo/udp", "flood/udp", "greeting/tcp", "hash/tcp", "http/tcp", "source/tcp"],
     );
   });
 });
