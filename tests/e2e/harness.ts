@@ -156,6 +156,12 @@ export async function podNetns(namespace: string, pod: string): Promise<string> 
   return (await Deno.readTextFile(`${RUN_DIR}/pods/${uid}/netns`)).trim();
 }
 
+/** A pod's IP, as its status gives it. */
+export async function podIP(namespace: string, pod: string): Promise<string> {
+  return (await kubectl(["get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.podIP}"]))
+    .trim();
+}
+
 /** The current pid of a pod's container process. */
 export async function podPid(namespace: string, pod: string, container: string): Promise<number> {
   const uid = await podUid(namespace, pod);

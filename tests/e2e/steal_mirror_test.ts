@@ -19,6 +19,7 @@ import {
   kubectl,
   kubectlJson,
   kubectlPortForward,
+  podIP,
   podNetns,
   readLine,
   runCommand,
@@ -69,11 +70,6 @@ async function ask(
     `TCP:${address},connect-timeout=5`,
   ], { input });
   return { line: result.stdout.split("\n")[0], stdout: result.stdout, stderr: result.stderr };
-}
-
-async function podIP(namespace: string, pod: string): Promise<string> {
-  return (await kubectl(["get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.podIP}"]))
-    .trim();
 }
 
 /** relay's netfilter chains in `pod`'s network namespace (IPv4 and IPv6 nat tables). */

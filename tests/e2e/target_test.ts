@@ -16,6 +16,7 @@ import {
   KUBECONFIG,
   kubectl,
   kubectlJson,
+  podIP,
   podNetns,
   readLine,
   runCommand,
@@ -58,11 +59,6 @@ async function firstLineFrom(namespace: string, fromPod: string, address: string
     `TCP:${address},connect-timeout=5`,
   ], { input: "" });
   return { code: result.code, line: result.stdout.split("\n")[0], stderr: result.stderr };
-}
-
-async function podIP(namespace: string, pod: string): Promise<string> {
-  return (await kubectl(["get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.podIP}"]))
-    .trim();
 }
 
 /** Whether something listens on TCP `port` inside `pod`'s network namespace. */
