@@ -174,6 +174,7 @@ Deno.test("dialPortForward: an unreachable API server is one clear error", async
         server: new URL(`http://127.0.0.1:${port}`),
         headers: new Headers(),
         client: Deno.createHttpClient({}),
+        tls: {},
       }),
   };
   const error = await assertRejects(
@@ -197,6 +198,7 @@ Deno.test("dialPortForward: an upgrade never answered is given up when its signa
         server: new URL(`http://127.0.0.1:${silent.addr.port}`),
         headers: new Headers(),
         client,
+        tls: {},
       }),
   };
   try {

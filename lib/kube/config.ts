@@ -44,6 +44,10 @@ export interface RawConnection {
   headers: Headers;
   /** Trusts the cluster's CA and presents the client certificate, if any. HTTP/1.1 only. */
   client: Deno.HttpClient;
+  /** The same TLS material as PEM, for connections made without `client`. */
+  tls: { ca?: string; cert?: string; key?: string; serverName?: string };
+  /** The cluster's `proxy-url`, if any. */
+  proxyUrl?: string;
 }
 
 /** A loaded kubeconfig with its clients; one per run. */
@@ -252,7 +256,13 @@ class RawConnections {
       this.#client = this.#makeClient(tls);
       this.#clientKey = key;
     }
-    return { server: new URL(this.cluster.server), headers, client: this.#client };
+    return {
+      server: new URL(this.cluster.server),
+      headers,
+      client: this.#client,
+      tls: { ...tls, serverName: this.cluster.tlsServerName },
+      proxyUrl: this.cluster.proxyUrl,
+    };
   }
 
   #makeClient(tls: { ca?: string; cert?: string; key?: string }): Deno.HttpClient {
