@@ -10,7 +10,7 @@ import {
 } from "./kube_fixtures.ts";
 
 const noEnv = (_: string) => undefined;
-// client-node keeps undici connections alive past a test; they are not ours to close.
+// Deno's HTTP client keeps connections to the fake server alive past a test.
 const opts = { sanitizeResources: false, sanitizeOps: false };
 
 let pkiPromise: Promise<TestPki> | undefined;

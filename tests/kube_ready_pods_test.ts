@@ -3,6 +3,7 @@ import type { V1Pod } from "@kubernetes/client-node";
 import { followPods } from "../lib/kube/ready_pods.ts";
 import { resolveTarget } from "../lib/kube/resolve.ts";
 import { KubeError } from "../lib/kube/errors.ts";
+import { ApiError } from "../lib/kube/api.ts";
 
 function pod(name: string, ip: string, created: string, ready = true): V1Pod {
   return {
@@ -28,14 +29,14 @@ function fakeWatch(status = 200) {
   return {
     watches,
     watch(
-      _path: string,
+      path: string,
       params: Record<string, string>,
       event: Callback,
       done: (e: unknown) => void,
     ): Promise<AbortController> {
-      if (status !== 200) {
-        done(Object.assign(new Error("Forbidden"), { statusCode: status }));
-      } else watches.push({ params, event, done });
+      // As KubeApi.watch: a refused watch rejects, with the status.
+      if (status !== 200) return Promise.reject(new ApiError("WATCH", path, status, "Forbidden"));
+      watches.push({ params, event, done });
       return Promise.resolve(new AbortController());
     },
   };

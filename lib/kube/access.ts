@@ -5,7 +5,7 @@
  * relay stops (leaving the Job behind), a missing `create pods/portforward` only on API
  * servers that check it for WebSocket upgrades (1.35+).
  */
-import { AuthorizationV1Api, type KubeConfig } from "@kubernetes/client-node";
+import type { AuthorizationApi } from "./resources.ts";
 import { KubeError } from "./errors.ts";
 
 /** One RBAC permission, spelled as a Role rule spells it. */
@@ -53,7 +53,7 @@ export const TARGET_PERMISSIONS: readonly Permission[] = [
 ];
 
 /** The one API call the check makes; tests pass a stub. */
-export type AccessReviewApi = Pick<AuthorizationV1Api, "createSelfSubjectAccessReview">;
+export type AccessReviewApi = Pick<AuthorizationApi, "createSelfSubjectAccessReview">;
 
 /** `create pods/portforward`: how the message (and `kubectl auth can-i`) names a permission. */
 export function describePermission(p: Permission): string {
@@ -102,11 +102,11 @@ export async function checkPermissions(
   }
 }
 
-/** {@link checkPermissions} with the API client made from a loaded kubeconfig. */
+/** {@link checkPermissions} with a loaded kubeconfig's client. */
 export function checkAccess(
-  kube: { config: KubeConfig },
+  kube: { authorization: AccessReviewApi },
   namespace: string,
   permissions: readonly Permission[] = AGENT_PERMISSIONS,
 ): Promise<void> {
-  return checkPermissions(kube.config.makeApiClient(AuthorizationV1Api), namespace, permissions);
+  return checkPermissions(kube.authorization, namespace, permissions);
 }

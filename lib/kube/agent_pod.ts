@@ -3,7 +3,9 @@
  * garbage-collected) whose one pod runs `relay agent`, waited for until Running, and deleted
  * on stop. Its manifest is in agent_manifest.ts, the reading of its state in agent_status.ts.
  */
-import type { BatchV1Api, CoreV1Api, V1Job, V1Pod, Watch } from "@kubernetes/client-node";
+import type { V1Job, V1Pod } from "@kubernetes/client-node";
+import type { BatchApi, CoreApi } from "./resources.ts";
+import type { Watcher } from "./api.ts";
 import type { DestinationRule } from "../contract.ts";
 import { DEFAULT_AGENT_IMAGE } from "../version.ts";
 import {
@@ -25,11 +27,11 @@ export { agentGoneReason } from "./agent_status.ts";
 /** The API calls the agent lifecycle makes; a loaded Kube has them, tests pass stubs. */
 export interface AgentPodApi {
   core: Pick<
-    CoreV1Api,
+    CoreApi,
     "listNamespacedPod" | "listNamespacedEvent" | "createNamespacedSecret"
   >;
-  batch: Pick<BatchV1Api, "createNamespacedJob" | "deleteNamespacedJob">;
-  watch: Pick<Watch, "watch">;
+  batch: Pick<BatchApi, "createNamespacedJob" | "deleteNamespacedJob">;
+  watch: Watcher;
 }
 
 /** What the agent pod should look like and how long to wait for it. */

@@ -1,5 +1,6 @@
 /** Reading an agent pod's state: running, never going to run and why, or gone. */
-import type { CoreV1Api, CoreV1Event, V1Pod } from "@kubernetes/client-node";
+import type { CoreV1Event, V1Pod } from "@kubernetes/client-node";
+import type { CoreApi } from "./resources.ts";
 import { CONTAINER_NAME } from "./agent_manifest.ts";
 import { KubeError, statusOf } from "./errors.ts";
 
@@ -17,7 +18,7 @@ const HOPELESS_REASONS = new Set([
  * network or the API server, not the agent). Throws when the API server cannot be asked.
  */
 export async function agentGoneReason(
-  api: { core: Pick<CoreV1Api, "readNamespacedPod"> },
+  api: { core: Pick<CoreApi, "readNamespacedPod"> },
   agent: { namespace: string; podName: string; container: string; ephemeral: boolean },
 ): Promise<string | undefined> {
   let pod: V1Pod;
@@ -91,7 +92,7 @@ export function agentFailed(
 
 /** Why a pod (or a Job without a pod yet) is still pending, in a few words. */
 export async function pendingReason(
-  api: { core: Pick<CoreV1Api, "listNamespacedEvent"> },
+  api: { core: Pick<CoreApi, "listNamespacedEvent"> },
   opts: { namespace: string; jobName: string },
   pod: V1Pod | undefined,
 ): Promise<string> {
@@ -119,7 +120,7 @@ export async function pendingReason(
 }
 
 async function lastWarning(
-  api: { core: Pick<CoreV1Api, "listNamespacedEvent"> },
+  api: { core: Pick<CoreApi, "listNamespacedEvent"> },
   namespace: string,
   name: string,
 ): Promise<CoreV1Event | undefined> {

@@ -1,22 +1,25 @@
 /**
- * Loading the kubeconfig and everything derived from it: typed API clients and what a raw
- * WebSocket to the API server needs. Authentication itself (client certs, tokens, token
- * files, exec plugins, in-cluster config) is client-node's; this module only chooses the
- * context and the namespace (the file is found by kubeconfig_files.ts), adds impersonation,
- * and translates the result into Deno's terms (`Deno.HttpClient`, `Headers`).
+ * Loading the kubeconfig and everything derived from it: the API calls relay makes and what a
+ * raw WebSocket to the API server needs. This module chooses the context and the namespace
+ * (the file is found by kubeconfig_files.ts, credentials made by credentials.ts), adds
+ * impersonation, and translates the result into Deno's terms (`Deno.HttpClient`, `Headers`).
  */
-import {
-  AppsV1Api,
-  BatchV1Api,
-  type Cluster,
-  CoreV1Api,
-  KubeConfig,
-  Watch,
-} from "@kubernetes/client-node";
-import { Agent as UndiciAgent, type Dispatcher } from "undici";
+import type { Cluster } from "@kubernetes/client-node/dist/config_types.js";
+import { KubeApi, type Watcher } from "./api.ts";
+import { Credentials, type TlsMaterial } from "./credentials.ts";
 import { KubeError, UsageError } from "./errors.ts";
 import { firstLine, loadFiles } from "./kubeconfig_files.ts";
 import { type NoDelayBridge, startNoDelayBridge } from "./nodelay_bridge.ts";
+import {
+  type AppsApi,
+  appsApi,
+  type AuthorizationApi,
+  authorizationApi,
+  type BatchApi,
+  batchApi,
+  type CoreApi,
+  coreApi,
+} from "./resources.ts";
 
 /** How to reach the cluster, as the CLI's flags say (all optional). */
 export interface LoadKubeOptions {
@@ -52,59 +55,23 @@ export interface RawConnection {
 
 /** A loaded kubeconfig with its clients; one per run. */
 export interface Kube {
-  readonly config: KubeConfig;
   /** The context in use. */
   readonly contextName: string;
   /** The effective namespace: the flag, else the context's, else "default". */
   readonly namespace: string;
-  readonly core: CoreV1Api;
-  readonly apps: AppsV1Api;
-  readonly batch: BatchV1Api;
-  /** Watches, with the same credentials, impersonation and timeouts as the API clients. */
-  readonly watch: Watch;
+  readonly core: CoreApi;
+  readonly apps: AppsApi;
+  readonly batch: BatchApi;
+  readonly authorization: AuthorizationApi;
+  /** Any other request, for tools beside relay (the test cluster's DNS). */
+  readonly api: KubeApi;
+  /** Watches, with the same credentials and impersonation as the calls. */
+  readonly watch: Watcher;
   /** Credentials and TLS for a raw request, refreshed (exec plugins, token files) on each call. */
   rawConnection(): Promise<RawConnection>;
   /** Release the HTTP clients made for raw connections. */
   close(): void;
 }
-
-/** Impersonation and timeouts applied to every request client-node makes, watches included. */
-class RelayKubeConfig extends KubeConfig {
-  impersonateGroups: string[] = [];
-  requestTimeoutMs = 0;
-
-  // client-node only knows `Impersonate-User` (from the kubeconfig's `as`); groups are added
-  // here, on the one hook every API call and watch goes through.
-  override async applySecurityAuthentication(
-    context: Parameters<KubeConfig["applySecurityAuthentication"]>[0],
-  ): Promise<void> {
-    await super.applySecurityAuthentication(context);
-    for (const group of this.impersonateGroups) context.setHeaderParam("Impersonate-Group", group);
-    if (this.requestTimeoutMs > 0 && !context.getSignal()) {
-      context.setSignal(AbortSignal.timeout(this.requestTimeoutMs));
-    }
-  }
-}
-
-// API calls stay on HTTP/1.1: under Deno, node:http2 aborts the whole process when a GOAWAY
-// meets a closing stream (docs/MEASUREMENTS.md). createDispatcher is private in the typings,
-// hence the prototype assignment.
-type DispatcherOptions = ReturnType<KubeConfig["createDispatcherOptions"]>;
-Object.assign(RelayKubeConfig.prototype, {
-  createDispatcher(
-    this: RelayKubeConfig,
-    cluster: Cluster | null,
-    agentOptions: Parameters<KubeConfig["createDispatcherOptions"]>[1],
-  ): Dispatcher | undefined {
-    const options: DispatcherOptions = this.createDispatcherOptions(cluster, agentOptions);
-    if (options.type === "agent") {
-      return new UndiciAgent({ connect: options.connect, allowH2: false });
-    }
-    // Plain http (no ALPN, so no HTTP/2) and proxies keep client-node's own choice.
-    // deno-lint-ignore no-explicit-any
-    return (KubeConfig.prototype as any).createDispatcher.call(this, cluster, agentOptions);
-  },
-});
 
 /**
  * Load the kubeconfig the way kubectl would and make the API clients.
@@ -112,17 +79,16 @@ Object.assign(RelayKubeConfig.prototype, {
  */
 export function loadKube(opts: LoadKubeOptions = {}): Kube {
   const env = opts.env ?? ((name: string) => Deno.env.get(name));
-  const kc = new RelayKubeConfig();
-  const source = loadFiles(kc, opts.kubeconfig, env);
+  const config = loadFiles(opts.kubeconfig, env);
+  const { source } = config;
+  const find = <T extends { name: string }>(list: T[], name: string) =>
+    list.find((entry) => entry.name === name);
 
-  if (opts.context !== undefined) {
-    if (!kc.getContextObject(opts.context)) {
-      throw new UsageError(`context "${opts.context}" not found in the kubeconfig (${source})`);
-    }
-    kc.setCurrentContext(opts.context);
+  if (opts.context !== undefined && !find(config.contexts, opts.context)) {
+    throw new UsageError(`context "${opts.context}" not found in the kubeconfig (${source})`);
   }
-  const contextName = kc.getCurrentContext();
-  const context = contextName ? kc.getContextObject(contextName) : null;
+  const contextName = opts.context ?? config.currentContext;
+  const context = contextName ? find(config.contexts, contextName) : undefined;
   if (!context) {
     throw new UsageError(
       contextName
@@ -130,30 +96,31 @@ export function loadKube(opts: LoadKubeOptions = {}): Kube {
         : `the kubeconfig (${source}) has no current-context: pass --context`,
     );
   }
-  const cluster = kc.getCurrentCluster();
+  const cluster = find(config.clusters, context.cluster);
   if (!cluster) {
     throw new UsageError(
       `context "${contextName}" names cluster "${context.cluster}", which the kubeconfig does not define`,
     );
   }
-  if (!kc.getCurrentUser() && context.user) {
+  const user = context.user ? find(config.users, context.user) : undefined;
+  if (!user && context.user) {
     throw new UsageError(
       `context "${contextName}" names user "${context.user}", which the kubeconfig does not define`,
     );
   }
   checkServer(cluster);
-  applyImpersonation(kc, opts);
-  kc.requestTimeoutMs = opts.requestTimeoutMs ?? 0;
-
-  const raw = new RawConnections(kc, cluster);
+  const credentials = new Credentials(cluster, user, impersonation(opts));
+  const raw = new RawConnections(credentials, cluster);
+  const api = new KubeApi(() => raw.get(), opts.requestTimeoutMs ?? 0);
   return {
-    config: kc,
     contextName,
     namespace: opts.namespace || context.namespace || "default",
-    core: kc.makeApiClient(CoreV1Api),
-    apps: kc.makeApiClient(AppsV1Api),
-    batch: kc.makeApiClient(BatchV1Api),
-    watch: new Watch(kc),
+    core: coreApi(api),
+    apps: appsApi(api),
+    batch: batchApi(api),
+    authorization: authorizationApi(api),
+    api,
+    watch: api,
     rawConnection: () => raw.get(),
     close: () => raw.close(),
   };
@@ -187,11 +154,10 @@ function checkServer(cluster: Cluster): void {
 }
 
 /**
- * --as goes where client-node already honours the kubeconfig's `as`; --as-group is added by
- * RelayKubeConfig. Only one group: Deno's fetch and WebSocket join repeated headers into one
- * "a, b" line, which the API server would read as a single group with that odd name.
+ * Only one group: Deno's fetch and WebSocket join repeated headers into one "a, b" line, which
+ * the API server would read as a single group with that odd name.
  */
-function applyImpersonation(kc: RelayKubeConfig, opts: LoadKubeOptions): void {
+function impersonation(opts: LoadKubeOptions): { user?: string; groups: string[] } {
   const groups = opts.asGroups ?? [];
   if (groups.length > 0 && !opts.as) {
     throw new UsageError("--as-group needs --as: the API server impersonates groups of a user");
@@ -202,19 +168,7 @@ function applyImpersonation(kc: RelayKubeConfig, opts: LoadKubeOptions): void {
         "join repeated Impersonate-Group headers into one group",
     );
   }
-  if (opts.as) {
-    const user = kc.getCurrentUser();
-    if (user) {
-      // Users are shared objects inside the KubeConfig; replace, don't mutate in place.
-      const replaced = { ...user, impersonateUser: opts.as };
-      kc.users = kc.users.map((u) => (u === user ? replaced : u));
-    } else {
-      kc.users = [...kc.users, { name: "relay-impersonation", impersonateUser: opts.as }];
-      const ctx = kc.getContextObject(kc.getCurrentContext())!;
-      kc.contexts = kc.contexts.map((c) => c === ctx ? { ...c, user: "relay-impersonation" } : c);
-    }
-  }
-  kc.impersonateGroups = groups;
+  return { user: opts.as, groups };
 }
 
 /** Builds RawConnection values; keeps one Deno.HttpClient per distinct TLS identity. */
@@ -223,33 +177,18 @@ class RawConnections {
   #bridge?: NoDelayBridge;
   #clientKey = "";
 
-  constructor(readonly kc: RelayKubeConfig, readonly cluster: Cluster) {}
+  constructor(readonly credentials: Credentials, readonly cluster: Cluster) {}
 
   async get(): Promise<RawConnection> {
-    // applyToHTTPSOptions runs client-node's authenticators (exec plugins are re-run when
-    // their credential expires, token files re-read) and yields node-style TLS options.
-    const opts: {
-      headers?: Record<string, string>;
-      ca?: Uint8Array | string;
-      cert?: Uint8Array | string;
-      key?: Uint8Array | string;
-      auth?: string;
-    } = {};
+    let headers: Headers;
+    let tls: TlsMaterial;
     try {
-      await this.kc.applyToHTTPSOptions(opts as Parameters<KubeConfig["applyToHTTPSOptions"]>[0]);
+      ({ headers, tls } = await this.credentials.get());
     } catch (error) {
       throw new KubeError(`cannot get credentials for the cluster: ${firstLine(error)}`, {
         cause: error,
       });
     }
-    const headers = new Headers();
-    for (const [name, value] of Object.entries(opts.headers ?? {})) headers.set(name, `${value}`);
-    if (opts.auth && !headers.has("Authorization")) {
-      headers.set("Authorization", `Basic ${btoa(opts.auth)}`);
-    }
-    for (const group of this.kc.impersonateGroups) headers.set("Impersonate-Group", group);
-
-    const tls = { ca: pem(opts.ca), cert: pem(opts.cert), key: pem(opts.key) };
     const key = JSON.stringify([tls.ca, tls.cert, tls.key]);
     if (!this.#client || key !== this.#clientKey) {
       // An older client may still carry open WebSockets; let it go with them, not close it.
@@ -265,7 +204,7 @@ class RawConnections {
     };
   }
 
-  #makeClient(tls: { ca?: string; cert?: string; key?: string }): Deno.HttpClient {
+  #makeClient(tls: TlsMaterial): Deno.HttpClient {
     const options: Deno.CreateHttpClientOptions & Partial<Deno.TlsCertifiedKeyPem> = {
       // The API server upgrades port-forward only over HTTP/1.1 (as kubectl connects).
       http2: false,
@@ -303,10 +242,4 @@ class RawConnections {
     this.#bridge?.close();
     this.#bridge = undefined;
   }
-}
-
-/** client-node hands TLS material as Buffers (files, base64 data) or PEM strings (exec). */
-function pem(value: Uint8Array | string | undefined): string | undefined {
-  if (value === undefined || value === null) return undefined;
-  return typeof value === "string" ? value : new TextDecoder().decode(value);
 }

@@ -33,14 +33,14 @@ export interface ApiCallSubject {
   namespace: string;
 }
 
-/** The HTTP status of an error thrown by client-node (ApiException has `code`), if any. */
+/** The HTTP status of a failed API call (api.ts's ApiError has `code`), if any. */
 export function statusOf(error: unknown): number | undefined {
   if (typeof error !== "object" || error === null) return undefined;
   const code = (error as { code?: unknown }).code;
   return typeof code === "number" && code >= 100 && code < 600 ? code : undefined;
 }
 
-/** The `message` of a Kubernetes Status object in an ApiException body, when it has one. */
+/** The `message` of a Kubernetes Status object in an ApiError body, when it has one. */
 export function statusMessageOf(error: unknown): string | undefined {
   if (typeof error !== "object" || error === null) return undefined;
   let body = (error as { body?: unknown }).body;
@@ -104,6 +104,12 @@ export function networkReason(error: unknown): string | undefined {
   let reason: string | undefined;
   for (let e = error, depth = 0; e instanceof Error && depth < 5; e = e.cause, depth++) {
     if (e.message && e.message !== "fetch failed") reason = e.message.split("\n")[0];
+  }
+  // Deno's cause repeats the URL and the layers: "error sending request for url (…): client
+  // error (Connect): tcp connect error: Connection refused (os error 111)".
+  if (reason) {
+    reason = reason.replace(/^error sending request for url \([^)]*\): /, "")
+      .replace(/^client error \(Connect\): /, "");
   }
   return error instanceof TypeError && error.message === "fetch failed"
     ? reason ?? "the connection failed"

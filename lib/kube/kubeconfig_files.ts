@@ -2,86 +2,133 @@
  * Finding and reading the kubeconfig the way kubectl does: --kubeconfig, $KUBECONFIG (merged),
  * ~/.kube/config or the pod's service account.
  */
-import { type Cluster, type Context, KubeConfig, type User } from "@kubernetes/client-node";
+import {
+  type Cluster,
+  type Context,
+  newClusters,
+  newContexts,
+  newUsers,
+  type User,
+} from "@kubernetes/client-node/dist/config_types.js";
 import { parse as parseYaml } from "yaml";
 import { UsageError } from "./errors.ts";
 
-const SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+const SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount";
 
-/**
- * Fill `kc` from --kubeconfig, $KUBECONFIG, ~/.kube/config or the pod's service account;
- * returns which, for messages about what it holds.
- */
+/** The kubeconfig's entries, merged as kubectl merges them, paths made absolute. */
+export interface Kubeconfig {
+  clusters: Cluster[];
+  users: User[];
+  contexts: Context[];
+  currentContext: string;
+  /** Where it came from, for messages about what it holds. */
+  source: string;
+}
+
+/** Read --kubeconfig, $KUBECONFIG, ~/.kube/config or the pod's service account. */
 export function loadFiles(
-  kc: KubeConfig,
   flag: string | undefined,
   env: (name: string) => string | undefined,
-): string {
+): Kubeconfig {
   if (flag) {
     if (!exists(flag)) throw new UsageError(`kubeconfig ${flag} does not exist`);
-    loadFile(kc, flag);
-    return flag;
+    return { ...loadFile(flag), source: flag };
   }
   const list = env("KUBECONFIG");
   if (list) {
+    const separator = Deno.build.os === "windows" ? ";" : ":";
     // kubectl skips entries that do not exist, as long as one does.
-    const files = list.split(Deno.build.os === "windows" ? ";" : ":").filter((f) => f && exists(f));
+    const files = list.split(separator).filter((f) => f && exists(f));
     if (files.length === 0) {
       throw new UsageError(`none of the files in KUBECONFIG exists (${list})`);
     }
-    mergeFiles(kc, files);
-    return files.join(Deno.build.os === "windows" ? ";" : ":");
+    return { ...mergeFiles(files), source: files.join(separator) };
   }
   const home = env("HOME") ?? env("USERPROFILE");
   const defaultFile = home ? `${home}/.kube/config` : undefined;
-  if (defaultFile && exists(defaultFile)) {
-    loadFile(kc, defaultFile);
-    return defaultFile;
-  }
-  if (env("KUBERNETES_SERVICE_HOST") && exists(SERVICE_ACCOUNT_TOKEN)) {
-    kc.loadFromCluster();
-    return "the pod's service account";
+  if (defaultFile && exists(defaultFile)) return { ...loadFile(defaultFile), source: defaultFile };
+  const host = env("KUBERNETES_SERVICE_HOST");
+  if (host && exists(`${SERVICE_ACCOUNT}/token`)) {
+    return inCluster(host, env("KUBERNETES_SERVICE_PORT") ?? "443");
   }
   throw new UsageError(
     "no kubeconfig found: pass --kubeconfig, set KUBECONFIG or create ~/.kube/config",
   );
 }
 
-function loadFile(kc: KubeConfig, file: string): void {
-  let text: string;
+type Entries = Omit<Kubeconfig, "source">;
+
+function loadFile(file: string): Entries {
+  const dir = dirname(file);
   try {
-    text = Deno.readTextFileSync(file);
-    kc.loadFromString(text);
-    kc.makePathsAbsolute(dirname(file));
+    const raw = (parseYaml(Deno.readTextFileSync(file)) ?? {}) as Record<string, unknown>;
+    return {
+      clusters: newClusters(raw.clusters).map((c) => ({ ...c, caFile: absolute(dir, c.caFile) })),
+      users: withTokenFiles(newUsers(raw.users), raw.users, dir).map((u) => ({
+        ...u,
+        certFile: absolute(dir, u.certFile),
+        keyFile: absolute(dir, u.keyFile),
+      })),
+      contexts: newContexts(raw.contexts),
+      currentContext: typeof raw["current-context"] === "string" ? raw["current-context"] : "",
+    };
   } catch (error) {
     throw new UsageError(`kubeconfig ${file} cannot be read: ${firstLine(error)}`, {
       cause: error,
     });
   }
-  honourTokenFiles(kc, text, dirname(file));
 }
 
 /**
- * kubectl's kubeconfig spells a token file `tokenFile`; client-node reads only `token-file`,
- * once. Hand such users to client-node's file authenticator instead, which re-reads the file
- * (every minute, like client-go), so rotated tokens keep working.
+ * kubectl's kubeconfig spells a token file `tokenFile`; client-node's parser reads only
+ * `token-file`, once. Such users go to client-node's file authenticator instead, which re-reads
+ * the file (every minute, like client-go), so rotated tokens keep working.
  */
-function honourTokenFiles(kc: KubeConfig, text: string, dir: string): void {
-  const raw = parseYaml(text) as { users?: { name?: string; user?: { tokenFile?: unknown } }[] };
+function withTokenFiles(users: User[], raw: unknown, dir: string): User[] {
   const files = new Map<string, string>();
-  for (const entry of raw?.users ?? []) {
+  for (const entry of Array.isArray(raw) ? raw : []) {
     const path = entry?.user?.tokenFile;
     if (entry?.name && typeof path === "string" && path) {
-      files.set(entry.name, path.startsWith("/") ? path : `${dir}/${path}`);
+      files.set(entry.name, absolute(dir, path)!);
     }
   }
-  if (files.size === 0) return;
-  kc.users = kc.users.map((user) => {
+  return users.map((user) => {
     const tokenFile = files.get(user.name);
     return tokenFile && !user.token && !user.authProvider
       ? { ...user, authProvider: { name: "tokenFile", config: { tokenFile } } }
       : user;
   });
+}
+
+/** The pod's service account, as client-go's in-cluster config reads it. */
+function inCluster(host: string, port: string): Kubeconfig {
+  const server = `https://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  let namespace: string | undefined;
+  try {
+    namespace = Deno.readTextFileSync(`${SERVICE_ACCOUNT}/namespace`).trim() || undefined;
+  } catch {
+    // no namespace file: "default", as kubectl
+  }
+  return {
+    clusters: [{
+      name: "in-cluster",
+      server,
+      caFile: `${SERVICE_ACCOUNT}/ca.crt`,
+      skipTLSVerify: false,
+    }],
+    users: [{
+      name: "in-cluster",
+      authProvider: { name: "tokenFile", config: { tokenFile: `${SERVICE_ACCOUNT}/token` } },
+    }],
+    contexts: [{ name: "in-cluster", cluster: "in-cluster", user: "in-cluster", namespace }],
+    currentContext: "in-cluster",
+    source: "the pod's service account",
+  };
+}
+
+function absolute(dir: string, path: string | undefined | null): string | undefined {
+  if (!path) return undefined;
+  return path.startsWith("/") ? path : `${dir}/${path}`;
 }
 
 function dirname(path: string): string {
@@ -90,25 +137,24 @@ function dirname(path: string): string {
 }
 
 /** kubectl's merge rules: the first file to define a name or a current-context wins. */
-function mergeFiles(kc: KubeConfig, files: string[]): void {
+function mergeFiles(files: string[]): Entries {
   const clusters = new Map<string, Cluster>();
   const users = new Map<string, User>();
   const contexts = new Map<string, Context>();
   let currentContext = "";
   for (const file of files) {
-    const one = new KubeConfig();
-    loadFile(one, file);
-    for (const c of one.getClusters()) if (!clusters.has(c.name)) clusters.set(c.name, c);
-    for (const u of one.getUsers()) if (!users.has(u.name)) users.set(u.name, u);
-    for (const c of one.getContexts()) if (!contexts.has(c.name)) contexts.set(c.name, c);
-    currentContext ||= one.getCurrentContext() ?? "";
+    const one = loadFile(file);
+    for (const c of one.clusters) if (!clusters.has(c.name)) clusters.set(c.name, c);
+    for (const u of one.users) if (!users.has(u.name)) users.set(u.name, u);
+    for (const c of one.contexts) if (!contexts.has(c.name)) contexts.set(c.name, c);
+    currentContext ||= one.currentContext;
   }
-  kc.loadFromOptions({
+  return {
     clusters: [...clusters.values()],
     users: [...users.values()],
     contexts: [...contexts.values()],
     currentContext,
-  });
+  };
 }
 
 function exists(path: string): boolean {

@@ -4,7 +4,8 @@
  * 410 Gone) list again, with backoff after failures, until an AbortSignal stops it.
  * Re-listing every time cannot miss a delete and is cheap for one selector's pods.
  */
-import type { KubernetesObject, Watch } from "@kubernetes/client-node";
+import type { KubernetesObject } from "@kubernetes/client-node";
+import type { Watcher } from "./api.ts";
 
 /** The part of a Kubernetes list response the loop needs. */
 export interface ObjectList<T> {
@@ -15,7 +16,7 @@ export interface ObjectList<T> {
 /** Options for {@link runListWatch}. */
 export interface ListWatchOptions<T extends KubernetesObject> {
   /** Watch client bound to a kubeconfig from lib/kube/config.ts (HTTP/1.1 under Deno). */
-  watch: Pick<Watch, "watch">;
+  watch: Watcher;
   /** API path of the collection, e.g. `/api/v1/namespaces/N/pods`. */
   path: string;
   /** Applied to the watch; the list function applies its own. */
@@ -40,22 +41,13 @@ const MIN_RETRY_MS = 250;
 const MAX_RETRY_MS = 4000;
 /**
  * How long the loop keeps one watch before it lists and watches again. It ends each watch
- * itself, before the server's end (WATCH_SECONDS) and client-node's 30 s inactivity abort:
+ * itself, before the server's end (WATCH_SECONDS):
  * under Deno, a watch the server ended may never call `done`, and waiting for it left the set
  * blind to changes (docs/MEASUREMENTS.md).
  */
 const WATCH_DEADLINE_MS = 15_000;
 /** The server ends a watch after this long even if the loop somehow did not. */
 const WATCH_SECONDS = 25;
-
-/** A watch's failure as relay's errors read it: client-node puts the HTTP status elsewhere. */
-function watchFailure(error: unknown): unknown {
-  const status = (error as { statusCode?: unknown } | null)?.statusCode;
-  if (typeof status !== "number") return error;
-  return Object.assign(new Error(`watch failed: ${status} ${(error as Error).message}`), {
-    code: status,
-  });
-}
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
@@ -94,16 +86,16 @@ function watchOnce<T extends KubernetesObject>(
     if (resourceVersion) params.resourceVersion = resourceVersion;
     if (fieldSelector) params.fieldSelector = fieldSelector;
     if (labelSelector) params.labelSelector = labelSelector;
-    watch.watch(path, params, (type: string, object: T) => {
+    watch.watch(path, params, (type: string, object: unknown) => {
       if (finished) return;
-      if (type === "ADDED" || type === "MODIFIED" || type === "DELETED") onEvent(type, object);
+      if (type === "ADDED" || type === "MODIFIED" || type === "DELETED") onEvent(type, object as T);
       // An ERROR event (typically 410 Gone) ends this watch; the loop lists again.
       else if (type === "ERROR") finish(undefined);
-    }, (error: unknown) => finish(error ? watchFailure(error) : undefined)).then((started) => {
+    }, (error: unknown) => finish(error)).then((started) => {
       controller = started;
       if (finished) started.abort();
       else onWatching?.();
-    }, (error) => finish(watchFailure(error)));
+    }, (error) => finish(error));
     if (signal.aborted) finish(undefined);
   });
 }

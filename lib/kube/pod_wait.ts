@@ -2,14 +2,16 @@
  * Waiting for pods to reach a state, from a list+watch (a watch tells the moment they do,
  * where a poll would learn it up to an interval late), with a deadline and an abort signal.
  */
-import type { CoreV1Api, V1Pod, Watch } from "@kubernetes/client-node";
+import type { V1Pod } from "@kubernetes/client-node";
+import type { CoreApi } from "./resources.ts";
+import type { Watcher } from "./api.ts";
 import { apiError } from "./errors.ts";
 import { runListWatch } from "./list_watch.ts";
 
 /** The calls a wait makes. */
 export interface PodWaitApi {
-  core: Pick<CoreV1Api, "listNamespacedPod">;
-  watch: Pick<Watch, "watch">;
+  core: Pick<CoreApi, "listNamespacedPod">;
+  watch: Watcher;
 }
 
 /** What to wait for, and for how long. */

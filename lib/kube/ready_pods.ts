@@ -4,7 +4,9 @@
  * the pod for a new connection costs no API call. Until the watch is open, and again after it
  * failed, {@link PodFollower.pods} says it does not know, and the caller lists instead.
  */
-import type { CoreV1Api, V1Pod, Watch } from "@kubernetes/client-node";
+import type { V1Pod } from "@kubernetes/client-node";
+import type { CoreApi } from "./resources.ts";
+import type { Watcher } from "./api.ts";
 import { runListWatch } from "./list_watch.ts";
 import { apiError } from "./errors.ts";
 
@@ -20,8 +22,8 @@ export type FollowPods = (namespace: string, selector: string) => Promise<PodFol
 /** What {@link followPods} needs: the client's watch and core API, and when to stop. */
 export interface FollowPodsOptions {
   /** A Watch made from a kubeconfig that lib/kube/config.ts loaded (HTTP/1.1 under Deno). */
-  watch: Pick<Watch, "watch">;
-  core: Pick<CoreV1Api, "listNamespacedPod">;
+  watch: Watcher;
+  core: Pick<CoreApi, "listNamespacedPod">;
   /** Ends every watch (relay is stopping). */
   signal: AbortSignal;
   /** Receives failures after the first sync (each is retried). */

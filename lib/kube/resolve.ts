@@ -4,14 +4,8 @@
  * Services and workloads follow their Ready pods across rolling updates).
  */
 import type { DestinationRule } from "../contract.ts";
-import type {
-  AppsV1Api,
-  CoreV1Api,
-  V1LabelSelector,
-  V1Pod,
-  V1PodSpec,
-  V1Service,
-} from "@kubernetes/client-node";
+import type { V1LabelSelector, V1Pod, V1PodSpec, V1Service } from "@kubernetes/client-node";
+import type { AppsApi, CoreApi } from "./resources.ts";
 import type { PortSpec, TargetKind, TargetRef } from "../plan.ts";
 import type { Protocol } from "../net/types.ts";
 import { apiError, KubeError, UsageError } from "./errors.ts";
@@ -27,9 +21,9 @@ import {
 
 /** The API calls resolution makes; a loaded {@link Kube} has them, tests pass stubs. */
 export interface ResolveApi {
-  core: Pick<CoreV1Api, "readNamespacedService" | "readNamespacedPod" | "listNamespacedPod">;
+  core: Pick<CoreApi, "readNamespacedService" | "readNamespacedPod" | "listNamespacedPod">;
   apps: Pick<
-    AppsV1Api,
+    AppsApi,
     | "readNamespacedDeployment"
     | "readNamespacedStatefulSet"
     | "readNamespacedDaemonSet"

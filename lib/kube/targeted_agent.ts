@@ -7,7 +7,9 @@
  * of the pod spec learns only the Secret's name. Ephemeral containers cannot be removed, so
  * the agent exits when relay ends the session (or when idle) and stays as a Terminated entry.
  */
-import type { CoreV1Api, V1EphemeralContainer, V1Pod, Watch } from "@kubernetes/client-node";
+import type { V1EphemeralContainer, V1Pod } from "@kubernetes/client-node";
+import type { CoreApi } from "./resources.ts";
+import type { Watcher } from "./api.ts";
 import { AGENT_STEAL_GID, AGENT_TOKEN_ENV, type DestinationRule } from "../contract.ts";
 import { DEFAULT_AGENT_IMAGE } from "../version.ts";
 import { agentArgs, agentTokenSecret, randomHex, TOKEN_SECRET_KEY } from "./agent_manifest.ts";
@@ -18,13 +20,13 @@ import { waitForPods } from "./pod_wait.ts";
 /** The API calls placing an agent in a target pod makes; a loaded Kube has them. */
 export interface TargetedAgentApi {
   core: Pick<
-    CoreV1Api,
+    CoreApi,
     | "createNamespacedSecret"
     | "deleteNamespacedSecret"
     | "patchNamespacedPodEphemeralcontainers"
     | "listNamespacedPod"
   >;
-  watch: Pick<Watch, "watch">;
+  watch: Watcher;
 }
 
 /** Where and how to run the agent. */
