@@ -4,6 +4,7 @@ import {
   match as assertMatch,
   ok as assert,
 } from "node:assert/strict";
+import { assertRejects } from "./assert.ts";
 import { exitCodeOf, UsageError } from "../lib/errors.ts";
 import { type AccessReviewApi, AGENT_PERMISSIONS, checkPermissions } from "../lib/kube/access.ts";
 import { apiError, KubeError, networkReason } from "../lib/kube/errors.ts";
@@ -53,6 +54,7 @@ Deno.test("apiError: an unreachable API server names the network reason, not 'fe
 /** A SelfSubjectAccessReview stub that denies `denied` ("verb resource[/sub]"). */
 function reviews(denied: string[], seen: string[] = []): AccessReviewApi {
   return {
+    createSelfSubjectRulesReview: () => Promise.reject(apiException(404, "not on this server")),
     createSelfSubjectAccessReview: ({ body }) => {
       const a = body.spec.resourceAttributes!;
       const name = `${a.verb} ${a.resource}${a.subresource ? `/${a.subresource}` : ""}`;
@@ -83,8 +85,32 @@ Deno.test("checkPermissions: asks for every agent permission and names each one 
   );
 });
 
+Deno.test("checkPermissions: one rules review settles what RBAC grants; only the rest is asked one by one", async () => {
+  const seen: string[] = [];
+  const api = reviews(["delete jobs"], seen);
+  api.createSelfSubjectRulesReview = ({ body }) =>
+    Promise.resolve({
+      ...body,
+      status: {
+        incomplete: false,
+        nonResourceRules: [],
+        resourceRules: [
+          { verbs: ["create"], apiGroups: ["batch"], resources: ["jobs"] },
+          { verbs: ["*"], apiGroups: [""], resources: ["pods", "secrets"] },
+          { verbs: ["get", "create"], apiGroups: [""], resources: ["*/portforward"] },
+          // Limited to names: relay's Jobs are not among them.
+          { verbs: ["delete"], apiGroups: ["batch"], resources: ["jobs"], resourceNames: ["x"] },
+        ],
+      },
+    });
+  const error = await assertRejects(() => checkPermissions(api, "shop"), KubeError);
+  assertEquals(seen, ["delete jobs in shop"]);
+  assert(error.message.includes("permission to delete jobs in namespace shop"), error.message);
+});
+
 Deno.test("checkPermissions: a review the server cannot answer does not block the run", async () => {
   const failing = {
+    createSelfSubjectRulesReview: () => Promise.reject(apiException(404, "no such API")),
     createSelfSubjectAccessReview: () => Promise.reject(apiException(404, "no such API")),
   } as unknown as AccessReviewApi;
   await checkPermissions(failing, "shop");

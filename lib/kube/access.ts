@@ -1,10 +1,12 @@
 /**
  * Asking the API server, before the agent exists, whether this user may do everything the
- * agent's lifecycle needs (SelfSubjectAccessReview, which every authenticated user may ask).
+ * agent's lifecycle needs (SelfSubjectRulesReview and SelfSubjectAccessReview, which every
+ * authenticated user may ask).
  * Without it a withheld permission shows up late and badly: a missing `delete jobs` only when
  * relay stops (leaving the Job behind), a missing `create pods/portforward` only on API
  * servers that check it for WebSocket upgrades (1.35+).
  */
+import type { V1ResourceRule } from "@kubernetes/client-node";
 import type { AuthorizationApi } from "./resources.ts";
 import { KubeError } from "./errors.ts";
 
@@ -52,8 +54,11 @@ export const TARGET_PERMISSIONS: readonly Permission[] = [
   { verb: "create", group: "", resource: "pods", subresource: "portforward" },
 ];
 
-/** The one API call the check makes; tests pass a stub. */
-export type AccessReviewApi = Pick<AuthorizationApi, "createSelfSubjectAccessReview">;
+/** The API calls the check makes; tests pass a stub. */
+export type AccessReviewApi = Pick<
+  AuthorizationApi,
+  "createSelfSubjectRulesReview" | "createSelfSubjectAccessReview"
+>;
 
 /** `create pods/portforward`: how the message (and `kubectl auth can-i`) names a permission. */
 export function describePermission(p: Permission): string {
@@ -70,7 +75,11 @@ export async function checkPermissions(
   namespace: string,
   permissions: readonly Permission[] = AGENT_PERMISSIONS,
 ): Promise<void> {
+  // One rules review answers for every permission at once (one request where access reviews
+  // take one each, each on its own connection); what it cannot settle is asked one by one.
+  const granted = await grantedByRules(api, namespace, permissions);
   const denied = await Promise.all(permissions.map(async (p) => {
+    if (granted.has(p)) return undefined;
     try {
       const review = await api.createSelfSubjectAccessReview({
         body: {
@@ -100,6 +109,44 @@ export async function checkPermissions(
       { status: 403 },
     );
   }
+}
+
+/**
+ * The permissions a SelfSubjectRulesReview of `namespace` grants. Only RBAC-style rules are
+ * read, matched as RBAC matches them; a rule limited to resource names grants nothing here, as
+ * relay's objects have names of their own. An incomplete answer (a webhook authorizer) still
+ * grants what it lists.
+ */
+async function grantedByRules(
+  api: AccessReviewApi,
+  namespace: string,
+  permissions: readonly Permission[],
+): Promise<Set<Permission>> {
+  let rules: V1ResourceRule[];
+  try {
+    const review = await api.createSelfSubjectRulesReview({
+      body: {
+        apiVersion: "authorization.k8s.io/v1",
+        kind: "SelfSubjectRulesReview",
+        spec: { namespace },
+      },
+    });
+    rules = review.status?.resourceRules ?? [];
+  } catch {
+    return new Set();
+  }
+  const matches = (list: string[] | undefined, value: string) =>
+    (list ?? []).some((item) => item === "*" || item === value);
+  return new Set(permissions.filter((p) => {
+    const resource = p.subresource ? `${p.resource}/${p.subresource}` : p.resource;
+    return rules.some((rule) =>
+      !rule.resourceNames?.length && matches(rule.verbs, p.verb) &&
+      matches(rule.apiGroups, p.group) &&
+      (rule.resources ?? []).some((r) =>
+        r === "*" || r === resource || (p.subresource !== undefined && r === `*/${p.subresource}`)
+      )
+    );
+  }));
 }
 
 /** {@link checkPermissions} with a loaded kubeconfig's client. */

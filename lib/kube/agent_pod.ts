@@ -96,13 +96,30 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
     allow: opts.allow,
   });
   const namespace = manifest.metadata!.namespace!;
+  // The session's pods are listed and watched while the Job and its Secret are created, so
+  // that the pod's Running is one watch event away rather than two round trips after them.
+  const waiting = new AbortController();
+  const giveUp = () => waiting.abort(opts.signal!.reason);
+  opts.signal?.addEventListener("abort", giveUp, { once: true });
+  if (opts.signal?.aborted) giveUp();
+  const about = { namespace, jobName: `relay-agent (session ${sessionId})` };
+  const running = waitRunning(api, {
+    about,
+    sessionId,
+    timeoutMs: opts.podRunningTimeoutMs,
+    signal: waiting.signal,
+  });
+  running.catch(() => {}); // awaited below once the Job exists; else its failure is moot
   let job: V1Job;
   try {
     job = await api.batch.createNamespacedJob({ namespace, body: manifest });
   } catch (error) {
+    waiting.abort();
+    opts.signal?.removeEventListener("abort", giveUp);
     throw createError(error, namespace);
   }
   const jobName = job.metadata!.name!;
+  about.jobName = jobName;
   let stopping: Promise<void> | undefined;
   const stop = () => stopping ??= deleteAgent(api, namespace, jobName, sessionId);
 
@@ -120,13 +137,7 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
     } catch (error) {
       throw apiError(error, { verb: "create", resource: "secrets", namespace });
     }
-    const pod = await waitRunning(api, {
-      namespace,
-      jobName,
-      sessionId,
-      timeoutMs: opts.podRunningTimeoutMs,
-      signal: opts.signal,
-    });
+    const pod = await running;
     const podName = pod.metadata!.name!;
     return {
       podName,
@@ -139,8 +150,11 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
       stop,
     };
   } catch (error) {
+    waiting.abort();
     await stop();
     throw error;
+  } finally {
+    opts.signal?.removeEventListener("abort", giveUp);
   }
 }
 
@@ -163,16 +177,17 @@ function createError(error: unknown, namespace: string): Error {
  * it is still pending.
  */
 function waitRunning(api: AgentPodApi, opts: {
-  namespace: string;
-  jobName: string;
+  /** Names the Job in messages; its name is filled in once the Job is created. */
+  about: { namespace: string; jobName: string };
   sessionId: string;
   timeoutMs: number;
   signal?: AbortSignal;
 }): Promise<V1Pod> {
+  const { about } = opts;
   // A pod being deleted (an earlier attempt) counts only when there is no other.
   const current = (pods: V1Pod[]) => pods.find((p) => !p.metadata?.deletionTimestamp) ?? pods[0];
   return waitForPods<V1Pod>(api, {
-    namespace: opts.namespace,
+    namespace: about.namespace,
     labelSelector: `${SESSION_LABEL}=${opts.sessionId}`,
     timeoutMs: opts.timeoutMs,
     signal: opts.signal,
@@ -181,13 +196,13 @@ function waitRunning(api: AgentPodApi, opts: {
       if (!pod) return undefined;
       const verdict = runningVerdict(pod, tokenSecretName(opts.sessionId));
       if (verdict === "running") return pod;
-      return verdict ? agentFailed(opts, pod, verdict) : undefined;
+      return verdict ? agentFailed(about, pod, verdict) : undefined;
     },
     timedOut: async (pods) => {
       const pod = current(pods);
-      const why = await pendingReason(api, opts, pod);
+      const why = await pendingReason(api, about, pod);
       const seconds = Math.round(opts.timeoutMs / 1000);
-      return agentFailed(opts, pod, `was not Running after ${seconds}s: ${why}`);
+      return agentFailed(about, pod, `was not Running after ${seconds}s: ${why}`);
     },
   });
 }

@@ -14,6 +14,7 @@ import type {
   V1ReplicaSet,
   V1Secret,
   V1SelfSubjectAccessReview,
+  V1SelfSubjectRulesReview,
   V1Service,
   V1StatefulSet,
   V1Status,
@@ -110,9 +111,15 @@ export function batchApi(api: KubeApi) {
   };
 }
 
-/** The authorization group's one call: may I? */
+/** The authorization group's calls: may I do this, and what may I do in a namespace? */
 export function authorizationApi(api: KubeApi) {
   return {
+    createSelfSubjectRulesReview: (r: { body: V1SelfSubjectRulesReview }) =>
+      api.request<V1SelfSubjectRulesReview>(
+        "POST",
+        "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+        { body: r.body },
+      ),
     createSelfSubjectAccessReview: (r: { body: V1SelfSubjectAccessReview }) =>
       api.request<V1SelfSubjectAccessReview>(
         "POST",

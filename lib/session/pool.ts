@@ -24,6 +24,11 @@ export interface TunnelPoolOptions {
 
 const BACKOFF_MIN_MS = 100;
 /**
+ * The first tunnel is dialed the moment the agent's pod runs, usually a little before the
+ * agent listens: it is retried soon, as every retry of it is a wait the user sees.
+ */
+const START_RETRY_MIN_MS = 20;
+/**
  * Kept short: while the API server restarts, the first retry after it is back should come
  * within a couple of seconds, and a few dozen failed dials a minute cost it nothing.
  */
@@ -47,7 +52,7 @@ export class TunnelPool {
    */
   async start(deadlineMs: number): Promise<void> {
     const until = Date.now() + deadlineMs;
-    let delay = BACKOFF_MIN_MS;
+    let delay = START_RETRY_MIN_MS;
     for (;;) {
       try {
         this.#add(await this.options.connect());
