@@ -13,7 +13,7 @@ interface EchoServer {
   stop(): Promise<void>;
 }
 
-const SERVICE_COUNT = 6;
+const SERVICE_COUNT = 7;
 
 async function startEchoServer(podName: string): Promise<EchoServer> {
   const flags = [
@@ -23,6 +23,7 @@ async function startEchoServer(podName: string): Promise<EchoServer> {
     "hash-port",
     "source-port",
     "flood-port",
+    "http-port",
   ]
     .flatMap((flag) => [`--${flag}`, "0"]);
   const child = new Deno.Command(Deno.execPath(), {
