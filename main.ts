@@ -6,7 +6,7 @@
  * Exit codes: 0 stopped by a signal, 1 runtime failure, 2 bad input.
  */
 import { describeError, exitCodeOf, UsageError } from "./lib/errors.ts";
-import { createLogger, type Logger } from "./lib/log.ts";
+import { createLogger } from "./lib/log.ts";
 import type { Plan } from "./lib/plan.ts";
 
 /**
@@ -48,10 +48,7 @@ export async function main(argv: readonly string[]): Promise<number> {
       case "agent": // parseCommandLine parses `agent` too; main answers it before the CLI loads
         return await main(argv);
       case "forward":
-        return await forward(
-          invocation.plan,
-          createLogger({ verbose: invocation.plan.options.verbose }),
-        );
+        return await forward(invocation.plan);
     }
   } catch (error) {
     logger.error(describeError(error));
@@ -66,32 +63,45 @@ async function print(text: string): Promise<number> {
 }
 
 /** Binds every listener first, so a busy port fails before the cluster is touched. */
-async function forward(plan: Plan, logger: Logger): Promise<number> {
-  for (const warning of plan.warnings ?? []) logger.info(`warning: ${warning}`);
-  // Loaded here, not at the top: the session brings @kubernetes/client-node, which `relay
-  // agent` in its pod has no use for.
-  const [{ bindForwards }, { refuseUnsupported, runSession }, { forwardEntry }, { reverseEntry }] =
-    await Promise.all([
-      import("./lib/listen/bind.ts"),
-      import("./lib/session/run.ts"),
-      import("./lib/forward/entry.ts"),
-      import("./lib/reverse/entry.ts"),
-    ]);
+async function forward(plan: Plan): Promise<number> {
+  // Loaded here, not at the top: `relay agent` in its pod has no use for the session.
+  const [
+    { bindForwards },
+    { refuseUnsupported, runSession },
+    { forwardEntry },
+    { reverseEntry },
+    { startOutput },
+  ] = await Promise.all([
+    import("./lib/listen/bind.ts"),
+    import("./lib/session/run.ts"),
+    import("./lib/forward/entry.ts"),
+    import("./lib/reverse/entry.ts"),
+    import("./lib/status/output.ts"),
+  ]);
   refuseUnsupported(plan);
-  const listeners = bindForwards(plan.forwards, {
-    addresses: plan.options.addresses,
-    udp: { idleTimeoutMs: plan.udpIdleTimeoutMs },
-  });
+  const output = startOutput(plan.options);
+  const { logger, status } = output;
+  for (const warning of plan.warnings ?? []) logger.info(`warning: ${warning}`);
+  let listeners;
   const stop = new AbortController();
   const removeSignals = onStopSignals(stop);
   try {
+    listeners = bindForwards(plan.forwards, {
+      addresses: plan.options.addresses,
+      udp: { idleTimeoutMs: plan.udpIdleTimeoutMs },
+    });
     const entries = [forwardEntry(plan, listeners, logger)];
     if (plan.reverses.length > 0) entries.push(reverseEntry(plan, logger));
-    await runSession({ plan, logger, signal: stop.signal, entries });
+    await runSession({ plan, logger, signal: stop.signal, entries, status });
     return 0;
+  } catch (error) {
+    // The line main prints is for people; scripts reading events get it as one too.
+    status.error(describeError(error));
+    throw error;
   } finally {
     removeSignals();
-    listeners.close();
+    listeners?.close();
+    output.stop();
   }
 }
 

@@ -60,6 +60,10 @@ export interface RunOptions {
    */
   agentIdleExit?: string;
   verbose: boolean;
+  /** `-q`: no live view and no progress lines; ready lines and errors only. */
+  quiet: boolean;
+  /** `-o`: human lines (and the live view on a terminal), or one JSON event per line. */
+  output: "text" | "json";
 }
 
 /**

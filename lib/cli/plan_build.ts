@@ -64,6 +64,8 @@ export type CommandOptions = {
   requestTimeout?: string;
   podRunningTimeout?: string;
   verbose?: true;
+  quiet?: true;
+  output?: string;
 };
 
 /** Validates parsed flags and words and assembles the plan. */
@@ -117,6 +119,8 @@ export async function toPlan(words: string[], opts: CommandOptions, io: CliIo): 
     ),
     tunnels: parseTunnels(opts.tunnels ?? String(DEFAULTS.tunnels)),
     verbose: opts.verbose ?? false,
+    quiet: opts.quiet ?? false,
+    output: parseOutput(opts.output),
   };
   const agentIdleExit = Deno.env.get(AGENT_IDLE_EXIT_ENV);
   if (agentIdleExit) {
@@ -350,4 +354,11 @@ function checkRemotePortsDistinct(reverses: readonly ReverseSpec[]): void {
     }
     seen.set(key, reverse);
   }
+}
+
+/** `-o text` (the default) or `-o json`. */
+function parseOutput(value: string | undefined): "text" | "json" {
+  if (value === undefined || value === "text") return "text";
+  if (value === "json") return "json";
+  throw new UsageError(`-o/--output: unknown format "${value}" (text or json)`);
 }

@@ -106,6 +106,11 @@ export function createProgram(
       `how long to wait for the agent pod to be running (default: ${DEFAULTS.podRunningTimeout})`,
     )
     .option("-v, --verbose", "print more about what relay is doing")
+    .option("-q, --quiet", "no live view or progress: ready lines and errors only")
+    .option(
+      "-o, --output <format>",
+      "text (the default; a live view on a terminal) or json: one event per line on stdout",
+    )
     .version(`relay ${VERSION}`, "-V, --version", "print relay's version")
     .helpOption("-h, --help", "print this help")
     .addHelpText("after", EXAMPLES)
@@ -121,7 +126,7 @@ export function createProgram(
 }
 
 /** Short flags that take a value, which kubectl (pflag) also accepts as `-n=VALUE`. */
-const SHORT_VALUE_FLAGS = new Set(["-n", "-l", "-f", "-L", "-R", "-p"]);
+const SHORT_VALUE_FLAGS = new Set(["-n", "-l", "-f", "-L", "-R", "-p", "-o"]);
 
 /**
  * kubectl's spellings commander does not know: `-v=6`, `-v 6` or `--v=6` (relay has one

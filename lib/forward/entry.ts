@@ -14,11 +14,13 @@ import {
   readyFacts,
 } from "../listen/bind.ts";
 import type { UdpSession } from "../listen/udp.ts";
-import type { Logger } from "../log.ts";
+import { formatHostPort, type Logger } from "../log.ts";
 import { ConnChannel } from "../net/socket.ts";
 import { splice } from "../net/splice.ts";
 import type { Plan } from "../plan.ts";
 import type { ServeContext, SessionEntry } from "../session/run.ts";
+import { forwardRoute } from "../status/routes.ts";
+import type { RouteStats } from "../status/session_status.ts";
 import { OpenError } from "../tunnel/types.ts";
 
 /** One bound port and where its connections go. */
@@ -86,22 +88,24 @@ async function resolveRoutes(
 async function serve(routes: Route[], context: ServeContext, logger: Logger): Promise<void> {
   const serving: Promise<void>[] = [];
   for (const { binding, forward } of routes) {
-    for (const facts of readyFacts(binding, forward.protocol)) {
-      logger.ready({ ...facts, via: context.via });
-    }
-    for (const listener of binding.tcp) {
+    const facts = readyFacts(binding, forward.protocol);
+    const stats = facts.map((f) => {
+      logger.ready({ ...f, via: context.via });
+      return context.status.ready(forwardRoute({ ...f, via: context.via }));
+    });
+    binding.tcp.forEach((listener, i) => {
       serving.push(listener.serve(
-        (conn) => forwardConnection(conn, forward, context, logger),
+        (conn) => forwardConnection(conn, forward, stats[i], context, logger),
         (error) =>
           logger.error(
             `accepting on ${listener.hostname}:${listener.port}: ${describeError(error)}`,
           ),
       ));
-    }
-    for (const listener of binding.udp) {
+    });
+    binding.udp.forEach((listener, i) => {
       serving.push(
         listener.serve(
-          (session) => forwardSession(session, forward, context, logger),
+          (session) => forwardSession(session, forward, stats[i], context, logger),
           (error) =>
             logger.error(`udp ${listener.hostname}:${listener.port}: ${describeError(error)}`),
         ).then(() => {
@@ -115,7 +119,7 @@ async function serve(routes: Route[], context: ServeContext, logger: Logger): Pr
           }
         }),
       );
-    }
+    });
   }
   const { signal } = context;
   await new Promise<void>((resolve) => {
@@ -130,15 +134,19 @@ async function serve(routes: Route[], context: ServeContext, logger: Logger): Pr
 async function forwardConnection(
   conn: Deno.TcpConn,
   forward: ResolvedForward,
+  route: RouteStats,
   context: ServeContext,
   logger: Logger,
 ): Promise<void> {
+  const peer = conn.remoteAddr;
+  const tracked = context.status.connection(route, formatHostPort(peer.hostname, peer.port));
   let stream;
   const failed = (error: unknown) => {
     // A connection that came in as relay stops is simply closed.
-    if (!context.stopped) {
-      logger.error(`connection to ${forward.label} failed: ${failure(error)}`);
-    }
+    if (context.stopped) return tracked.end();
+    const why = failure(error);
+    tracked.end(why);
+    logger.error(`connection to ${forward.label} failed: ${why}`);
   };
   try {
     const destination = await forward.destination();
@@ -148,11 +156,12 @@ async function forwardConnection(
     failed(error);
     return; // the listener closes the connection
   }
-  await splice(new ConnChannel(conn, context.buffers), stream);
+  await splice(new ConnChannel(conn, context.buffers), stream, tracked.counts);
   // The agent's refusal (the reset that ended the splice) is told as a failed connection; a
   // reset from this side (the local client went away) is not a failure of the forward.
-  await stream.opened.catch((error) => {
+  await stream.opened.then(() => tracked.end(), (error) => {
     if (error instanceof OpenError) failed(error);
+    else tracked.end();
   });
 }
 
@@ -160,24 +169,29 @@ async function forwardConnection(
 async function forwardSession(
   session: UdpSession,
   forward: ResolvedForward,
+  route: RouteStats,
   context: ServeContext,
   logger: Logger,
 ): Promise<void> {
-  const source = `${session.remote.hostname}:${session.remote.port}`;
+  const source = formatHostPort(session.remote.hostname, session.remote.port);
+  const tracked = context.status.udpSession(route, source);
   try {
     const destination = await forward.destination();
     const stream = await context.open({ protocol: "udp", ...destination });
     logger.debug(`udp session ${source} -> ${forward.label} opened`);
-    void splice(stream, session);
+    void splice(session, stream, tracked.counts);
     // Either end may finish first: the local idle timer, or the agent's (a FIN).
     await Promise.race([stream.closed, session.closed]);
     stream.reset("session ended");
     session.close();
     // Drops are how UDP sessions shed overload; say how many, never hide them.
     const dropped = session.dropped + stream.dropped;
+    tracked.end(undefined, dropped);
     logger.debug(`udp session ${source} -> ${forward.label} ended; ${dropped} dropped`);
   } catch (error) {
-    if (!context.stopped) logger.error(`${forward.label}/udp: ${failure(error)}`);
+    const why = failure(error);
+    tracked.end(context.stopped ? undefined : why);
+    if (!context.stopped) logger.error(`${forward.label}/udp: ${why}`);
     session.close();
   }
 }

@@ -34,6 +34,10 @@ export interface AgentPodApi {
   watch: Watcher;
 }
 
+/** Told of the agent's steps before it runs: its Job is being created, its pod scheduled, its
+ * container being created (the image pulled). `pod` is `namespace/name` once known. */
+export type AgentProgress = (phase: "creating" | "scheduled" | "pulling", pod?: string) => void;
+
 /** What the agent pod should look like and how long to wait for it. */
 export interface AgentPodOptions {
   /** Where the Job goes, unless the patch's metadata.namespace says otherwise. */
@@ -56,6 +60,8 @@ export interface AgentPodOptions {
   udpIdleTimeout?: string;
   /** What the agent may open: the session's destinations (its `--allow`). */
   allow?: readonly DestinationRule[] | "any";
+  /** Told of each step while the agent starts. */
+  progress?: AgentProgress;
 }
 
 /** A running agent pod. */
@@ -103,8 +109,10 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
   opts.signal?.addEventListener("abort", giveUp, { once: true });
   if (opts.signal?.aborted) giveUp();
   const about = { namespace, jobName: `relay-agent (session ${sessionId})` };
+  opts.progress?.("creating");
   const running = waitRunning(api, {
     about,
+    progress: opts.progress,
     sessionId,
     timeoutMs: opts.podRunningTimeoutMs,
     signal: waiting.signal,
@@ -179,6 +187,7 @@ function createError(error: unknown, namespace: string): Error {
 function waitRunning(api: AgentPodApi, opts: {
   /** Names the Job in messages; its name is filled in once the Job is created. */
   about: { namespace: string; jobName: string };
+  progress?: AgentProgress;
   sessionId: string;
   timeoutMs: number;
   signal?: AbortSignal;
@@ -186,6 +195,12 @@ function waitRunning(api: AgentPodApi, opts: {
   const { about } = opts;
   // A pod being deleted (an earlier attempt) counts only when there is no other.
   const current = (pods: V1Pod[]) => pods.find((p) => !p.metadata?.deletionTimestamp) ?? pods[0];
+  let told = "";
+  const tell = (phase: "scheduled" | "pulling", pod: V1Pod) => {
+    if (told === phase || (told === "pulling" && phase === "scheduled")) return;
+    told = phase;
+    opts.progress?.(phase, `${about.namespace}/${pod.metadata?.name}`);
+  };
   return waitForPods<V1Pod>(api, {
     namespace: about.namespace,
     labelSelector: `${SESSION_LABEL}=${opts.sessionId}`,
@@ -196,7 +211,11 @@ function waitRunning(api: AgentPodApi, opts: {
       if (!pod) return undefined;
       const verdict = runningVerdict(pod, tokenSecretName(opts.sessionId));
       if (verdict === "running") return pod;
-      return verdict ? agentFailed(about, pod, verdict) : undefined;
+      if (verdict) return agentFailed(about, pod, verdict);
+      if (pod.spec?.nodeName) tell("scheduled", pod);
+      const waiting = pod.status?.containerStatuses?.[0]?.state?.waiting?.reason;
+      if (waiting === "ContainerCreating") tell("pulling", pod);
+      return undefined;
     },
     timedOut: async (pods) => {
       const pod = current(pods);

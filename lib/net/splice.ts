@@ -3,13 +3,20 @@ import { describeError } from "../errors.ts";
 import { channelOf, type Peer } from "./channel.ts";
 import type { ByteChannel } from "./types.ts";
 
+/** Bytes copied so far each way; `splice` adds to them as chunks pass. */
+export interface SpliceCounts {
+  aToB: number;
+  bToA: number;
+}
+
 /**
  * Copies `a` into `b` and `b` into `a` until both directions have ended; resolves then, or
  * once either side failed. The end of one direction (EOF, FIN) is passed on as a half-close
  * while the other keeps flowing; a failure on either side aborts both, with the reason, and
- * the promise still resolves: a failed connection is not the caller's failure.
+ * the promise still resolves: a failed connection is not the caller's failure. `counts`, if
+ * given, is kept current chunk by chunk (the status view's byte counters live here).
  */
-export function splice(a: Peer, b: Peer): Promise<void> {
+export function splice(a: Peer, b: Peer, counts?: SpliceCounts): Promise<void> {
   const left = channelOf(a);
   const right = channelOf(b);
   let failed = false;
@@ -22,12 +29,27 @@ export function splice(a: Peer, b: Peer): Promise<void> {
   };
   left.onFailure?.(fail);
   right.onFailure?.(fail);
-  return Promise.all([copy(left, right).catch(fail), copy(right, left).catch(fail)]).then(
-    () => {},
-  );
+  const copies = counts
+    ? [countedCopy(left, right, counts, "aToB"), countedCopy(right, left, counts, "bToA")]
+    : [copy(left, right), copy(right, left)];
+  return Promise.all(copies.map((c) => c.catch(fail))).then(() => {});
 }
 
 async function copy(from: ByteChannel, to: ByteChannel): Promise<void> {
   for (let chunk; (chunk = await from.read()) !== null;) await to.write(chunk);
+  await to.closeWrite();
+}
+
+async function countedCopy(
+  from: ByteChannel,
+  to: ByteChannel,
+  counts: SpliceCounts,
+  way: keyof SpliceCounts,
+): Promise<void> {
+  for (let chunk; (chunk = await from.read()) !== null;) {
+    // Counted before the write: a chunk handed over is a chunk the peer will get or fail on.
+    counts[way] += chunk.byteLength;
+    await to.write(chunk);
+  }
   await to.closeWrite();
 }

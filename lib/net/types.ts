@@ -51,4 +51,9 @@ export interface Duplex {
    * or copied them), so the writer may fill that buffer again.
    */
   readonly chunkFreeAfterWrite?: boolean;
+  /**
+   * Where whoever splices this duplex counts the bytes (aToB: into it) and says it ended; set
+   * by an OpenHandler whose connections are counted (reverse forwards).
+   */
+  readonly tracking?: { counts: { aToB: number; bToA: number }; end(): void };
 }

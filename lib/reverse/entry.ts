@@ -6,11 +6,12 @@
 import type { V1Pod } from "@kubernetes/client-node";
 import { describeError, UsageError } from "../errors.ts";
 import type { Logger } from "../log.ts";
-import type { BufferPool } from "../net/buffer_pool.ts";
 import { connDuplex } from "../net/socket.ts";
 import type { Duplex } from "../net/types.ts";
 import type { Plan, ReverseSpec } from "../plan.ts";
 import type { ServeContext, SessionEntry } from "../session/run.ts";
+import { reverseRoute } from "../status/routes.ts";
+import type { RouteStats } from "../status/session_status.ts";
 import { OpenError, type OpenRequest, type Tunnel } from "../tunnel/types.ts";
 import type { HttpFilter, IncomingMode } from "../contract.ts";
 import { declaredPort } from "./redirect.ts";
@@ -31,6 +32,8 @@ interface Reverse {
   /** Steal only the HTTP requests matching this. */
   filter?: HttpFilter;
   lastRefusalReport: number;
+  /** Its counters, once it listens. */
+  route?: RouteStats;
 }
 
 /** The reverse forwards of `plan`; their ports listen in the --target pod. */
@@ -103,7 +106,7 @@ export function reverseEntry(plan: Plan, logger: Logger): SessionEntry {
         );
       }
     },
-    onOpen: (request) => deliver(request, reverses, logger, context?.buffers),
+    onOpen: (request) => deliver(request, reverses, logger, context),
     serve: async (serving) => {
       context = serving;
       const place = serving.via ?? "the agent's pod";
@@ -116,14 +119,16 @@ export function reverseEntry(plan: Plan, logger: Logger): SessionEntry {
           }
           throw error;
         }
-        logger.readyReverse({
+        const facts = {
           place,
           remotePort: reverse.spec.remotePort,
           localAddress: LOCAL_HOSTS[0],
           localPort: reverse.spec.localPort,
           mode: reverse.mode,
           ...(reverse.filter ? { filter: reverse.filter } : {}),
-        });
+        };
+        logger.readyReverse(facts);
+        reverse.route = serving.status.ready(reverseRoute(facts));
       }
       await new Promise<void>((resolve) => {
         if (serving.signal.aborted) return resolve();
@@ -138,19 +143,33 @@ async function deliver(
   request: OpenRequest,
   reverses: Map<number, Reverse>,
   logger: Logger,
-  buffers?: BufferPool,
+  context?: ServeContext,
 ): Promise<Duplex> {
   const reverse = reverses.get(request.port);
   if (!reverse) throw new OpenError("forbidden", `port ${request.port} is not reverse forwarded`);
+  const route = reverse.route;
+  // The agent's OPEN names the caller's address (its port is not sent).
+  const caller = request.host;
   let last: unknown;
   for (const hostname of LOCAL_HOSTS) {
     try {
       const conn = await Deno.connect({ hostname, port: reverse.spec.localPort });
       conn.setNoDelay(true);
-      return connDuplex(conn, buffers);
+      const duplex = connDuplex(conn, context?.buffers);
+      if (!route || !context) return duplex;
+      // The tunnel splices its stream (a) with this connection (b).
+      const tracked = context.status.connection(route, caller, false);
+      return Object.assign(duplex, {
+        tracking: { counts: tracked.counts, end: () => tracked.end() },
+      });
     } catch (error) {
       last = error;
     }
+  }
+  if (route && context) {
+    context.status.connection(route, caller, false).end(
+      `local port ${reverse.spec.localPort}: ${describeError(last)}`,
+    );
   }
   const now = performance.now();
   if (now - reverse.lastRefusalReport >= REFUSAL_REPORT_MS) {

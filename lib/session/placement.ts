@@ -4,7 +4,7 @@
  */
 import type { V1Pod } from "@kubernetes/client-node";
 import { AGENT_PERMISSIONS, checkAccess, TARGET_PERMISSIONS } from "../kube/access.ts";
-import { type AgentPod, startAgentPod } from "../kube/agent_pod.ts";
+import { type AgentPod, type AgentProgress, startAgentPod } from "../kube/agent_pod.ts";
 import type { Kube } from "../kube/config.ts";
 import { pickTargetPod } from "../kube/resolve.ts";
 import { startTargetedAgent } from "../kube/targeted_agent.ts";
@@ -22,7 +22,11 @@ export interface Placement {
    * Starts an agent (the first, or one replacing an agent that is gone) that may open only
    * `allow`.
    */
-  start(signal: AbortSignal, allow: DestinationRule[] | "any"): Promise<AgentPod>;
+  start(
+    signal: AbortSignal,
+    allow: DestinationRule[] | "any",
+    progress?: AgentProgress,
+  ): Promise<AgentPod>;
 }
 
 /** The placement `plan` asks for. */
@@ -36,9 +40,10 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
     return {
       resolve: () => Promise.resolve(undefined),
       checkAccess: () => checkAccess(kube, namespace, AGENT_PERMISSIONS),
-      start: (signal, allow) =>
+      start: (signal, allow, progress) =>
         startAgentPod(kube, {
           allow,
+          progress,
           namespace,
           image: run.agentImage,
           patch: run.patch,
@@ -53,11 +58,12 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
   return {
     resolve: async () => picked = await pickTargetPod(kube, target),
     checkAccess: () => checkAccess(kube, target.namespace ?? kube.namespace, TARGET_PERMISSIONS),
-    start: async (signal, allow) => {
+    start: async (signal, allow, progress) => {
       // The first agent goes where resolve() looked; a replacement (the pod went away in a
       // rollout, say) goes to a Ready pod picked anew.
       const pod = picked ?? await pickTargetPod(kube, target);
       picked = undefined;
+      progress?.("creating", `${pod.metadata?.namespace}/${pod.metadata?.name}`);
       return startTargetedAgent(kube, {
         pod,
         image: run.agentImage,

@@ -15,6 +15,7 @@ import { type FollowPods, followPods } from "../kube/ready_pods.ts";
 import type { Logger } from "../log.ts";
 import { BufferPool } from "../net/buffer_pool.ts";
 import type { Plan } from "../plan.ts";
+import { SessionStatus } from "../status/session_status.ts";
 import type {
   OpenHandler,
   OpenOptions,
@@ -50,6 +51,8 @@ export interface ServeContext {
   via?: string;
   /** Aborted when the session stops. */
   signal: AbortSignal;
+  /** Routes, their counters and the session's events: entries count what they carry here. */
+  status: SessionStatus;
 }
 
 /** One entry point of a session: the forward direction, a reverse forward, the proxy. */
@@ -73,6 +76,8 @@ export interface SessionOptions {
   /** Aborted on SIGINT/SIGTERM: stop serving, clean up the agent, then resolve. */
   signal: AbortSignal;
   entries: SessionEntry[];
+  /** Where the run's state and events go; a fresh one if not given. */
+  status?: SessionStatus;
 }
 
 /**
@@ -106,6 +111,7 @@ export function refuseUnsupported(plan: Plan): void {
  */
 export async function runSession(options: SessionOptions): Promise<void> {
   const { plan, logger, signal, entries } = options;
+  const status = options.status ?? new SessionStatus();
   refuseUnsupported(plan);
   const run = plan.options;
   const kube = loadKube({
@@ -133,11 +139,29 @@ export async function runSession(options: SessionOptions): Promise<void> {
       if (supervisor.current?.ephemeral) await pool?.endSession("relay stopped");
       pool?.close();
     })();
-  stop.signal.addEventListener("abort", () => void closePool(), { once: true });
-  const onTunnel = (tunnel: Tunnel) => entries.forEach((entry) => entry.onTunnel?.(tunnel));
+  stop.signal.addEventListener("abort", () => {
+    status.stopping = true;
+    void closePool();
+  }, { once: true });
+  const onTunnel = (tunnel: Tunnel) => {
+    status.tunnelUp();
+    tunnel.closed.finally(() => status.tunnelDown(tunnel.closeReason ?? "closed"));
+    entries.forEach((entry) => entry.onTunnel?.(tunnel));
+  };
+  let agentsStarted = 0;
+  const startAgent = async () => {
+    const agent = await placement.start(stop.signal, allow, (phase, pod) => {
+      status.agentPhase(phase, pod);
+    });
+    status.agentPhase(
+      agentsStarted++ === 0 ? "started" : "replaced",
+      `${agent.namespace}/${agent.podName}`,
+    );
+    return agent;
+  };
   const onOpen = entries.find((entry) => entry.onOpen)?.onOpen;
   const supervisor = new AgentSupervisor({
-    start: () => placement.start(stop.signal, allow),
+    start: startAgent,
     connect: (agent) => dialTunnel(kube, agent, { buffers, onOpen }),
     goneReason: (agent) =>
       withDeadline(() => agentGoneReason(kube, agent), DIAL_TIMEOUT_MS, "reading the agent pod"),
@@ -196,6 +220,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
       buffers,
       signal: stop.signal,
       via: agent.ephemeral ? `pod/${agent.podName}` : undefined,
+      status,
     };
     await Promise.all(entries.map((entry) => entry.serve(context)));
   } catch (error) {
@@ -204,7 +229,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
   } finally {
     signal.removeEventListener("abort", onSignal);
     await closePool();
-    if (started) await stopAgent(supervisor, logger);
+    if (started) await stopAgent(supervisor, logger, status);
     // Ends the pod watches on every exit path, an error before serving included.
     stop.abort();
     kube.close();
@@ -240,10 +265,15 @@ function describeAgent(agent: AgentPod): string {
  * user who stopped relay knows nothing is left running; a failed delete is an error line, not
  * a failed exit (the agent still exits when idle).
  */
-async function stopAgent(supervisor: AgentSupervisor, logger: Logger): Promise<void> {
+async function stopAgent(
+  supervisor: AgentSupervisor,
+  logger: Logger,
+  status: SessionStatus,
+): Promise<void> {
   try {
     const agent = await supervisor.stop();
     if (!agent) return;
+    status.agentPhase("deleted", `${agent.namespace}/${agent.podName}`);
     logger.info(
       agent.ephemeral
         ? `stopped the agent in pod ${agent.namespace}/${agent.podName} (its ephemeral ` +

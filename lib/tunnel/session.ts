@@ -347,7 +347,8 @@ export class Session implements Tunnel {
         }
         this.writer.send({ type: FrameType.OPEN_RESULT, streamId: id, result: "ok", message: "" });
         stream.markOpened();
-        void splice(stream, duplex);
+        const { tracking } = duplex;
+        void splice(stream, duplex, tracking?.counts).then(() => tracking?.end());
       },
       (error) => {
         const code: OpenFailure = error instanceof OpenError ? error.code : "error";

@@ -12,6 +12,8 @@ const PACKAGES: [pkg: string, command: string][] = [
   ["haproxy", "haproxy"],
   ["dnsutils", "dig"],
   ["curl", "curl"],
+  // The live view's end-to-end test runs relay in a terminal.
+  ["tmux", "tmux"],
 ];
 
 async function have(command: string): Promise<boolean> {

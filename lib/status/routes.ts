@@ -1,0 +1,33 @@
+/** Routes as the status names them, from the facts the ready lines state. */
+import {
+  formatHostPort,
+  formatTarget,
+  type ReadyLineFacts,
+  type ReverseReadyFacts,
+} from "../log.ts";
+import type { RouteInfo } from "./events.ts";
+
+/** A forward's listener: `tcp/127.0.0.1:8080` to `svc/web:80`. */
+export function forwardRoute(facts: ReadyLineFacts): RouteInfo {
+  const local = formatHostPort(facts.localAddress, facts.localPort);
+  return {
+    id: `${facts.protocol}/${local}`,
+    direction: "forward",
+    protocol: facts.protocol,
+    local,
+    target: `${formatTarget(facts.target)}:${facts.remotePort}` +
+      (facts.via ? ` (from ${facts.via})` : ""),
+  };
+}
+
+/** A -R port in the pod: `reverse/pod/web-7f9c:80` to `127.0.0.1:8080`. */
+export function reverseRoute(facts: ReverseReadyFacts): RouteInfo {
+  return {
+    id: `reverse/${facts.place}:${facts.remotePort}`,
+    direction: "reverse",
+    protocol: "tcp",
+    local: formatHostPort(facts.localAddress, facts.localPort),
+    target: `${facts.place}:${facts.remotePort}`,
+    mode: facts.mode ?? "listen",
+  };
+}
