@@ -2,13 +2,17 @@
  * `deno task demo`: relay's main job, as a new user would see it. Brings the local cluster up,
  * runs redis inside it under the in-cluster name `redis.example`, starts
  * `relay host/redis.example 6379` exactly as a user types it, and talks to redis through it.
+ *
+ *   deno task demo [--check]
+ *   --check   check the machine's prerequisites, say what the demo would do, and stop
  */
+import { KUBECTL } from "./cluster/config.ts";
+import { preflight } from "./prerequisites.ts";
 import { RELAY_RUN_FLAGS } from "./release/compile.ts";
 
 const REPO = new URL("..", import.meta.url).pathname;
 const RUN_DIR = Deno.env.get("RELAY_CLUSTER_DIR") ?? "/tmp/relay-cluster";
 const KUBECONFIG = `${RUN_DIR}/admin.kubeconfig`;
-const KUBECTL = Deno.env.get("RELAY_KUBECTL") ?? "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
 const env = { KUBECONFIG };
 
 function say(line: string): void {
@@ -66,6 +70,8 @@ data:
   hosts: |
     redis.example redis.default.svc.cluster.local
 `;
+
+await preflight("demo", Deno.args.includes("--check"));
 
 say("bringing the local cluster up (the first run builds it: about 10 minutes)");
 const up = await new Deno.Command(Deno.execPath(), {

@@ -4,15 +4,18 @@
  * down and checks that nothing was left behind. Ignored tests fail the run: a test that
  * cannot run proves nothing.
  *
- *   deno task test [--keep] [-- extra deno test args]
+ *   deno task test [--keep] [--check] [-- extra deno test args]
  *   --keep   leave the cluster up afterwards (and skip the leftovers check)
+ *   --check  check the machine's prerequisites, say what the run would do, and stop
  */
 import { NET, NODE_NETNS, POD_NETNS_PREFIX, REPO_DIR } from "./cluster/config.ts";
 import { binDir } from "./cluster/control_plane.ts";
+import { preflight } from "./prerequisites.ts";
 import { ignoredCount } from "./test_summary.ts";
 
-const keep = Deno.args.includes("--keep");
 const dashDash = Deno.args.indexOf("--");
+const own = dashDash >= 0 ? Deno.args.slice(0, dashDash) : Deno.args;
+const keep = own.includes("--keep");
 const extra = dashDash >= 0 ? Deno.args.slice(dashDash + 1) : [];
 
 /** Runs a command with inherited stdio; returns its exit code. */
@@ -85,6 +88,8 @@ async function leftovers(): Promise<string[]> {
   }
   return found;
 }
+
+await preflight("test", own.includes("--check"));
 
 const cluster = [Deno.execPath(), "run", "--allow-all", "--unstable-net", "scripts/cluster.ts"];
 const results: [string, boolean, string][] = [];

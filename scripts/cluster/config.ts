@@ -65,9 +65,27 @@ export const NODE_NAME = "kwok-node-0";
 /** The cluster's DNS domain. */
 export const CLUSTER_DOMAIN = "cluster.local";
 
-/** The kubectl that speaks the cluster's version. */
+/**
+ * The Google Cloud SDK's kubectl for the cluster's version. Where the SDK is installed its plain
+ * `kubectl` is a dispatcher (1.32 on CI's image), so the versioned one is preferred.
+ */
+const GCLOUD_KUBECTL = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+
+/**
+ * The kubectl that speaks the cluster's version (1.33): $RELAY_KUBECTL, else the Cloud SDK's
+ * kubectl.1.33 when it exists, else `kubectl` from PATH, which is what the README asks a new
+ * user to install. `deno task demo --check` says which one it found and its version.
+ */
 export const KUBECTL = Deno.env.get("RELAY_KUBECTL") ??
-  "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+  (isFile(GCLOUD_KUBECTL) ? GCLOUD_KUBECTL : "kubectl");
+
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
 
 /** The netns name of a pod, from its UID (so a reused IP never meets a stale namespace). */
 export function podNetnsName(uid: string): string {

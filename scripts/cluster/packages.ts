@@ -1,17 +1,25 @@
-/** The Debian packages the cluster needs, installed when missing. */
+/** The Debian packages `deno task demo` and `deno task test` need, installed when missing. */
 import { run } from "./proc.ts";
 
-/** A package and a command that proves it is installed. */
-const PACKAGES: [pkg: string, command: string][] = [
+/**
+ * A package and a command that proves it is installed. Not only the cluster's: the demo runs
+ * redis-cli, the shim sets pods' sysctls with procps's sysctl, and the release test unpacks the
+ * Windows zip with unzip. A fresh Debian has none of them, and .ci/run must install nothing
+ * this list lacks, or CI would pass where a new user's run fails.
+ */
+export const PACKAGES: readonly (readonly [pkg: string, command: string])[] = [
   ["iproute2", "ip"],
   ["iptables", "iptables"],
   ["conntrack", "conntrack"],
   ["socat", "socat"],
   ["redis-server", "redis-server"],
+  ["redis-tools", "redis-cli"],
   ["openssl", "openssl"],
   ["haproxy", "haproxy"],
   ["dnsutils", "dig"],
   ["curl", "curl"],
+  ["procps", "sysctl"],
+  ["unzip", "unzip"],
   // The live view's end-to-end test runs relay in a terminal.
   ["tmux", "tmux"],
 ];
@@ -20,10 +28,16 @@ async function have(command: string): Promise<boolean> {
   return (await run(["sh", "-c", `command -v ${command}`])).code === 0;
 }
 
-/** Installs whatever is missing with apt-get; keeps Debian's own redis service off. */
-export async function ensurePackages(log: (message: string) => void): Promise<void> {
+/** The packages whose command is not on PATH, in {@link PACKAGES} order. */
+export async function missingPackages(): Promise<string[]> {
   const missing: string[] = [];
   for (const [pkg, command] of PACKAGES) if (!await have(command)) missing.push(pkg);
+  return missing;
+}
+
+/** Installs whatever is missing with apt-get; keeps Debian's own redis service off. */
+export async function ensurePackages(log: (message: string) => void): Promise<void> {
+  const missing = await missingPackages();
   if (missing.length > 0) {
     log(`installing ${missing.join(" ")}`);
     const env = { DEBIAN_FRONTEND: "noninteractive" };

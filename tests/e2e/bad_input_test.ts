@@ -17,6 +17,7 @@ import {
   createTestNamespace,
   ensureCluster,
   KUBECONFIG,
+  KUBECTL,
   kubectl,
   kubectlJson,
   readLine,
@@ -467,7 +468,7 @@ Deno.test({
       assertEquals(await leftovers(ns.name), []);
       for (const gone of [`${ns.name}-gone`, `${ns.name}-nowhere`]) {
         const result = await runCommand([
-          "/usr/lib/google-cloud-sdk/bin/kubectl.1.33",
+          KUBECTL,
           `--kubeconfig=${KUBECONFIG}`,
           "get",
           "namespace",

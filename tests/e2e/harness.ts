@@ -3,6 +3,7 @@
  * once, run kubectl, make throw-away namespaces, and look inside pods (their network
  * namespace and processes, as the kubelet shim records them under the run dir).
  */
+import { KUBECTL } from "../../scripts/cluster/config.ts";
 
 /** The repository root. */
 export const REPO_DIR = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
@@ -10,9 +11,8 @@ export const REPO_DIR = new URL("../..", import.meta.url).pathname.replace(/\/$/
 export const RUN_DIR = Deno.env.get("RELAY_CLUSTER_DIR") ?? "/tmp/relay-cluster";
 /** The admin kubeconfig relay and kubectl use. */
 export const KUBECONFIG = `${RUN_DIR}/admin.kubeconfig`;
-/** The kubectl that speaks the cluster's version. */
-export const KUBECTL = Deno.env.get("RELAY_KUBECTL") ??
-  "/usr/lib/google-cloud-sdk/bin/kubectl.1.33";
+/** The kubectl that speaks the cluster's version: the one the cluster scripts use. */
+export { KUBECTL };
 
 /** What a finished command left behind. */
 export interface CommandResult {
