@@ -8,6 +8,7 @@
 import { describeError, exitCodeOf, UsageError } from "./lib/errors.ts";
 import { createLogger, type Logger } from "./lib/log.ts";
 import type { Plan } from "./lib/plan.ts";
+import type { SessionEntry } from "./lib/session/run.ts";
 
 /**
  * Runs relay with `argv` (without the program name) and returns its exit code. Each command
@@ -70,28 +71,45 @@ async function forward(plan: Plan, logger: Logger): Promise<number> {
   for (const warning of plan.warnings ?? []) logger.info(`warning: ${warning}`);
   // Loaded here, not at the top: the session brings @kubernetes/client-node, which `relay
   // agent` in its pod has no use for.
-  const [{ bindForwards }, { refuseUnsupported, runSession }, { forwardEntry }, { reverseEntry }] =
-    await Promise.all([
-      import("./lib/listen/bind.ts"),
-      import("./lib/session/run.ts"),
-      import("./lib/forward/entry.ts"),
-      import("./lib/reverse/entry.ts"),
-    ]);
+  const [
+    { bindForwards },
+    { refuseUnsupported, runSession },
+    { forwardEntry },
+    { reverseEntry },
+    proxy,
+  ] = await Promise.all([
+    import("./lib/listen/bind.ts"),
+    import("./lib/session/run.ts"),
+    import("./lib/forward/entry.ts"),
+    import("./lib/reverse/entry.ts"),
+    // relay proxy's module only when it runs.
+    plan.proxy ? import("./lib/proxy/entry.ts") : undefined,
+  ]);
   refuseUnsupported(plan);
   const listeners = bindForwards(plan.forwards, {
     addresses: plan.options.addresses,
     udp: { idleTimeoutMs: plan.udpIdleTimeoutMs },
   });
+  let proxyListeners: { close(): void }[] = [];
   const stop = new AbortController();
   const removeSignals = onStopSignals(stop);
   try {
-    const entries = [forwardEntry(plan, listeners, logger)];
+    const entries: SessionEntry[] = [];
+    if (plan.forwards.length > 0 || !plan.proxy) {
+      entries.push(forwardEntry(plan, listeners, logger));
+    }
     if (plan.reverses.length > 0) entries.push(reverseEntry(plan, logger));
+    if (plan.proxy && proxy) {
+      const bound = proxy.bindProxy(plan.proxy, plan.options.addresses);
+      proxyListeners = bound;
+      entries.push(proxy.proxyEntry(plan.proxy, bound, plan.options.agentNamespace, logger));
+    }
     await runSession({ plan, logger, signal: stop.signal, entries });
     return 0;
   } finally {
     removeSignals();
     listeners.close();
+    proxyListeners.forEach((listener) => listener.close());
   }
 }
 
