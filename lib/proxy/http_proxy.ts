@@ -246,7 +246,7 @@ export async function httpHandshake(
 ): Promise<ProxyRequest | null> {
   const refuse = async (error: HttpProxyError): Promise<never> => {
     await write(errorResponse(error.status, error.message, error.proxyStatus)).catch(() => {});
-    throw new ProxyRefusal(`${error.status}: ${error.message}`);
+    throw new ProxyRefusal(`HTTP ${error.status}: ${error.message}`);
   };
   let head: RequestHead | null;
   try {

@@ -229,7 +229,7 @@ export async function socksHandshake(
 ): Promise<SocksRequest | null> {
   const refuse = async (reply: Uint8Array, message: string): Promise<never> => {
     await write(reply).catch(() => {});
-    throw new ProxyRefusal(message);
+    throw new ProxyRefusal(`SOCKS5: ${message}`);
   };
   let greeting: Greeting | null;
   try {
