@@ -146,6 +146,33 @@ Deno.test("relay proxy: an open proxy is refused by the real CLI, one line, exit
   assertMatch(stderr, /^error: relay proxy -l 0\.0\.0\.0: .*--proxy-auth/);
 });
 
+Deno.test("relay proxy: a busy --port is exit 2 naming it, before any cluster work", async () => {
+  using busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "--unstable-net",
+      new URL("../main.ts", import.meta.url).pathname,
+      "proxy",
+      "--port",
+      String(busy.addr.port),
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    // No cluster at all: the bind fails first.
+    env: { KUBECONFIG: "/nonexistent/kubeconfig" },
+  }).output();
+  const stderr = new TextDecoder().decode(output.stderr);
+  assertEquals(output.code, 2, stderr);
+  assertEquals(
+    stderr,
+    `error: relay proxy: cannot listen on 127.0.0.1:${busy.addr.port}: the address is already ` +
+      `in use (choose another --port, or --port 0 for a free one)\n`,
+  );
+});
+
 Deno.test("--proxy-auth and loopback, directly", () => {
   assertEquals(parseProxyAuth("a:b"), { user: "a", password: "b" });
   assertEquals(parseProxyAuth("ü:ß"), { user: "ü", password: "ß" });

@@ -4,7 +4,7 @@
  * on the session's tunnels to what the client names; names are resolved by the agent, inside
  * the cluster.
  */
-import { describeError } from "../errors.ts";
+import { describeError, UsageError } from "../errors.ts";
 import { bindEach } from "../listen/bind.ts";
 import { TcpListener } from "../listen/tcp.ts";
 import type { Logger } from "../log.ts";
@@ -47,7 +47,21 @@ const TLS_HANDSHAKE = 0x16;
  * before any cluster work); main.ts closes the listeners after the run.
  */
 export function bindProxy(spec: ProxySpec, addresses: readonly string[]): TcpListener[] {
-  return bindEach(addresses, spec.port, (address) => TcpListener.bind(address));
+  return bindEach(addresses, spec.port, (address) => {
+    try {
+      return TcpListener.bind(address);
+    } catch (error) {
+      // The forward's advice (a free port is `:PORT`) is not how the proxy says it.
+      if (!(error instanceof UsageError && error.cause instanceof Deno.errors.AddrInUse)) {
+        throw error;
+      }
+      throw new UsageError(
+        `relay proxy: cannot listen on ${formatHostPort(address.hostname, address.port)}: the ` +
+          `address is already in use (choose another --port, or --port 0 for a free one)`,
+        { cause: error },
+      );
+    }
+  });
 }
 
 /**
