@@ -8,6 +8,7 @@
 import { describeError, exitCodeOf, UsageError } from "./lib/errors.ts";
 import { createLogger } from "./lib/log.ts";
 import type { Plan } from "./lib/plan.ts";
+import type { SessionEntry } from "./lib/session/run.ts";
 
 /**
  * Runs relay with `argv` (without the program name) and returns its exit code. Each command
@@ -71,27 +72,38 @@ async function forward(plan: Plan): Promise<number> {
     { forwardEntry },
     { reverseEntry },
     { startOutput },
+    proxy,
   ] = await Promise.all([
     import("./lib/listen/bind.ts"),
     import("./lib/session/run.ts"),
     import("./lib/forward/entry.ts"),
     import("./lib/reverse/entry.ts"),
     import("./lib/status/output.ts"),
+    // relay proxy's module only when it runs.
+    plan.proxy ? import("./lib/proxy/entry.ts") : undefined,
   ]);
   refuseUnsupported(plan);
   const output = startOutput(plan.options);
   const { logger, status } = output;
   for (const warning of plan.warnings ?? []) logger.info(`warning: ${warning}`);
-  let listeners;
+  let listeners: { close(): void } | undefined;
+  let proxyListeners: { close(): void }[] = [];
   const stop = new AbortController();
   const removeSignals = onStopSignals(stop);
   try {
-    listeners = bindForwards(plan.forwards, {
+    const bound = bindForwards(plan.forwards, {
       addresses: plan.options.addresses,
       udp: { idleTimeoutMs: plan.udpIdleTimeoutMs },
     });
-    const entries = [forwardEntry(plan, listeners, logger)];
+    listeners = bound;
+    const entries: SessionEntry[] = [];
+    if (plan.forwards.length > 0 || !plan.proxy) entries.push(forwardEntry(plan, bound, logger));
     if (plan.reverses.length > 0) entries.push(reverseEntry(plan, logger));
+    if (plan.proxy && proxy) {
+      const proxyBound = proxy.bindProxy(plan.proxy, plan.options.addresses);
+      proxyListeners = proxyBound;
+      entries.push(proxy.proxyEntry(plan.proxy, proxyBound, plan.options.agentNamespace, logger));
+    }
     await runSession({ plan, logger, signal: stop.signal, entries, status });
     return 0;
   } catch (error) {
@@ -101,6 +113,7 @@ async function forward(plan: Plan): Promise<number> {
   } finally {
     removeSignals();
     listeners?.close();
+    proxyListeners.forEach((listener) => listener.close());
     output.stop();
   }
 }

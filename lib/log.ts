@@ -41,6 +41,16 @@ export interface ReverseReadyFacts {
   filter?: HttpFilter;
 }
 
+/** The facts of `relay proxy`'s ready line, one per address it listens on. */
+export interface ProxyReadyFacts {
+  localAddress: string;
+  localPort: number;
+  /** Where short names resolve (`-n`, or the context's namespace). */
+  namespace: string;
+  /** The user clients must give (--proxy-auth); absent: none. */
+  user?: string;
+}
+
 /**
  * kubectl's ready line, naming the target since one relay serves several:
  * `Forwarding from 127.0.0.1:6379 -> host/redis.example:6379`, and for UDP
@@ -70,6 +80,16 @@ export function formatReverseReadyLine(facts: ReverseReadyFacts): string {
   }
 }
 
+/**
+ * `Proxying on 127.0.0.1:1080 (SOCKS5 and HTTP; names resolve in the cluster, short ones in
+ * namespace shop)`: relay proxy listens there.
+ */
+export function formatProxyReadyLine(facts: ProxyReadyFacts): string {
+  return `Proxying on ${formatHostPort(facts.localAddress, facts.localPort)} (SOCKS5 and ` +
+    `HTTP; names resolve in the cluster, short ones in namespace ${facts.namespace}` +
+    (facts.user === undefined ? ")" : `; user ${facts.user} with --proxy-auth's password)`);
+}
+
 /** Which requests a filtered steal takes, for its ready line. */
 function describeFilter(filter: HttpFilter): string {
   const which = [
@@ -91,6 +111,8 @@ export interface Logger {
   ready(facts: ReadyLineFacts): void;
   /** A reverse forward's port listens in the pod (stdout, always). */
   readyReverse(facts: ReverseReadyFacts): void;
+  /** relay proxy listens (stdout, always). */
+  readyProxy(facts: ProxyReadyFacts): void;
   /** Something the user should know while running (stderr, always). */
   info(message: string): void;
   /** Detail for `-v` (stderr, only when verbose). */
@@ -119,6 +141,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   return {
     ready: (facts) => sinks.stdout(formatReadyLine(facts)),
     readyReverse: (facts) => sinks.stdout(formatReverseReadyLine(facts)),
+    readyProxy: (facts) => sinks.stdout(formatProxyReadyLine(facts)),
     info: (message) => sinks.stderr(message),
     debug: (message) => {
       if (options.verbose) sinks.stderr(message);

@@ -79,9 +79,27 @@ export interface ReverseSpec {
   source: string;
 }
 
+/** The user and password a proxy client must give (`--proxy-auth USER:PASSWORD`). */
+export interface ProxyCredentials {
+  user: string;
+  password: string;
+}
+
+/**
+ * `relay proxy`: one local port speaking SOCKS5 and HTTP (CONNECT and absolute-URI requests),
+ * whose connections leave from the agent, bound on every `--address`.
+ */
+export interface ProxySpec {
+  /** `--port`; 0 picks a free one (printed). */
+  port: number;
+  /** Required of every client when set; required itself beyond loopback. */
+  auth?: ProxyCredentials;
+}
+
 /** Everything one `relay …` run asks for, after parsing and validation. */
 export interface Plan {
   options: RunOptions;
+  /** Empty only under `relay proxy`, which may run forwards beside it. */
   forwards: ForwardSpec[];
   reverses: ReverseSpec[];
   /** `--target`: the pod or workload whose network namespace the agent joins (always for -R). */
@@ -101,4 +119,6 @@ export interface Plan {
   warnings?: string[];
   /** `--udp-idle-timeout` in milliseconds: a UDP session with no datagram for this long ends. */
   udpIdleTimeoutMs: number;
+  /** `relay proxy`: the proxy's port and credentials. */
+  proxy?: ProxySpec;
 }

@@ -62,6 +62,10 @@ Examples:
   # Reverse: connections to port 9000 of a pod of deploy/web come to local 9000, 80 to 8080
   relay --target deploy/web -R 9000 -R 80:8080
 
+  # A SOCKS5 and HTTP proxy into the cluster on 127.0.0.1:1080 (see relay proxy --help)
+  relay proxy -n shop
+  curl --socks5-hostname 127.0.0.1:1080 http://payments:8080/
+
   # Customize the agent pod with a merge patch (JSON or YAML)
   relay --patch '{"spec":{"nodeSelector":{"disk":"ssd"}}}' svc/web 8080:80
   relay --patch-file patch.yaml svc/web 8080:80

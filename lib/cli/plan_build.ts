@@ -4,7 +4,7 @@
  */
 import { UsageError } from "../errors.ts";
 import { formatTarget } from "../log.ts";
-import type { ForwardSpec, Plan, ReverseSpec, RunOptions, TargetRef } from "../plan.ts";
+import type { ForwardSpec, Plan, ProxySpec, ReverseSpec, RunOptions, TargetRef } from "../plan.ts";
 import { DEFAULT_AGENT_IMAGE } from "../version.ts";
 import { parseAddresses } from "./addresses.ts";
 import { parseDuration } from "./duration.ts";
@@ -68,8 +68,16 @@ export type CommandOptions = {
   output?: string;
 };
 
-/** Validates parsed flags and words and assembles the plan. */
-export async function toPlan(words: string[], opts: CommandOptions, io: CliIo): Promise<Plan> {
+/**
+ * Validates parsed flags and words and assembles the plan; with `proxy` (relay proxy), the
+ * words may name no forward at all.
+ */
+export async function toPlan(
+  words: string[],
+  opts: CommandOptions,
+  io: CliIo,
+  proxy?: ProxySpec,
+): Promise<Plan> {
   const namespace = opts.namespace === undefined
     ? undefined
     : parseNamespace(opts.namespace, "--namespace");
@@ -92,7 +100,7 @@ export async function toPlan(words: string[], opts: CommandOptions, io: CliIo): 
   );
   const filter = pickHttpFilter(opts, mirrord);
   const { incoming, incomingSource } = pickIncoming(opts, mirrord, opts.file, reverses, filter);
-  if (forwards.length === 0 && reverses.length === 0) {
+  if (forwards.length === 0 && reverses.length === 0 && !proxy) {
     throw new UsageError(
       "nothing to forward: give TARGET PORT..., -f FILE, -L or -R (see relay --help)",
     );
@@ -155,6 +163,7 @@ export async function toPlan(words: string[], opts: CommandOptions, io: CliIo): 
     }
   }
   if (agentTarget) plan.agentTarget = agentTarget;
+  if (proxy) plan.proxy = proxy;
   return plan;
 }
 

@@ -9,12 +9,14 @@ import { DEFAULT_AGENT_IMAGE, VERSION } from "../version.ts";
 import { type AgentArgs, parseAgentArgs } from "./agent_args.ts";
 import { DESCRIPTION, EXAMPLES, USAGE } from "./help.ts";
 import { type CliIo, type CommandOptions, DEFAULTS, toPlan } from "./plan_build.ts";
+import { proxyCommand, type ProxyCommandOptions, toProxyPlan } from "./proxy.ts";
 
 export type { CliIo, CommandOptions };
 export { AGENT_IDLE_EXIT_ENV } from "./plan_build.ts";
 
 /** What the command line asks relay to do. */
 export type Invocation =
+  /** Forwards, reverse forwards and (relay proxy) the proxy: one session. */
   | { command: "forward"; plan: Plan }
   /** `relay agent …`: run the in-pod end with these flags. */
   | { command: "agent"; options: AgentArgs }
@@ -30,12 +32,14 @@ export const denoIo: CliIo = {
 const collect = (value: string, previous: string[] | undefined) => [...(previous ?? []), value];
 
 /**
- * relay's commander program: flags, help text and subcommand names. Its action only hands
- * the words and flags to `onForward`; validation happens after, in {@link parseCommandLine}.
- * Exported so tooling (shell completion) can walk the same flags.
+ * relay's commander program: flags, help text and subcommand names. Its actions only hand
+ * the words and flags to `onForward` (or `onProxy`, for relay proxy); validation happens
+ * after, in {@link parseCommandLine}. Exported so tooling (shell completion) can walk the same
+ * flags.
  */
 export function createProgram(
   onForward: (words: string[], opts: CommandOptions) => void = () => {},
+  onProxy: (words: string[], opts: ProxyCommandOptions) => void = () => {},
 ) {
   const program = new Command()
     .name("relay")
@@ -115,7 +119,10 @@ export function createProgram(
     .helpOption("-h, --help", "print this help")
     .addHelpText("after", EXAMPLES)
     .showSuggestionAfterError(true)
+    // Options after `proxy` are the subcommand's, not the forwarding form's.
+    .enablePositionalOptions()
     .action((words, opts) => onForward(words, opts));
+  program.addCommand(proxyCommand(program.options, onProxy));
   // Listed for --help; parseCommandLine dispatches both before commander sees them, since
   // `agent` has flags of its own.
   program.command("agent").description(
@@ -186,14 +193,20 @@ export async function parseCommandLine(
   if (argv[0] === "help" && argv.length === 1) argv = ["--help"];
   let printed = "";
   let asked: { words: string[]; opts: CommandOptions } | undefined;
-  const program = createProgram((words, opts) => asked = { words, opts })
-    .exitOverride()
-    .configureOutput({
+  let askedProxy: { words: string[]; opts: ProxyCommandOptions } | undefined;
+  const program = createProgram(
+    (words, opts) => asked = { words, opts },
+    (words, opts) => askedProxy = { words, opts },
+  );
+  // Subcommands too: they took their settings from the program before these were made.
+  for (const command of [program, ...program.commands]) {
+    command.exitOverride().configureOutput({
       writeOut: (text) => printed += text,
       writeErr: (text) => printed += text,
       // Our caller prints the one-line UsageError; commander's own copy would be a second line.
       outputError: () => {},
     });
+  }
   try {
     program.parse(normalizeKubectlSpellings(argv), { from: "user" });
   } catch (error) {
@@ -201,6 +214,19 @@ export async function parseCommandLine(
     if (error.exitCode === 0) return { command: "print", text: printed };
     if (error.code === "commander.help") return { command: "print", text: printed };
     throw new UsageError(error.message.replace(/^error: /, ""));
+  }
+  if (askedProxy) {
+    const before = Object.keys(program.opts())[0];
+    if (before !== undefined) {
+      const flag = program.options.find((o) => o.attributeName() === before)?.long ?? before;
+      throw new UsageError(
+        `relay proxy: flags go after "proxy" (relay proxy -n NS …), but ${flag} came before it`,
+      );
+    }
+    return {
+      command: "forward",
+      plan: await toProxyPlan(askedProxy.words, askedProxy.opts, io),
+    };
   }
   if (!asked) return { command: "print", text: printed || program.helpInformation() };
   return { command: "forward", plan: await toPlan(asked.words, asked.opts, io) };

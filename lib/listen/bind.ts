@@ -6,7 +6,7 @@ import type { UsageError } from "../errors.ts";
 import type { ReadyLineFacts } from "../log.ts";
 import type { ForwardSpec, PortSpec } from "../plan.ts";
 import type { Protocol } from "../net/types.ts";
-import { TcpListener } from "./tcp.ts";
+import { type BindAddress, TcpListener } from "./tcp.ts";
 import { UdpListener, type UdpListenerOptions } from "./udp.ts";
 
 /** The sockets bound for one port of one forward, on every `--address`. */
@@ -85,15 +85,34 @@ export function bindPort(
   protocol: Protocol,
   options: BindOptions,
 ): void {
-  const bound: (TcpListener | UdpListener)[] = [];
-  let chosen = binding.localPort ?? port;
+  const bound = bindEach(
+    options.addresses,
+    binding.localPort ?? port,
+    (address) =>
+      protocol === "tcp" ? TcpListener.bind(address) : UdpListener.bind(address, options.udp),
+  );
+  binding.localPort = bound[0]?.port ?? binding.localPort ?? port;
+  if (protocol === "tcp") binding.tcp.push(...(bound as TcpListener[]));
+  else binding.udp.push(...(bound as UdpListener[]));
+}
+
+/**
+ * Binds one listener per address with `bind`, all on one port (0: the first picks a free one,
+ * the others take the same, as kubectl does for localhost). On failure, those bound are
+ * closed again and the error (a UsageError from the listener) thrown.
+ */
+export function bindEach<L extends TcpListener | UdpListener>(
+  addresses: readonly string[],
+  port: number,
+  bind: (address: BindAddress) => L,
+): L[] {
+  const bound: L[] = [];
+  let chosen = port;
   try {
-    for (const hostname of wildcardsFirst(options.addresses)) {
-      let listener: TcpListener | UdpListener;
+    for (const hostname of wildcardsFirst(addresses)) {
+      let listener: L;
       try {
-        listener = protocol === "tcp"
-          ? TcpListener.bind({ hostname, port: chosen })
-          : UdpListener.bind({ hostname, port: chosen }, options.udp);
+        listener = bind({ hostname, port: chosen });
       } catch (error) {
         // Where `::` is dual-stack (Linux's default), the `::` socket bound just before
         // already takes IPv4 on this port, and holds 0.0.0.0's place: not an error.
@@ -107,9 +126,7 @@ export function bindPort(
     bound.forEach((listener) => listener.close());
     throw error;
   }
-  binding.localPort = chosen;
-  if (protocol === "tcp") binding.tcp.push(...(bound as TcpListener[]));
-  else binding.udp.push(...(bound as UdpListener[]));
+  return bound;
 }
 
 /** `::` before `0.0.0.0`, so that a dual-stack `::` is what takes a port both ask for. */

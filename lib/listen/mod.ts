@@ -1,5 +1,5 @@
 /** Local listeners: binding, accepting TCP, sorting UDP into sessions. */
-export { bindForwards, bindPort, closeBinding, readyFacts } from "./bind.ts";
+export { bindEach, bindForwards, bindPort, closeBinding, readyFacts } from "./bind.ts";
 export type { BindOptions, ListenerSet, PortBinding } from "./bind.ts";
 export { TcpListener } from "./tcp.ts";
 export type { BindAddress, ConnectionHandler } from "./tcp.ts";

@@ -90,6 +90,15 @@ export function addressBytes(address: string): Uint8Array | null {
   return parseIPv6(address);
 }
 
+/** Whether `address` (an IP literal) is loopback: 127.0.0.0/8, ::1, or IPv4-mapped 127/8. */
+export function isLoopback(address: string): boolean {
+  const b = addressBytes(stripBrackets(address));
+  if (!b) return false;
+  const zeros = (to: number) => b.subarray(0, to).every((x) => x === 0);
+  if (zeros(10) && b[10] === 0xff && b[11] === 0xff) return b[12] === 127;
+  return zeros(15) && b[15] === 1;
+}
+
 /** Whether `text` is a dotted-quad IPv4 address (no leading zeros, each part ≤ 255). */
 export function isIPv4(text: string): boolean {
   return parseIPv4(text) !== null;

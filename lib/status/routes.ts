@@ -2,6 +2,7 @@
 import {
   formatHostPort,
   formatTarget,
+  type ProxyReadyFacts,
   type ReadyLineFacts,
   type ReverseReadyFacts,
 } from "../log.ts";
@@ -29,5 +30,17 @@ export function reverseRoute(facts: ReverseReadyFacts): RouteInfo {
     local: formatHostPort(facts.localAddress, facts.localPort),
     target: `${facts.place}:${facts.remotePort}`,
     mode: facts.mode ?? "listen",
+  };
+}
+
+/** `relay proxy`'s port: `proxy/127.0.0.1:1080`, to whatever each client asks for. */
+export function proxyRoute(facts: ProxyReadyFacts): RouteInfo {
+  const local = formatHostPort(facts.localAddress, facts.localPort);
+  return {
+    id: `proxy/${local}`,
+    direction: "proxy",
+    protocol: "tcp",
+    local,
+    target: `any (names in ${facts.namespace})`,
   };
 }

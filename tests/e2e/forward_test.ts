@@ -14,9 +14,9 @@ import {
   ensureCluster,
   execInPod,
   kubectl,
+  portForwardRequests,
   readAll,
   readLine,
-  RUN_DIR,
   waitFor,
 } from "./harness.ts";
 import { agentPodNames } from "./agents.ts";
@@ -64,15 +64,6 @@ async function echoThrough(port: number, total: number): Promise<void> {
   conn.close();
   assertEquals(got, total);
   assertEquals(received.digest("hex"), sent.digest("hex"));
-}
-
-/** The number of pods/portforward requests the audit log has seen for `pod`. */
-async function portForwardRequests(pod: string): Promise<number> {
-  const log = await Deno.readTextFile(`${RUN_DIR}/audit.log`);
-  return log.split("\n").filter((line) =>
-    line.includes('"subresource":"portforward"') && line.includes(`"name":"${pod}"`) &&
-    line.includes('"stage":"ResponseStarted"')
-  ).length;
 }
 
 Deno.test({

@@ -162,6 +162,15 @@ export async function podIP(namespace: string, pod: string): Promise<string> {
     .trim();
 }
 
+/** The number of pods/portforward requests the audit log has seen for `pod`. */
+export async function portForwardRequests(pod: string): Promise<number> {
+  const log = await Deno.readTextFile(`${RUN_DIR}/audit.log`);
+  return log.split("\n").filter((line) =>
+    line.includes('"subresource":"portforward"') && line.includes(`"name":"${pod}"`) &&
+    line.includes('"stage":"ResponseStarted"')
+  ).length;
+}
+
 /** The current pid of a pod's container process. */
 export async function podPid(namespace: string, pod: string, container: string): Promise<number> {
   const uid = await podUid(namespace, pod);

@@ -10,6 +10,8 @@ export interface RelayProcess extends AsyncDisposable {
   readonly pid: number;
   /** Local ports from the forward ready lines, in the order they were printed. */
   readonly ports: number[];
+  /** Local ports from relay proxy's ready lines (`Proxying on …`). */
+  readonly proxyPorts: number[];
   /** Every ready line printed so far. */
   readonly readyLines: string[];
   /** stderr so far. */
@@ -56,6 +58,7 @@ export async function startRelay(
   })();
   const readyLines: string[] = [];
   const ports: number[] = [];
+  const proxyPorts: number[] = [];
   const exited = child.status.then(async (s) => {
     await stderrDone;
     return s.code;
@@ -73,6 +76,9 @@ export async function startRelay(
         if (m) {
           readyLines.push(line);
           ports.push(Number(m[1]));
+        } else if (/^Proxying on /.test(line)) {
+          readyLines.push(line);
+          proxyPorts.push(Number(line.match(/^Proxying on (?:\[[^\]]+\]|[^:]+):(\d+) /)?.[1]));
         } else if (/^(Listening on|Mirroring|Stealing) /.test(line)) {
           // A reverse forward (-R): its port is in the pod, not here.
           readyLines.push(line);
@@ -107,6 +113,7 @@ export async function startRelay(
   return {
     pid: child.pid,
     ports,
+    proxyPorts,
     readyLines,
     stderr: () => stderrText,
     stop,
