@@ -32,6 +32,8 @@ const SHARED_FLAGS = new Set([
   "--request-timeout",
   "--pod-running-timeout",
   "--verbose",
+  "--quiet",
+  "--output",
 ]);
 
 /** `relay proxy`'s flags as commander hands them over, before validation. */
