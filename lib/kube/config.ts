@@ -16,7 +16,6 @@ import {
 import { Agent as UndiciAgent, type Dispatcher } from "undici";
 import { KubeError, UsageError } from "./errors.ts";
 import { firstLine, loadFiles } from "./kubeconfig_files.ts";
-import { type NoDelayBridge, startNoDelayBridge } from "./nodelay_bridge.ts";
 
 /** How to reach the cluster, as the CLI's flags say (all optional). */
 export interface LoadKubeOptions {
@@ -220,7 +219,6 @@ function applyImpersonation(kc: RelayKubeConfig, opts: LoadKubeOptions): void {
 /** Builds RawConnection values; keeps one Deno.HttpClient per distinct TLS identity. */
 class RawConnections {
   #client?: Deno.HttpClient;
-  #bridge?: NoDelayBridge;
   #clientKey = "";
 
   constructor(readonly kc: RelayKubeConfig, readonly cluster: Cluster) {}
@@ -276,18 +274,9 @@ class RawConnections {
       options.key = tls.key;
     }
     if (this.cluster.proxyUrl) options.proxy = { url: this.cluster.proxyUrl };
-    else {
-      // Replaced with the client: its TLS material may have changed. Connections already
-      // made through the old bridge keep going.
-      this.#bridge?.close();
-      this.#bridge = startNoDelayBridge({ server: new URL(this.cluster.server), ...tls });
-      if (this.#bridge) options.proxy = { transport: "unix", path: this.#bridge.path };
-    }
     try {
       return Deno.createHttpClient(options as Deno.CreateHttpClientOptions);
     } catch (error) {
-      this.#bridge?.close();
-      this.#bridge = undefined;
       throw new UsageError(
         `the kubeconfig's TLS material for cluster "${this.cluster.name}" is unusable: ${
           firstLine(error)
@@ -300,8 +289,6 @@ class RawConnections {
   close(): void {
     this.#client?.close();
     this.#client = undefined;
-    this.#bridge?.close();
-    this.#bridge = undefined;
   }
 }
 
