@@ -80,6 +80,8 @@ export interface SeenRequest {
   method: string;
   url: URL;
   headers: Headers;
+  /** The client's port: its end of the connection the request came on. */
+  clientPort: number;
 }
 
 /** A TLS server on 127.0.0.1 standing in for the API server. */
@@ -97,11 +99,12 @@ export function startFakeApiServer(
   const seen: SeenRequest[] = [];
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, cert: pki.certPem, key: pki.keyPem, onListen() {} },
-    (request) => {
+    (request, info) => {
       seen.push({
         method: request.method,
         url: new URL(request.url),
         headers: new Headers(request.headers),
+        clientPort: (info.remoteAddr as Deno.NetAddr).port,
       });
       return handler(request);
     },

@@ -3,13 +3,16 @@ import { dialPortForward, PORT_FORWARD_PROTOCOL, portForwardUrl } from "../lib/k
 import { loadKube } from "../lib/kube/config.ts";
 import { KubeError } from "../lib/kube/errors.ts";
 import { UsageError } from "../lib/errors.ts";
+import type { Duplex } from "../lib/net/types.ts";
 import {
   type FakeApiServer,
   kubeconfigYaml,
   makeTestPki,
   startFakeApiServer,
+  type TestPki,
   writeTempFile,
 } from "./kube_fixtures.ts";
+import { canProbeNoDelay, tcpNoDelay } from "./tcp_nodelay_probe.ts";
 
 /**
  * A fake kubelet behind a fake API server: announces the port on both channels (the data
@@ -53,7 +56,13 @@ function fakePortForward(request: Request): Response {
   return response;
 }
 
-async function setup(): Promise<{ server: FakeApiServer; kube: ReturnType<typeof loadKube> }> {
+/**
+ * A fake API server and a kubeconfig for it: by default a token user; `user` replaces the
+ * user's body (given the PKI, for a client certificate), `clusterExtra` adds to the cluster.
+ */
+async function setup(
+  options: { user?: (pki: TestPki) => string; clusterExtra?: (server: string) => string } = {},
+): Promise<{ server: FakeApiServer; kube: ReturnType<typeof loadKube> }> {
   const pki = await makeTestPki();
   const server = startFakeApiServer(pki, fakePortForward);
   const file = await writeTempFile(
@@ -61,7 +70,8 @@ async function setup(): Promise<{ server: FakeApiServer; kube: ReturnType<typeof
     kubeconfigYaml({
       server: server.url,
       caFile: pki.caFile,
-      users: { u: "token: pf-token" },
+      clusterExtra: options.clusterExtra?.(server.url),
+      users: { u: options.user?.(pki) ?? "token: pf-token" },
       contexts: { a: { user: "u" } },
       current: "a",
     }),
@@ -217,5 +227,106 @@ Deno.test("dialPortForward: an upgrade never answered is given up when its signa
     silent.close();
     held.forEach((conn) => conn.close());
     await accepting.catch(() => {});
+  }
+});
+
+/** Sends `text` and reads its echo back through a port-forward. */
+async function echoes(duplex: Duplex, text: string): Promise<string> {
+  const echoed = readAll(duplex.readable, new TextEncoder().encode(text).length);
+  const writer = duplex.writable.getWriter();
+  await writer.write(new TextEncoder().encode(text));
+  writer.releaseLock();
+  return new TextDecoder().decode(await echoed);
+}
+
+const withClientCert = (pki: TestPki) =>
+  `client-certificate: ${pki.clientCertFile}\nclient-key: ${pki.clientKeyFile}`;
+
+Deno.test({
+  name:
+    "dialPortForward: the connection to the API server has TCP_NODELAY, with a token (Deno's TLS) and a client certificate (node:tls)",
+  ignore: !canProbeNoDelay,
+  async fn() {
+    for (const user of [undefined, withClientCert]) {
+      const { server, kube } = await setup({ user });
+      try {
+        const duplex = await dialPortForward(kube, { namespace: "ns1", pod: "p", port: 80 });
+        assertEquals(await echoes(duplex, "nodelay"), "nodelay");
+        const serverPort = Number(new URL(server.url).port);
+        assertEquals(tcpNoDelay(server.seen.at(-1)!.clientPort, serverPort), true);
+        await duplex.writable.close();
+      } finally {
+        kube.close();
+        await server.close();
+      }
+    }
+  },
+});
+
+/**
+ * An HTTP proxy that only knows CONNECT, as a kubeconfig's proxy-url may name; `tunnels`
+ * counts what it carried.
+ */
+function startConnectProxy(): { url: string; tunnels: string[]; close(): void } {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const tunnels: string[] = [];
+  const conns: Deno.Conn[] = [];
+  void (async () => {
+    for await (const client of listener) {
+      conns.push(client);
+      void (async () => {
+        const buffer = new Uint8Array(16 * 1024);
+        let head = "";
+        while (!head.includes("\r\n\r\n")) {
+          const n = await client.read(buffer);
+          if (n === null) return;
+          head += new TextDecoder().decode(buffer.subarray(0, n));
+        }
+        const [, host, port] = /^CONNECT ([^ :]+):(\d+) /.exec(head) ?? [];
+        tunnels.push(`${host}:${port}`);
+        const upstream = await Deno.connect({ hostname: host, port: Number(port) });
+        conns.push(upstream);
+        await client.write(new TextEncoder().encode("HTTP/1.1 200 Connection established\r\n\r\n"));
+        await Promise.allSettled([
+          client.readable.pipeTo(upstream.writable),
+          upstream.readable.pipeTo(client.writable),
+        ]);
+      })().catch(() => {});
+    }
+  })().catch(() => {});
+  return {
+    url: `http://127.0.0.1:${listener.addr.port}`,
+    tunnels,
+    close() {
+      listener.close();
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch {
+          // already closed by its pipe
+        }
+      }
+    },
+  };
+}
+
+Deno.test("dialPortForward: through a kubeconfig's proxy-url, with Deno's WebSocket: framing and refusals", async () => {
+  const proxy = startConnectProxy();
+  const { server, kube } = await setup({ clusterExtra: () => `    proxy-url: ${proxy.url}` });
+  try {
+    const duplex = await dialPortForward(kube, { namespace: "ns1", pod: "split", port: 4646 });
+    assertEquals(new TextDecoder().decode(await readAll(duplex.readable, 2)), "hi");
+    assertEquals(await echoes(duplex, "proxied"), "proxied");
+    assertEquals(proxy.tunnels, [`127.0.0.1:${new URL(server.url).port}`]);
+    await assertRejects(
+      () => dialPortForward(kube, { namespace: "ns1", pod: "missing", port: 80 }),
+      UsageError,
+      "pod missing not found in namespace ns1",
+    );
+    await duplex.writable.close();
+  } finally {
+    kube.close();
+    await server.close();
+    proxy.close();
   }
 });

@@ -9,7 +9,6 @@ import { KubeApi, type Watcher } from "./api.ts";
 import { Credentials, type TlsMaterial } from "./credentials.ts";
 import { KubeError, UsageError } from "./errors.ts";
 import { firstLine, loadFiles } from "./kubeconfig_files.ts";
-import { type NoDelayBridge, startNoDelayBridge } from "./nodelay_bridge.ts";
 import {
   type AppsApi,
   appsApi,
@@ -174,7 +173,6 @@ function impersonation(opts: LoadKubeOptions): { user?: string; groups: string[]
 /** Builds RawConnection values; keeps one Deno.HttpClient per distinct TLS identity. */
 class RawConnections {
   #client?: Deno.HttpClient;
-  #bridge?: NoDelayBridge;
   #clientKey = "";
 
   constructor(readonly credentials: Credentials, readonly cluster: Cluster) {}
@@ -206,7 +204,7 @@ class RawConnections {
 
   #makeClient(tls: TlsMaterial): Deno.HttpClient {
     const options: Deno.CreateHttpClientOptions & Partial<Deno.TlsCertifiedKeyPem> = {
-      // The API server upgrades port-forward only over HTTP/1.1 (as kubectl connects).
+      // HTTP/1.1: a port-forward through a kubeconfig proxy upgrades only over it (as kubectl).
       http2: false,
     };
     if (tls.ca) options.caCerts = [tls.ca];
@@ -215,18 +213,9 @@ class RawConnections {
       options.key = tls.key;
     }
     if (this.cluster.proxyUrl) options.proxy = { url: this.cluster.proxyUrl };
-    else {
-      // Replaced with the client: its TLS material may have changed. Connections already
-      // made through the old bridge keep going.
-      this.#bridge?.close();
-      this.#bridge = startNoDelayBridge({ server: new URL(this.cluster.server), ...tls });
-      if (this.#bridge) options.proxy = { transport: "unix", path: this.#bridge.path };
-    }
     try {
       return Deno.createHttpClient(options as Deno.CreateHttpClientOptions);
     } catch (error) {
-      this.#bridge?.close();
-      this.#bridge = undefined;
       throw new UsageError(
         `the kubeconfig's TLS material for cluster "${this.cluster.name}" is unusable: ${
           firstLine(error)
@@ -239,7 +228,5 @@ class RawConnections {
   close(): void {
     this.#client?.close();
     this.#client = undefined;
-    this.#bridge?.close();
-    this.#bridge = undefined;
   }
 }

@@ -5,11 +5,25 @@
  * Framing: every binary message starts with a channel byte (0 data, 1 error). The first
  * message on each channel carries the port, two bytes little-endian, which is checked and
  * stripped. Outgoing data is `[0, ...bytes]`. Text on the error channel fails the readable.
+ *
+ * The WebSocket is relay's own client (websocket_client.ts) on a connection with TCP_NODELAY
+ * (api_socket.ts); through a kubeconfig's HTTP proxy it is Deno's (portforward_proxied.ts).
  */
 import { readableOf, writableOf } from "../net/channel.ts";
 import type { ByteChannel, Duplex, HeadroomWriter } from "../net/types.ts";
+import { dialApiServer } from "./api_socket.ts";
 import type { RawConnection } from "./config.ts";
 import { KubeError, UsageError } from "./errors.ts";
+import { openProxiedWebSocket } from "./portforward_proxied.ts";
+import {
+  connectWebSocket,
+  type MessagePiece,
+  UpgradeRefused,
+  WebSocketClosedError,
+  type WebSocketConnection,
+  WebSocketHandshakeError,
+  WebSocketProtocolError,
+} from "./websocket_client.ts";
 
 /** The subprotocol spoken on the port-forward WebSocket. */
 export const PORT_FORWARD_PROTOCOL = "v4.channel.k8s.io";
@@ -40,6 +54,21 @@ export interface PortForwardOptions {
   signal?: AbortSignal;
 }
 
+/** The WebSocket under a port-forward: either client, read as pieces of binary messages. */
+export interface PortForwardSocket {
+  readonly protocol: string;
+  /** True until it closes or starts closing. */
+  readonly open: boolean;
+  /** Null once closed cleanly; rejects when cut (WebSocketClosedError) or broken. */
+  readPiece(): Promise<MessagePiece | null>;
+  /** Sends `[0, ...chunk]` as one message; `inHeadroom`: the byte before chunk is free. */
+  sendData(chunk: Uint8Array, inHeadroom: boolean): Promise<void>;
+  /** Starts the closing handshake. */
+  close(): void;
+  /** Closes at once; reads end. */
+  abort(): void;
+}
+
 /**
  * Open a port-forward WebSocket to `target` and return it as a Duplex once the upgrade has
  * succeeded. Rejects with a one-line error: UsageError when the pod does not exist, KubeError
@@ -52,41 +81,78 @@ export async function dialPortForward(
 ): Promise<Duplex> {
   const conn = await kube.rawConnection();
   const url = portForwardUrl(conn.server, target);
-  const socket = new WebSocket(url, {
-    protocols: [PORT_FORWARD_PROTOCOL],
-    headers: conn.headers,
-    client: conn.client,
-  });
-  socket.binaryType = "arraybuffer";
-  // Messages may arrive before the caller reads; queue them from the start.
-  const duplex = new PortForwardDuplex(socket, target, options.maxBufferedBytes ?? 1 << 20);
   const { signal } = options;
-  const giveUp = () => socket.close();
-  signal?.addEventListener("abort", giveUp, { once: true });
-  let opened = false;
+  const maxBufferedBytes = options.maxBufferedBytes ?? 1 << 20;
+  const where = `pod/${target.pod} port ${target.port} in namespace ${target.namespace}`;
+  let socket: PortForwardSocket;
   try {
-    if (signal?.aborted) socket.close();
-    else {
-      opened = await new Promise<boolean>((resolve) => {
-        socket.addEventListener("open", () => resolve(true), { once: true });
-        socket.addEventListener("close", () => resolve(false), { once: true });
+    socket = conn.proxyUrl
+      ? await openProxiedWebSocket(conn, url, PORT_FORWARD_PROTOCOL, { signal, maxBufferedBytes })
+      : await openWebSocket(conn, url, { signal, maxBufferedBytes });
+  } catch (error) {
+    if (signal?.aborted) throw signal.reason;
+    if (error instanceof UpgradeRefused) throw refusal(error, target);
+    if (error instanceof WebSocketHandshakeError) {
+      throw new KubeError(`cannot open a port-forward to ${where}: ${error.message}`, {
+        cause: error,
       });
     }
-  } finally {
-    signal?.removeEventListener("abort", giveUp);
-  }
-  if (!opened) {
-    if (signal?.aborted) throw signal.reason;
-    throw await diagnoseUpgrade(conn, url, target);
+    throw new KubeError(
+      `cannot open a port-forward to ${where}: cannot reach the API server at ${conn.server.origin}: ${
+        error instanceof Error ? error.message : error
+      }`,
+      { cause: error },
+    );
   }
   if (socket.protocol !== PORT_FORWARD_PROTOCOL) {
-    socket.close();
+    socket.abort();
     throw new KubeError(
       `the API server did not accept the ${PORT_FORWARD_PROTOCOL} port-forward protocol` +
         ` (it chose "${socket.protocol}")`,
     );
   }
-  return duplex;
+  return new PortForwardDuplex(socket, target);
+}
+
+/** relay's client on a connection of its own, with TCP_NODELAY. */
+async function openWebSocket(
+  conn: RawConnection,
+  url: URL,
+  options: { signal?: AbortSignal; maxBufferedBytes: number },
+): Promise<PortForwardSocket> {
+  const transport = await dialApiServer(conn, options.signal);
+  const ws = await connectWebSocket(transport, url, {
+    protocols: [PORT_FORWARD_PROTOCOL],
+    headers: conn.headers,
+    ...options,
+  });
+  return new ClientSocket(ws);
+}
+
+/** The data channel's byte, sent before each chunk. */
+const DATA_PREFIX = new Uint8Array([DATA_CHANNEL]);
+
+/** relay's client copies each message as it masks it: the headroom byte goes unused. */
+class ClientSocket implements PortForwardSocket {
+  constructor(readonly ws: WebSocketConnection) {}
+  get protocol(): string {
+    return this.ws.protocol;
+  }
+  get open(): boolean {
+    return this.ws.open;
+  }
+  readPiece(): Promise<MessagePiece | null> {
+    return this.ws.readPiece();
+  }
+  sendData(chunk: Uint8Array): Promise<void> {
+    return this.ws.send([DATA_PREFIX, chunk]);
+  }
+  close(): void {
+    this.ws.close();
+  }
+  abort(): void {
+    this.ws.abort();
+  }
 }
 
 /** The WebSocket URL of pods/portforward, keeping any path prefix of the server URL. */
@@ -101,45 +167,23 @@ export function portForwardUrl(server: URL, target: PortForwardTarget): URL {
   return url;
 }
 
-/** Deno's WebSocket reports a failed upgrade without its status; ask again with a plain GET. */
-async function diagnoseUpgrade(
-  conn: RawConnection,
-  url: URL,
-  target: PortForwardTarget,
-): Promise<Error> {
-  const where = `pod/${target.pod} port ${target.port} in namespace ${target.namespace}`;
-  const httpUrl = new URL(url);
-  httpUrl.protocol = url.protocol === "ws:" ? "http:" : "https:";
-  let response: Response;
-  try {
-    response = await fetch(httpUrl, {
-      headers: conn.headers,
-      client: conn.client,
-      signal: AbortSignal.timeout(10_000),
-    });
-  } catch (error) {
-    return new KubeError(
-      `cannot open a port-forward to ${where}: cannot reach the API server at ${conn.server.origin}: ${
-        error instanceof Error ? error.message : error
-      }`,
-      { cause: error },
-    );
-  }
-  const body = await response.text().catch(() => "");
-  const reason = statusMessage(body) ?? response.statusText;
-  if (response.status === 403) {
+/** The API server's refusal of the upgrade as one line, by its status. */
+function refusal(refused: UpgradeRefused, target: PortForwardTarget): Error {
+  const reason = statusMessage(refused.body) ?? refused.statusText;
+  if (refused.status === 403) {
     return new KubeError(
       `forbidden: cannot create/get pods/portforward in namespace ${target.namespace}` +
         (reason ? ` (${reason})` : ""),
       { status: 403 },
     );
   }
-  if (response.status === 404) {
+  if (refused.status === 404) {
     return new UsageError(`pod ${target.pod} not found in namespace ${target.namespace}`);
   }
+  const where = `pod/${target.pod} port ${target.port} in namespace ${target.namespace}`;
   return new KubeError(
-    `cannot open a port-forward to ${where}: HTTP ${response.status}${reason ? ` ${reason}` : ""}`,
-    { status: response.status },
+    `cannot open a port-forward to ${where}: HTTP ${refused.status}${reason ? ` ${reason}` : ""}`,
+    { status: refused.status },
   );
 }
 
@@ -153,37 +197,32 @@ function statusMessage(body: string): string | undefined {
 }
 
 /**
- * The framing, the backpressure and the error channel on top of an (opening) WebSocket, as a
- * ByteChannel (what the tunnel reads and writes, per message, without Web Streams) and as a
- * Duplex whose streams are made on the channel when first asked for.
+ * The framing and the error channel on top of a PortForwardSocket, as a ByteChannel (what the
+ * tunnel reads and writes, per message, without Web Streams) and as a Duplex whose streams are
+ * made on the channel when first asked for.
  */
 class PortForwardDuplex implements Duplex, ByteChannel {
-  /** Room for the channel byte, so the tunnel's batches are sent without another copy. */
+  /** Room for the channel byte, so a batch can be sent without another copy. */
   readonly headroom: HeadroomWriter = { bytes: 1, write: (chunk) => this.#send(chunk, true) };
-  /** Deno's WebSocket copies a message in send(), before a write here resolves. */
+  /** Both sockets copy (or frame) a message before a write here resolves. */
   readonly chunkFreeAfterWrite = true;
-  readonly #socket: WebSocket;
+  readonly #socket: PortForwardSocket;
   readonly #target: PortForwardTarget;
-  readonly #maxBuffered: number;
   /** Port-prefix bytes still expected on each channel. */
   readonly #prefixLeft = [2, 2];
   readonly #prefix = [new Uint8Array(2), new Uint8Array(2)];
+  /** The channel of the message being read, -1 for none or one ignored. */
+  #channel = -1;
   #errorText = "";
-  /** Data received and not yet read: a WebSocket cannot be told to stop sending. */
-  #received: Uint8Array[] = [];
-  #reader: { resolve: (chunk: Uint8Array | null) => void; reject: (e: unknown) => void } | null =
-    null;
+  readonly #errorDecoder = new TextDecoder();
   #readDone = false;
   #failure: Error | null = null;
   #readable: ReadableStream<Uint8Array> | undefined;
   #writable: WritableStream<Uint8Array> | undefined;
 
-  constructor(socket: WebSocket, target: PortForwardTarget, maxBuffered: number) {
+  constructor(socket: PortForwardSocket, target: PortForwardTarget) {
     this.#socket = socket;
     this.#target = target;
-    this.#maxBuffered = maxBuffered;
-    socket.addEventListener("message", (event) => this.#onMessage(event));
-    socket.addEventListener("close", (event) => this.#onClose(event));
   }
 
   get channel(): ByteChannel {
@@ -199,48 +238,57 @@ class PortForwardDuplex implements Duplex, ByteChannel {
   }
 
   /** The next data received; null once the socket closed cleanly. Rejects on a failure. */
-  read(): Promise<Uint8Array | null> {
-    const chunk = this.#received.shift();
-    if (chunk !== undefined) return Promise.resolve(chunk);
-    if (this.#failure) return Promise.reject(this.#failure);
-    if (this.#readDone) return Promise.resolve(null);
-    return new Promise((resolve, reject) => (this.#reader = { resolve, reject }));
+  async read(): Promise<Uint8Array | null> {
+    for (;;) {
+      if (this.#failure) throw this.#failure;
+      if (this.#readDone) return null;
+      let piece: MessagePiece | null;
+      try {
+        piece = await this.#socket.readPiece();
+      } catch (error) {
+        throw this.#fail(this.#cut(error));
+      }
+      if (this.#readDone) return null; // aborted meanwhile
+      if (piece === null) {
+        this.#readDone = true;
+        return null;
+      }
+      const data = this.#onPiece(piece);
+      if (data !== null) return data;
+    }
   }
 
   /** A WebSocket cannot half-close: the end of writing closes it. */
   closeWrite(): void {
-    this.#close();
+    this.#socket.close();
   }
 
   abort(): void {
-    this.#endRead();
-    this.#close();
+    this.#readDone = true;
+    this.#socket.abort();
   }
 
-  #onMessage(event: MessageEvent): void {
-    if (!(event.data instanceof ArrayBuffer)) return; // v4 sends binary only
-    let bytes: Uint8Array = new Uint8Array(event.data);
-    if (bytes.length === 0) return;
-    const channel = bytes[0];
-    bytes = bytes.subarray(1);
-    if (channel !== DATA_CHANNEL && channel !== ERROR_CHANNEL) return;
-    bytes = this.#stripPrefix(channel, bytes);
-    if (bytes.length === 0) return;
-    if (channel === DATA_CHANNEL) {
-      if (this.#readDone) return;
-      const reader = this.#reader;
-      this.#reader = null;
-      if (reader) reader.resolve(bytes);
-      else this.#received.push(bytes);
-    } else {
-      this.#errorText += new TextDecoder().decode(bytes);
-      this.#fail(
-        new KubeError(
-          `port-forward to pod/${this.#target.pod} port ${this.#target.port} failed: ${this.#errorText}`,
-        ),
-      );
-      this.#close();
+  /** The data in `piece`, or null for a piece that carries none (prefix, error, ignored). */
+  #onPiece(piece: MessagePiece): Uint8Array | null {
+    if (!piece.binary) return null; // v4 sends binary only
+    let bytes = piece.bytes;
+    if (piece.first) {
+      this.#channel = bytes.length > 0 ? bytes[0] : -1;
+      bytes = bytes.subarray(1);
     }
+    const channel = this.#channel;
+    if (channel !== DATA_CHANNEL && channel !== ERROR_CHANNEL) return null;
+    bytes = this.#stripPrefix(channel, bytes);
+    if (bytes.length === 0 && !(channel === ERROR_CHANNEL && piece.last)) return null;
+    if (channel === DATA_CHANNEL) return bytes;
+    this.#errorText += this.#errorDecoder.decode(bytes, { stream: !piece.last });
+    if (!piece.last || this.#errorText === "") return null;
+    this.#socket.close();
+    throw this.#fail(
+      new KubeError(
+        `port-forward to pod/${this.#target.pod} port ${this.#target.port} failed: ${this.#errorText}`,
+      ),
+    );
   }
 
   /** Consume (and check) the port announcement at the start of a channel. */
@@ -254,84 +302,59 @@ class PortForwardDuplex implements Duplex, ByteChannel {
     if (left === 0) {
       const port = this.#prefix[channel][0] | (this.#prefix[channel][1] << 8);
       if (port !== this.#target.port) {
-        this.#fail(
+        this.#socket.close();
+        throw this.#fail(
           new KubeError(
             `port-forward answered for port ${port} instead of ${this.#target.port} on pod/${this.#target.pod}`,
           ),
         );
-        this.#close();
-        return new Uint8Array(0);
       }
     }
     return bytes.subarray(take);
+  }
+
+  /** What a socket that was cut or broke the protocol is, in a port-forward's words. */
+  #cut(error: unknown): Error {
+    const what = `port-forward to pod/${this.#target.pod} port ${this.#target.port}`;
+    if (error instanceof WebSocketClosedError) {
+      const detail = error.message ? `: ${error.message}` : "";
+      return new KubeError(`${what} was cut (WebSocket close ${error.code}${detail})`, {
+        cause: error,
+      });
+    }
+    if (error instanceof WebSocketProtocolError) {
+      return new KubeError(
+        `${what} failed: the API server broke the WebSocket protocol: ${error.message}`,
+        {
+          cause: error,
+        },
+      );
+    }
+    return error instanceof Error ? error : new Error(String(error));
   }
 
   write(chunk: Uint8Array): Promise<void> {
     return this.#send(chunk, false);
   }
 
-  /**
-   * Sends `chunk` on the data channel. The channel byte must precede the payload in one
-   * message: in the byte before the chunk when `inHeadroom` says it is free, else in a copy.
-   */
+  /** Sends `chunk` on the data channel. */
   async #send(chunk: Uint8Array, inHeadroom: boolean): Promise<void> {
-    if (this.#socket.readyState !== WebSocket.OPEN) {
+    if (!this.#socket.open) {
       throw new KubeError(`port-forward to pod/${this.#target.pod} is closed`);
     }
-    let message: Uint8Array;
-    if (inHeadroom && chunk.byteOffset >= 1) {
-      message = new Uint8Array(chunk.buffer, chunk.byteOffset - 1, chunk.length + 1);
-    } else {
-      message = new Uint8Array(chunk.length + 1);
-      message.set(chunk, 1);
-    }
-    message[0] = DATA_CHANNEL;
-    this.#socket.send(message);
-    // Deno's WebSocket has no "drain" event; poll only while above the mark.
-    while (this.#socket.bufferedAmount > this.#maxBuffered) {
-      if (this.#socket.readyState !== WebSocket.OPEN) {
-        throw new KubeError(`port-forward to pod/${this.#target.pod} closed while writing`);
-      }
-      await new Promise((resolve) => setTimeout(resolve, 1));
+    try {
+      await this.#socket.sendData(chunk, inHeadroom);
+    } catch (error) {
+      throw new KubeError(`port-forward to pod/${this.#target.pod} closed while writing`, {
+        cause: error,
+      });
     }
   }
 
-  #onClose(event: CloseEvent): void {
-    if (this.#readDone) return;
-    if (this.#errorText === "" && !event.wasClean && event.code !== 1000 && event.code !== 1005) {
-      this.#fail(
-        new KubeError(
-          `port-forward to pod/${this.#target.pod} port ${this.#target.port} was cut` +
-            ` (WebSocket close ${event.code}${event.reason ? ` ${event.reason}` : ""})`,
-        ),
-      );
-      return;
-    }
-    this.#endRead();
-  }
-
-  /** Like an errored stream: what was received and not yet read is dropped. */
-  #fail(error: Error): void {
-    if (this.#readDone) return;
-    this.#failure = error;
-    this.#received = [];
+  /** Like an errored stream: reads fail from now on. */
+  #fail(error: Error): Error {
+    if (!this.#failure && !this.#readDone) this.#failure = error;
     this.#readDone = true;
-    const reader = this.#reader;
-    this.#reader = null;
-    reader?.reject(error);
-  }
-
-  /** Like a closed stream: what was received is still read, then null. */
-  #endRead(): void {
-    if (this.#readDone) return;
-    this.#readDone = true;
-    const reader = this.#reader;
-    this.#reader = null;
-    reader?.resolve(null);
-  }
-
-  #close(): void {
-    const state = this.#socket.readyState;
-    if (state === WebSocket.OPEN || state === WebSocket.CONNECTING) this.#socket.close();
+    return this.#failure ?? error;
   }
 }
