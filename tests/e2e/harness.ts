@@ -320,3 +320,27 @@ export async function readLine(conn: Deno.Conn): Promise<string> {
   }
   return new TextDecoder().decode(new Uint8Array(bytes));
 }
+
+/** The test cluster's node network namespace, where kube-proxy writes its rules. */
+const NODE_NETNS = "relay-node";
+
+/**
+ * Waits until kube-proxy sends the Service's cluster IP to its endpoints. Until then a UDP
+ * datagram to it goes nowhere, and the conntrack entry it leaves keeps the next ones from the
+ * same socket going nowhere too, for as long as that entry lives.
+ */
+export async function waitForServiceRules(namespace: string, service: string): Promise<void> {
+  const ip = (await kubectl([
+    "get",
+    "service",
+    service,
+    "-n",
+    namespace,
+    "-o",
+    "jsonpath={.spec.clusterIP}",
+  ])).trim(); // deno-fmt-ignore
+  await waitFor(`kube-proxy's rules for service ${namespace}/${service} (${ip})`, async () => {
+    const nat = await runCommand(["ip", "netns", "exec", NODE_NETNS, "iptables-save", "-t", "nat"]);
+    return nat.stdout.split("\n").some((line) => line.includes(`-d ${ip}/32`) && line.includes("KUBE-SVC-"));
+  }, { timeoutMs: 30_000 });
+}

@@ -20,6 +20,7 @@ import {
   runCommand,
   waitFor,
   waitForReadyPod,
+  waitForServiceRules,
 } from "./harness.ts";
 import { agentPodNames } from "./agents.ts";
 import { startRelay } from "./relay_process.ts";
@@ -175,6 +176,10 @@ spec:
     namespace,
   );
   const pod = await waitForReadyPod(namespace, "app=udp-echo");
+  // relay starts fast enough to send before kube-proxy has written the Services' rules.
+  for (const service of ["echo-udp-only", "echo-both"]) {
+    await waitForServiceRules(namespace, service);
+  }
   const podIP =
     (await kubectl(["get", "pod", pod, "-n", namespace, "-o", "jsonpath={.status.podIP}"]))
       .trim();
