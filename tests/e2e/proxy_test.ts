@@ -20,6 +20,7 @@ import {
   portForwardRequests,
   runCommand,
   waitFor,
+  waitForServiceRules,
 } from "./harness.ts";
 import { agentPodNames } from "./agents.ts";
 import { relayCommand, startRelay } from "./relay_process.ts";
@@ -52,8 +53,9 @@ async function createProxyTargets(namespace: string) {
     }),
     namespace,
   );
-  // Names resolve through cluster DNS: wait, as a user of fresh Services would, until it
-  // knows them.
+  // Names resolve through cluster DNS and connect through kube-proxy's rules: wait, as a user
+  // of fresh Services would, until both know them.
+  await waitForServiceRules(namespace, "web");
   for (const service of ["web", "echo"]) {
     const name = `${service}.${namespace}.svc.cluster.local`;
     await waitFor(`cluster DNS to know ${name}`, async () => {
@@ -131,7 +133,11 @@ Deno.test({
       );
       for (const host of [`web.${ns.name}.svc.cluster.local`, `web.${ns.name}`, "web"]) {
         const socks = await curl("--socks5-hostname", proxy, `http://${host}/`);
-        assertEquals([socks.code, socks.stdout], [0, "ok\n"], `SOCKS5 ${host}: ${socks.stderr}`);
+        assertEquals(
+          [socks.code, socks.stdout],
+          [0, "ok\n"],
+          `SOCKS5 ${host}: ${socks.stderr}\n${relay.stderr()}`,
+        );
       }
       const get = await curl("-x", `http://${proxy}`, `http://web.${ns.name}.svc/some/path?q=1`);
       assertEquals([get.code, get.stdout], [0, "ok\n"], `absolute-URI GET: ${get.stderr}`);
@@ -182,7 +188,7 @@ Deno.test({
       const connect = await curl("-p", "-x", `http://${proxy}`, "http://nope.svc/");
       assertMatch(connect.stderr, /CONNECT tunnel failed, response 502/);
       const ok = await curl("--socks5-hostname", proxy, "http://web/");
-      assertEquals(ok.stdout, "ok\n", "still serving");
+      assertEquals(ok.stdout, "ok\n", `still serving: ${ok.stderr}\n${relay.stderr()}`);
       const lines = relay.stderr().split("\n").filter((line) => line.startsWith("error: proxy: "));
       assertEquals(lines.length, 3, relay.stderr());
       assertMatch(

@@ -2,7 +2,13 @@
  * The echo workloads the forwarding tests aim at: one of every target kind, each pod's
  * greeting naming itself, so a test can tell which pod answered.
  */
-import { applyYaml, kubectlJson, waitFor, waitForReadyPod } from "./harness.ts";
+import {
+  applyYaml,
+  kubectlJson,
+  waitFor,
+  waitForReadyPod,
+  waitForServiceRules,
+} from "./harness.ts";
 
 const ECHO_PORTS = [
   { name: "greet", containerPort: 8080 },
@@ -51,7 +57,8 @@ export interface EchoWorkloads {
  * Creates, in `namespace`: pod `echo-pod`, Deployment `echo` with Services `echo`
  * (ClusterIP; ports greet 80→8080, echo 9000, hash 9001, source 9002, echo-udp 9000/UDP),
  * `echo-headless` and `echo-ext` (ExternalName → echo), StatefulSet `echo-sts`, DaemonSet
- * `echo-ds` and ReplicaSet `echo-rs`; waits until each has a Ready pod.
+ * `echo-ds` and ReplicaSet `echo-rs`; waits until each has a Ready pod and, with the
+ * Deployment, until kube-proxy routes Service `echo`.
  */
 export async function createEchoWorkloads(
   namespace: string,
@@ -127,6 +134,9 @@ export async function createEchoWorkloads(
       return pod.status.podIP;
     })
     : "";
+  // kube-proxy writes a Service's rules a moment after its endpoints exist; until then its
+  // cluster IP is unreachable, which a story would misread as relay's failure.
+  if (kinds.includes("deploy")) await waitForServiceRules(namespace, "echo");
   const service = await kubectlJson<{ spec: { clusterIP: string } }>([
     "get",
     "service",
