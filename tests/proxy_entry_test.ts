@@ -382,6 +382,19 @@ Deno.test("proxy: UDP ASSOCIATE relays datagrams per destination, with each one'
       "echo:after",
     );
     assertEquals(proxy.resolved, ["dns.test"], "one stream per destination");
+    // The association is one connection on the proxy's route; its bytes are the payloads
+    // relayed each way (the fragment was dropped, so it is not among them).
+    const [route] = proxy.status.routes;
+    const sent = "one".length + "two".length + "3".length + "after".length;
+    const received = sent + 4 * "echo:".length;
+    await within(
+      (async () => {
+        while (route.bytes.received < received) await new Promise((r) => setTimeout(r, 10));
+      })(),
+      DEADLINE_MS,
+      `the route's counts (${JSON.stringify(route.bytes)})`,
+    );
+    assertEquals([route.open, route.bytes], [1, { sent, received }]);
   } finally {
     client.close();
     control.conn.close();

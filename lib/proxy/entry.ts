@@ -201,7 +201,7 @@ async function serveSocks(
   const target = formatHostPort(request.destination.host, request.destination.port);
   if (request.command === "udp-associate") {
     handshakeDone();
-    return await associate(conn, request, proxy);
+    return await associate(conn, request, proxy, counts);
   }
   let stream: TunnelStream;
   try {
@@ -312,8 +312,16 @@ async function bridge(
   await splice(new ConnChannel(conn, context.buffers), stream, counts);
 }
 
-/** UDP ASSOCIATE: relays datagrams until the control connection closes. */
-async function associate(conn: Deno.TcpConn, request: SocksRequest, proxy: Proxy): Promise<void> {
+/**
+ * UDP ASSOCIATE: relays datagrams until the control connection closes, counting their payloads
+ * as the control connection's bytes.
+ */
+async function associate(
+  conn: Deno.TcpConn,
+  request: SocksRequest,
+  proxy: Proxy,
+  counts: SpliceCounts,
+): Promise<void> {
   const local = unmapped(conn.localAddr.hostname);
   const client = unmapped(conn.remoteAddr.hostname);
   let association: UdpAssociation;
@@ -330,6 +338,7 @@ async function associate(conn: Deno.TcpConn, request: SocksRequest, proxy: Proxy
         if (!proxy.context.stopped) proxy.logger.error(`proxy: ${client} UDP ${line}`);
       },
       buffers: proxy.context.buffers,
+      counts,
     });
   } catch (error) {
     await writeAll(conn, encodeReply(REPLY.generalFailure)).catch(() => {});

@@ -10,6 +10,7 @@ import { describeError } from "../errors.ts";
 import type { Destination } from "../kube/resolve.ts";
 import { addressBytes, formatHostPort } from "../net/address.ts";
 import type { BufferPool } from "../net/buffer_pool.ts";
+import type { SpliceCounts } from "../net/splice.ts";
 import type { TunnelStream } from "../tunnel/types.ts";
 import { encodeDatagram, parseDatagram } from "./socks5.ts";
 
@@ -29,6 +30,8 @@ export interface AssociationOptions {
   maxDestinations?: number;
   /** Where a reply's bytes go back once copied into the datagram sent (the session's pool). */
   buffers?: BufferPool;
+  /** Payload bytes relayed: aToB the client's datagrams sent on, bToA the replies sent back. */
+  counts?: SpliceCounts;
 }
 
 /** Datagrams a destination holds while its stream opens; later ones are dropped. */
@@ -129,7 +132,16 @@ export class UdpAssociation {
       else this.dropped++;
       return;
     }
-    await route.stream.write(payload).catch(() => this.dropped++);
+    await this.#forward(route.stream, payload);
+  }
+
+  async #forward(stream: TunnelStream, payload: Uint8Array): Promise<void> {
+    try {
+      await stream.write(payload);
+      if (this.#options.counts) this.#options.counts.aToB += payload.byteLength;
+    } catch {
+      this.dropped++;
+    }
   }
 
   async #openRoute(key: string, route: Route): Promise<void> {
@@ -144,21 +156,25 @@ export class UdpAssociation {
     }
     if (this.#closed) return stream.reset("association ended");
     route.stream = stream;
-    for (const payload of route.pending.splice(0)) {
-      await stream.write(payload).catch(() => this.dropped++);
-    }
+    for (const payload of route.pending.splice(0)) await this.#forward(stream, payload);
     // Replies, until the agent ends the session (idle) or the association ends.
     try {
       for (let reply; (reply = await stream.read()) !== null;) {
         if (this.#closed) break;
         const datagram = encodeDatagram(route.destination, reply);
+        const size = reply.byteLength;
         this.#options.buffers?.release(reply);
         const to = {
           transport: "udp" as const,
           hostname: this.#options.client,
           port: this.#clientPort,
         };
-        await this.#socket.send(datagram, to).catch(() => this.dropped++);
+        try {
+          await this.#socket.send(datagram, to);
+          if (this.#options.counts) this.#options.counts.bToA += size;
+        } catch {
+          this.dropped++;
+        }
       }
     } catch {
       // reset by the agent or the tunnel: the next datagram opens a new stream
