@@ -120,6 +120,9 @@ const BAD: [argv: string[], message: string | RegExp][] = [
   [["--kubeconfig", "", "svc/x", "80"], /--kubeconfig is empty/],
   [["version", "extra"], /"relay version" takes no arguments, got "extra"/],
   [["agent", "--token", "x"], /relay agent: unknown option '--token'/],
+  [["agent", "--port"], /^relay agent: option '--port' argument missing$/],
+  [["agent", "serve"], /^relay agent: too many arguments: 'serve'$/],
+  [["agent", "--allow", "tcp/x"], /relay agent: invalid --allow "tcp\/x": expected PROTOCOL/],
   [["agent", "--port", "99999"], /invalid --port "99999": port "99999" is not a number 0–65535/],
   [
     ["agent", "--connect-timeout", "0"],
