@@ -232,6 +232,21 @@ Deno.test("frame encoder: keys differ from frame to frame", () => {
   assert(keys.size > 1990, `only ${keys.size} distinct keys in 2000 frames`);
 });
 
+Deno.test("frame encoder: a small frame holds a buffer its own size, so a queue of them stays small", () => {
+  const encoder = new FrameEncoder();
+  // Large frames come out of the reused batch-sized buffers.
+  const large = encoder.encode(Opcode.BINARY, [new Uint8Array(200 * 1024)]);
+  encoder.release(large);
+  // Hundreds of credit frames queued behind a slow network each held one of those: 262 KB.
+  const queued = Array.from(
+    { length: 300 },
+    () => encoder.encode(Opcode.BINARY, [new Uint8Array(9)]),
+  );
+  const held = queued.reduce((sum, frame) => sum + frame.buffer.bytes.byteLength, 0);
+  assert(held < 300 * 64, `300 frames of 9 bytes hold ${held} bytes`);
+  for (const frame of queued) assertEquals(unmaskClientFrame(frame.bytes).payload.length, 9);
+});
+
 Deno.test("close payloads: codes and reasons both ways; codes no endpoint sends are refused", () => {
   assertEquals(parseClosePayload(closePayload(4001, "bye ✓")), { code: 4001, reason: "bye ✓" });
   assertEquals(parseClosePayload(new Uint8Array(0)), { code: 1005, reason: "" });

@@ -206,6 +206,8 @@ const PAYLOAD_AT = 16;
 /** Encoder buffers of this size (a tunnel batch and its headers) are kept for reuse. */
 const KEPT_BUFFER_BYTES = PAYLOAD_AT + 256 * 1024 + 64;
 const KEPT_BUFFERS = 4;
+/** Frames up to this size get a buffer of their own size (see FrameEncoder.#take). */
+const SMALL_FRAME_BYTES = 64 * 1024;
 
 /**
  * A buffer frames are built in, with views made once: masking XORs eight bytes at a time
@@ -286,7 +288,13 @@ export class FrameEncoder {
     }
   }
 
+  /**
+   * A buffer for a frame of `size` bytes. Only large frames take a kept-size buffer: a frame
+   * waits in the connection's queue until written, and while the network is slower than the
+   * tunnel, hundreds of small frames (credit, pongs, short batches) queue up behind large ones.
+   */
   #take(size: number): FrameBuffer {
+    if (size <= SMALL_FRAME_BYTES) return new FrameBuffer((size + 7) & ~7);
     if (size <= KEPT_BUFFER_BYTES) return this.#free.pop() ?? new FrameBuffer(KEPT_BUFFER_BYTES);
     return new FrameBuffer(size + 8);
   }
