@@ -39,6 +39,9 @@ interface Queued {
   copied?: () => void;
 }
 
+/** What a queue slot holds once its frame was copied into a batch. */
+const SENT: Queued = { type: 0, streamId: 0, payload: new Uint8Array(0) };
+
 /** Serializes frames onto a transport's writable. */
 export class FrameWriter {
   private queue: Queued[] = [];
@@ -206,6 +209,9 @@ export class FrameWriter {
     }
     for (let i = this.head; i < end; i++) {
       const { type, streamId, payload, copied } = this.queue[i];
+      // The slot would keep the payload's buffer alive until the next compaction: under
+      // steady load, up to a thousand frames' worth.
+      this.queue[i] = SENT;
       writeHeader(out, at, type, streamId, payload.length);
       out.set(payload, at + HEADER_SIZE);
       at += HEADER_SIZE + payload.length;
