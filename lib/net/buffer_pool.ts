@@ -4,6 +4,9 @@
  * agent, one per client run): who reads into it lends, who is done with the bytes releases.
  */
 
+/** How long spare buffers beyond `keep` may go unused before they are dropped. */
+const TRIM_AFTER_MS = 2_000;
+
 /** Views sharing one lent chunk, and how many of them are still held (see share). */
 interface Lease {
   chunk: Uint8Array;
@@ -17,24 +20,59 @@ export class BufferPool {
   readonly #lent = new WeakSet<Uint8Array>();
   readonly #leases = new WeakMap<Uint8Array, Lease>();
 
+  /** The fewest spares there were since the last trim: that many went unused meanwhile. */
+  #unused = 0;
+  #lastTrim: number;
+
   /**
    * @param size bytes per buffer
-   * @param keep most free buffers kept: a few keep a bulk transfer from allocating per
-   *   read, and a fixed few keep 1,000 busy connections from each holding a spare
+   * @param keep free buffers kept however long they go unused
+   * @param keepBusy most free buffers kept while they are being used again: 1,000 busy
+   *   connections each read into one, and a pool that dropped all but a few made every
+   *   read a fresh buffer, garbage faster than V8 collected it (docs/MEASUREMENTS.md)
+   * @param now the clock trims are timed by
    */
-  constructor(readonly size = 64 * 1024, readonly keep = 32) {}
+  constructor(
+    readonly size = 64 * 1024,
+    readonly keep = 32,
+    readonly keepBusy = 1024,
+    private readonly now: () => number = () => performance.now(),
+  ) {
+    this.#lastTrim = now();
+  }
+
+  /** Free buffers held now. */
+  get spares(): number {
+    return this.#spare.length;
+  }
 
   /** A buffer to read into: a free one, or a new one. */
   take(): Uint8Array {
     const spare = this.#spare.pop();
+    if (this.#spare.length < this.#unused) this.#unused = this.#spare.length;
+    this.#trim();
     return spare ? new Uint8Array(spare) : new Uint8Array(this.size);
   }
 
   /** Gives back a buffer from take() that no chunk was lent out of. */
   giveBack(buffer: ArrayBufferLike): void {
-    if (this.#spare.length < this.keep && buffer.byteLength === this.size) {
+    if (this.#spare.length < this.keepBusy && buffer.byteLength === this.size) {
       this.#spare.push(buffer as ArrayBuffer);
     }
+    this.#trim();
+  }
+
+  /**
+   * Drops the spares beyond `keep` that went unused since the last trim, at most once per
+   * TRIM_AFTER_MS; a pool nobody touches keeps what it has until it is used again.
+   */
+  #trim(): void {
+    const now = this.now();
+    if (now - this.#lastTrim < TRIM_AFTER_MS) return;
+    const drop = Math.min(this.#unused, this.#spare.length - this.keep);
+    if (drop > 0) this.#spare.length -= drop;
+    this.#lastTrim = now;
+    this.#unused = this.#spare.length;
   }
 
   /** Marks `chunk` (a view of a taken buffer) as lent: its buffer returns on release. */
