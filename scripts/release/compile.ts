@@ -16,16 +16,13 @@ export interface CompileOptions {
 /**
  * V8 flags relay runs with, as client and as agent.
  *
- * An old generation that may grow to 128 MB before its first full GC. Without it, after a
- * quiet spell V8 shrank the heap to just above its ~41 MB of live objects; when a bulk transfer
- * resumed, the ArrayBuffers it churns through set off an incremental mark-compact every
- * ~100 ms that never let up, and the client spent 17–21 s of CPU per GiB instead of 7–10
- * (6 of 6 runs after 40 s idle; 0 of 6 with the flag). The price is garbage that waits longer:
- * while every socket read allocated a buffer, one bulk connection through the agent peaked at
- * 329 MB with the flag and 177 without; with read buffers reused (lib/tunnel/duplex.ts) it
- * peaks at ~105 MB with it. Set at startup only: `v8.setFlagsFromString` is too late.
+ * An old generation allowed 64 MB before its first full GC: with V8's default, a bulk transfer
+ * after a quiet spell (the heap shrunk to its live objects) set off mark-compacts that never let
+ * up; a larger start only lets garbage wait longer, which raises peak memory
+ * (docs/MEASUREMENTS.md, "V8's initial old generation"). Set at startup only:
+ * `v8.setFlagsFromString` is too late.
  */
-export const RELAY_V8_FLAGS = "--initial-old-space-size=128";
+export const RELAY_V8_FLAGS = "--initial-old-space-size=64";
 
 /**
  * The runtime flags relay runs with: compiled into the release binary, and passed by every
