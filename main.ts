@@ -5,6 +5,7 @@
  *
  * Exit codes: 0 stopped by a signal, 1 runtime failure, 2 bad input.
  */
+import { bindAgentPortEarly } from "./agent/early_listener.ts";
 import { describeError, exitCodeOf, UsageError } from "./lib/errors.ts";
 import { createLogger } from "./lib/log.ts";
 import type { Plan } from "./lib/plan.ts";
@@ -19,13 +20,22 @@ export async function main(argv: readonly string[]): Promise<number> {
   const logger = createLogger();
   try {
     if (argv[0] === "agent") {
-      const [{ parseAgentArgs }, { runAgent }] = await Promise.all([
-        import("./lib/cli/agent_args.ts"),
-        import("./agent/mod.ts"),
-      ]);
-      const agent = parseAgentArgs(argv.slice(1));
-      if ("print" in agent) return await print(agent.print);
-      return await runAgent(agent.run);
+      const listener = bindAgentPortEarly(argv.slice(1));
+      try {
+        const [{ parseAgentArgs }, { runAgent }] = await Promise.all([
+          import("./lib/cli/agent_args.ts"),
+          import("./agent/mod.ts"),
+        ]);
+        const agent = parseAgentArgs(argv.slice(1));
+        if ("print" in agent) {
+          listener?.close();
+          return await print(agent.print);
+        }
+        return await runAgent({ ...agent.run, listener });
+      } catch (error) {
+        listener?.close();
+        throw error;
+      }
     }
     const { createProgram, parseCommandLine } = await import("./lib/cli/program.ts");
     const { COMPLETION_SHELLS, isCompletionRequest, runCompletion } = await import(

@@ -21,6 +21,8 @@ export interface AgentOptions extends Partial<AgentSettings> {
   out?: (line: string) => void;
   /** Where log lines go (default: stderr). */
   log?: (line: string) => void;
+  /** The port, already bound (early_listener.ts); else the agent binds `port`. */
+  listener?: Deno.TcpListener;
 }
 
 /**
@@ -46,6 +48,7 @@ export async function runAgent(options: AgentOptions = {}): Promise<number> {
         connectTimeoutMs: options.connectTimeoutMs,
         allow: options.allow,
         log,
+        listener: options.listener,
       } satisfies AgentConfig,
     );
   } catch (e) {

@@ -33,6 +33,8 @@ export interface AgentConfig extends Partial<AgentSettings> {
   log?: (line: string) => void;
   /** Replace iptables (tests). */
   iptables?: IptablesRunner;
+  /** The port, already bound on 127.0.0.1 (early_listener.ts); else `port` is bound. */
+  listener?: Deno.TcpListener;
 }
 
 /** A started agent. */
@@ -57,7 +59,7 @@ export function startAgent(config: AgentConfig): AgentHandle {
       AGENT_DEFAULTS.connectTimeoutMs,
   };
   // Loopback only: the kubelet's port-forward reaches the pod's localhost, nothing else may.
-  const listener = Deno.listen({
+  const listener = config.listener ?? Deno.listen({
     hostname: "127.0.0.1",
     port: config.port ?? AGENT_DEFAULTS.port,
     transport: "tcp",
