@@ -19,6 +19,7 @@ import {
   type CoreApi,
   coreApi,
 } from "./resources.ts";
+import { SpareConnections } from "./spare_connection.ts";
 
 /** How to reach the cluster, as the CLI's flags say (all optional). */
 export interface LoadKubeOptions {
@@ -68,7 +69,9 @@ export interface Kube {
   readonly watch: Watcher;
   /** Credentials and TLS for a raw request, refreshed (exec plugins, token files) on each call. */
   rawConnection(): Promise<RawConnection>;
-  /** Release the HTTP clients made for raw connections. */
+  /** Connections dialed ahead for port-forwards (none through a kubeconfig's proxy). */
+  readonly spares: SpareConnections;
+  /** Release the HTTP clients made for raw connections, and any spare connection. */
   close(): void;
 }
 
@@ -111,6 +114,10 @@ export function loadKube(opts: LoadKubeOptions = {}): Kube {
   const credentials = new Credentials(cluster, user, impersonation(opts));
   const raw = new RawConnections(credentials, cluster);
   const api = new KubeApi(() => raw.get(), opts.requestTimeoutMs ?? 0);
+  const spares = new SpareConnections(async () => {
+    const conn = await raw.get();
+    return conn.proxyUrl ? undefined : conn;
+  });
   return {
     contextName,
     namespace: opts.namespace || context.namespace || "default",
@@ -121,7 +128,11 @@ export function loadKube(opts: LoadKubeOptions = {}): Kube {
     api,
     watch: api,
     rawConnection: () => raw.get(),
-    close: () => raw.close(),
+    spares,
+    close: () => {
+      spares.close();
+      raw.close();
+    },
   };
 }
 

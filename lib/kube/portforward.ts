@@ -15,10 +15,13 @@ import { dialApiServer } from "./api_socket.ts";
 import type { RawConnection } from "./config.ts";
 import { KubeError, UsageError } from "./errors.ts";
 import { openProxiedWebSocket } from "./portforward_proxied.ts";
+import type { SpareConnections } from "./spare_connection.ts";
 import {
+  type ByteTransport,
   connectWebSocket,
   type MessagePiece,
   UpgradeRefused,
+  UpgradeUnanswered,
   WebSocketClosedError,
   type WebSocketConnection,
   WebSocketHandshakeError,
@@ -31,9 +34,11 @@ export const PORT_FORWARD_PROTOCOL = "v4.channel.k8s.io";
 const DATA_CHANNEL = 0;
 const ERROR_CHANNEL = 1;
 
-/** The one thing dialPortForward needs from a loaded kubeconfig. */
+/** What dialPortForward needs from a loaded kubeconfig. */
 export interface PortForwardCredentials {
   rawConnection(): Promise<RawConnection>;
+  /** A connection dialed ahead, used instead of dialing when there is one. */
+  spares?: Pick<SpareConnections, "take">;
 }
 
 /** Which pod port to forward to. */
@@ -88,7 +93,7 @@ export async function dialPortForward(
   try {
     socket = conn.proxyUrl
       ? await openProxiedWebSocket(conn, url, PORT_FORWARD_PROTOCOL, { signal, maxBufferedBytes })
-      : await openWebSocket(conn, url, { signal, maxBufferedBytes });
+      : await openWebSocket(conn, url, kube.spares, { signal, maxBufferedBytes });
   } catch (error) {
     if (signal?.aborted) throw signal.reason;
     if (error instanceof UpgradeRefused) throw refusal(error, target);
@@ -114,19 +119,35 @@ export async function dialPortForward(
   return new PortForwardDuplex(socket, target);
 }
 
-/** relay's client on a connection of its own, with TCP_NODELAY. */
+/**
+ * relay's client on a connection of its own, with TCP_NODELAY: the spare if there is one, else
+ * a new one; a spare the server has closed in the meantime is replaced by a new one once.
+ */
 async function openWebSocket(
   conn: RawConnection,
   url: URL,
+  spares: PortForwardCredentials["spares"],
   options: { signal?: AbortSignal; maxBufferedBytes: number },
 ): Promise<PortForwardSocket> {
-  const transport = await dialApiServer(conn, options.signal);
-  const ws = await connectWebSocket(transport, url, {
-    protocols: [PORT_FORWARD_PROTOCOL],
-    headers: conn.headers,
-    ...options,
-  });
-  return new ClientSocket(ws);
+  const upgrade = async (transport: ByteTransport) =>
+    new ClientSocket(
+      await connectWebSocket(transport, url, {
+        protocols: [PORT_FORWARD_PROTOCOL],
+        headers: conn.headers,
+        ...options,
+      }),
+    );
+  const spare = await spares?.take(conn, options.signal);
+  if (spare) {
+    try {
+      return await upgrade(spare);
+    } catch (error) {
+      const answered = error instanceof UpgradeRefused ||
+        (error instanceof WebSocketHandshakeError && !(error instanceof UpgradeUnanswered));
+      if (answered || options.signal?.aborted) throw error;
+    }
+  }
+  return await upgrade(await dialApiServer(conn, options.signal));
 }
 
 /** The data channel's byte, sent before each chunk. */

@@ -52,6 +52,14 @@ export class WebSocketHandshakeError extends Error {
   }
 }
 
+/** The connection ended before any answer to the upgrade: the request may not have been read. */
+export class UpgradeUnanswered extends WebSocketHandshakeError {
+  constructor() {
+    super("the server closed the connection without answering");
+    this.name = "UpgradeUnanswered";
+  }
+}
+
 /**
  * Upgrades `transport` to a WebSocket at `url`. On any failure the transport is closed; an
  * aborted signal rejects with its reason.
@@ -216,10 +224,9 @@ class Reader {
         throw new WebSocketHandshakeError(`the server's answer has a head over ${MAX_HEAD_BYTES}`);
       }
       if (!(await this.#more())) {
+        if (this.#buffered.length === 0) throw new UpgradeUnanswered();
         throw new WebSocketHandshakeError(
-          this.#buffered.length === 0
-            ? "the server closed the connection without answering"
-            : "the server closed the connection in the middle of its answer",
+          "the server closed the connection in the middle of its answer",
         );
       }
     }

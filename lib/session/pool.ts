@@ -25,7 +25,8 @@ export interface TunnelPoolOptions {
 const BACKOFF_MIN_MS = 100;
 /**
  * The first tunnel is dialed the moment the agent's pod runs, usually a little before the
- * agent listens: it is retried soon, as every retry of it is a wait the user sees.
+ * agent listens: it is retried at once and then soon, as every retry of it is a wait the user
+ * sees.
  */
 const START_RETRY_MIN_MS = 20;
 /**
@@ -52,15 +53,15 @@ export class TunnelPool {
    */
   async start(deadlineMs: number): Promise<void> {
     const until = Date.now() + deadlineMs;
-    let delay = START_RETRY_MIN_MS;
+    let delay = 0;
     for (;;) {
       try {
         this.#add(await this.options.connect());
         break;
       } catch (err) {
-        if (this.#stopped || Date.now() + delay > until) throw err;
+        if (this.#stopped || Date.now() + delay >= until) throw err;
         await sleep(delay);
-        delay = Math.min(delay * 2, 1_000);
+        delay = Math.min(Math.max(delay * 2, START_RETRY_MIN_MS), 1_000);
       }
     }
     for (let i = 1; i < this.options.size; i++) this.#refill();

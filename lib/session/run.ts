@@ -144,12 +144,17 @@ export async function runSession(options: SessionOptions): Promise<void> {
     void closePool();
   }, { once: true });
   const onTunnel = (tunnel: Tunnel) => {
+    // The agent is reachable: the pool's other tunnels may use the spare there is, if any.
+    kube.spares.stopRefilling();
     status.tunnelUp();
     tunnel.closed.finally(() => status.tunnelDown(tunnel.closeReason ?? "closed"));
     entries.forEach((entry) => entry.onTunnel?.(tunnel));
   };
   let agentsStarted = 0;
   const startAgent = async () => {
+    // Port-forwards to the agent then need only their upgrade once its pod runs: two, as the
+    // first often comes a moment before the agent listens (spare_connection.ts).
+    kube.spares.refill(2);
     const agent = await placement.start(stop.signal, allow, (phase, pod) => {
       status.agentPhase(phase, pod);
     });
