@@ -111,6 +111,7 @@ class Harness {
       },
       log: (line) => this.logged.push(line),
       onFailure: (error) => this.failures.push(error),
+      startingGraceMs: 0,
       ...extra,
     });
   }
@@ -170,6 +171,26 @@ Deno.test("AgentSupervisor: connect opens a tunnel to the current agent", async 
 });
 
 // ----- a connect that fails while the agent is still there --------------------------------
+
+Deno.test("AgentSupervisor: a new agent's refused connects are retried without asking about its pod, until one reaches it", async () => {
+  const h = new Harness({ startingGraceMs: 60_000 });
+  const agent = fakeAgent(1);
+  await h.started(agent);
+  const refused = new Error("port-forward: connection refused");
+  const first = h.supervisor.connect();
+  (await h.connect(0)).reject(refused);
+  assert((await within(assertRejects(() => first, Error), "connect fails")) === refused);
+  assertEquals(h.asks.length, 0, "a refusal while the agent starts asks nothing of the pod");
+  const second = h.supervisor.connect();
+  (await h.connect(1)).resolve(fakeTunnel(agent));
+  await within(second, "connect");
+  // Once a tunnel has reached the agent, a refusal may mean it is gone: the pod is asked.
+  const third = h.supervisor.connect();
+  (await h.connect(2)).reject(refused);
+  (await h.ask(0)).resolve(undefined);
+  assert((await within(assertRejects(() => third, Error), "connect fails")) === refused);
+  assertEquals(h.starts.length, 1);
+});
 
 Deno.test("AgentSupervisor: a failed connect to an agent that is still there rejects with the original error and starts no agent", async () => {
   const h = new Harness();

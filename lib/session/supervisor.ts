@@ -25,7 +25,15 @@ export interface AgentSupervisorOptions {
    * cannot go on, and retrying would only create more Jobs.
    */
   onFailure: (error: unknown) => void;
+  /** Default STARTING_GRACE_MS. */
+  startingGraceMs?: number;
 }
+
+/**
+ * How long after its pod runs a new agent's refused connects are only retried, not taken as a
+ * sign that it is gone: it listens within tens of milliseconds of starting.
+ */
+export const STARTING_GRACE_MS = 3_000;
 
 /** Keeps one live agent for the run, replacing it when its pod is gone. */
 export class AgentSupervisor {
@@ -34,6 +42,9 @@ export class AgentSupervisor {
   #stopped = false;
   /** A replacement could not be started (see onFailure). */
   #gaveUp = false;
+  /** When the current agent was started, and whether a tunnel has reached it since. */
+  #adoptedAt = 0;
+  #reached = false;
 
   constructor(readonly options: AgentSupervisorOptions) {}
 
@@ -56,9 +67,15 @@ export class AgentSupervisor {
     const agent = this.#current;
     if (!agent) throw new Error("the agent has not been started");
     try {
-      return await this.options.connect(agent);
+      const tunnel = await this.options.connect(agent);
+      if (this.#current === agent) this.#reached = true;
+      return tunnel;
     } catch (error) {
       if (this.#stopped) throw error;
+      // A new agent's pod runs a moment before the agent listens: its first port-forwards may
+      // be refused, and asking about the pod would only delay the retry by a round trip.
+      const grace = this.options.startingGraceMs ?? STARTING_GRACE_MS;
+      if (!this.#reached && Date.now() - this.#adoptedAt < grace) throw error;
       const next = await this.#replaceIfGone(agent);
       if (!next) throw error;
       return await this.options.connect(next);
@@ -116,6 +133,8 @@ export class AgentSupervisor {
 
   #adopt(agent: AgentPod): AgentPod {
     this.#current = agent;
+    this.#reached = false;
+    this.#adoptedAt = Date.now();
     // A stop that raced with the start must not leave the new agent behind.
     if (this.#stopped) agent.stop().catch(() => {});
     return agent;
