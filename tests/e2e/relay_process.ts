@@ -64,6 +64,9 @@ export async function startRelay(
     return s.code;
   });
   const want = options.readyLines ?? 1;
+  // Woken by the line that completes the ready lines: the startup bench times this wait.
+  let wake = () => {};
+  const allReady = new Promise<null>((resolve) => (wake = () => resolve(null)));
   const ready = (async () => {
     let buffered = "";
     for await (const chunk of child.stdout.pipeThrough(new TextDecoderStream())) {
@@ -83,6 +86,7 @@ export async function startRelay(
           // A reverse forward (-R): its port is in the pod, not here.
           readyLines.push(line);
         }
+        if (readyLines.length >= want) wake();
       }
     }
   })();
@@ -96,19 +100,18 @@ export async function startRelay(
     await ready;
     return code;
   };
-  const deadline = Date.now() + (options.timeoutMs ?? 90_000);
-  while (readyLines.length < want) {
-    const code = await Promise.race([
-      exited,
-      new Promise<null>((resolve) => setTimeout(() => resolve(null), 100)),
-    ]);
-    if (code !== null) {
-      throw new Error(`relay ${args.join(" ")} exited with ${code} before ready:\n${stderrText}`);
-    }
-    if (Date.now() > deadline) {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"late">((resolve) => {
+    timer = setTimeout(() => resolve("late"), options.timeoutMs ?? 90_000);
+  });
+  const outcome = await Promise.race([exited, allReady, late]);
+  clearTimeout(timer);
+  if (readyLines.length < want) {
+    if (outcome === "late") {
       await stop("SIGKILL");
       throw new Error(`relay ${args.join(" ")} not ready in time:\n${stderrText}`);
     }
+    throw new Error(`relay ${args.join(" ")} exited with ${outcome} before ready:\n${stderrText}`);
   }
   return {
     pid: child.pid,
