@@ -4,11 +4,18 @@
  */
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import type { ApiEndpoint } from "../lib/kube/api_socket.ts";
-import { SpareConnections } from "../lib/kube/spare_connection.ts";
+import { SpareConnections, type SpareDialer } from "../lib/kube/spare_connection.ts";
 import { type ByteTransport, connTransport } from "../lib/kube/websocket_client.ts";
 import { dialPortForward, PORT_FORWARD_PROTOCOL } from "../lib/kube/portforward.ts";
 import { loadKube } from "../lib/kube/config.ts";
-import { kubeconfigYaml, makeTestPki, startFakeApiServer, writeTempFile } from "./kube_fixtures.ts";
+import {
+  kubeconfigYaml,
+  makeTestPki,
+  type SeenRequest,
+  startFakeApiServer,
+  type TestPki,
+  writeTempFile,
+} from "./kube_fixtures.ts";
 
 const ENDPOINT: ApiEndpoint = { server: new URL("https://api.example:6443"), tls: { ca: "CA" } };
 
@@ -52,10 +59,25 @@ function settle(ms = 0): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-Deno.test("SpareConnections: refill dials that many, take gives the oldest and dials its replacement", async () => {
+/** Runs `test` with spares over a fake dialer (to ENDPOINT unless told), closing them after. */
+async function withSpares(
+  test: (spares: SpareConnections, dialer: FakeDialer) => Promise<void>,
+  options: { endpoint?: ApiEndpoint | "none"; maxAgeMs?: number } = {},
+): Promise<void> {
   const dialer = new FakeDialer();
-  const spares = new SpareConnections(() => Promise.resolve(ENDPOINT), dialer.dial);
+  const endpoint = options.endpoint === "none" ? undefined : options.endpoint ?? ENDPOINT;
+  const spares = new SpareConnections(() => Promise.resolve(endpoint), dialer.dial, {
+    maxAgeMs: options.maxAgeMs,
+  });
   try {
+    await test(spares, dialer);
+  } finally {
+    spares.close();
+  }
+}
+
+Deno.test("SpareConnections: refill dials that many, take gives the oldest and dials its replacement", () =>
+  withSpares(async (spares, dialer) => {
     spares.refill(2);
     await settle();
     assertEquals(dialer.dials.length, 2);
@@ -70,29 +92,19 @@ Deno.test("SpareConnections: refill dials that many, take gives the oldest and d
     await settle();
     assertEquals(dialer.dials.length, 3, "no replacement once refilling stopped");
     assertEquals(spares.count, 1, "the spare being dialed stays");
-  } finally {
-    spares.close();
-  }
-});
+  }));
 
-Deno.test("SpareConnections: take waits for a spare still being dialed", async () => {
-  const dialer = new FakeDialer();
-  const spares = new SpareConnections(() => Promise.resolve(ENDPOINT), dialer.dial);
-  try {
+Deno.test("SpareConnections: take waits for a spare still being dialed", () =>
+  withSpares(async (spares, dialer) => {
     spares.refill(1);
     await settle();
     const taking = spares.take(ENDPOINT);
     const transport = dialer.connect(0);
     assert((await taking) === transport);
-  } finally {
-    spares.close();
-  }
-});
+  }));
 
-Deno.test("SpareConnections: a spare for other TLS material is closed, not given; none at all is undefined", async () => {
-  const dialer = new FakeDialer();
-  const spares = new SpareConnections(() => Promise.resolve(ENDPOINT), dialer.dial);
-  try {
+Deno.test("SpareConnections: a spare for other TLS material is closed, not given; none at all is undefined", () =>
+  withSpares(async (spares, dialer) => {
     assertEquals(await spares.take(ENDPOINT), undefined, "no spare: the caller dials");
     spares.refill(1);
     await settle();
@@ -100,15 +112,10 @@ Deno.test("SpareConnections: a spare for other TLS material is closed, not given
     const rotated = { ...ENDPOINT, tls: { ca: "CA", cert: "new", key: "new" } };
     assertEquals(await spares.take(rotated), undefined);
     assert(stale.closed, "the spare made with the old material is closed");
-  } finally {
-    spares.close();
-  }
-});
+  }));
 
-Deno.test("SpareConnections: a failed dial leaves no spare, and take then says none", async () => {
-  const dialer = new FakeDialer();
-  const spares = new SpareConnections(() => Promise.resolve(ENDPOINT), dialer.dial);
-  try {
+Deno.test("SpareConnections: a failed dial leaves no spare, and take then says none", () =>
+  withSpares(async (spares, dialer) => {
     spares.refill(1);
     await settle();
     dialer.dials[0].reject(new Error("connection refused"));
@@ -116,30 +123,18 @@ Deno.test("SpareConnections: a failed dial leaves no spare, and take then says n
     assertEquals(spares.count, 0);
     spares.stopRefilling();
     assertEquals(await spares.take(ENDPOINT), undefined);
-  } finally {
-    spares.close();
-  }
-});
+  }));
 
-Deno.test("SpareConnections: no spare where the endpoint says none can be used (a kubeconfig proxy)", async () => {
-  const dialer = new FakeDialer();
-  const spares = new SpareConnections(() => Promise.resolve(undefined), dialer.dial);
-  try {
+Deno.test("SpareConnections: no spare where the endpoint says none can be used (a kubeconfig proxy)", () =>
+  withSpares(async (spares, dialer) => {
     spares.refill(2);
     await settle();
     assertEquals(dialer.dials.length, 0);
     assertEquals(spares.count, 0);
-  } finally {
-    spares.close();
-  }
-});
+  }, { endpoint: "none" }));
 
-Deno.test("SpareConnections: a spare older than its maximum age is closed unused", async () => {
-  const dialer = new FakeDialer();
-  const spares = new SpareConnections(() => Promise.resolve(ENDPOINT), dialer.dial, {
-    maxAgeMs: 30,
-  });
-  try {
+Deno.test("SpareConnections: a spare older than its maximum age is closed unused", () =>
+  withSpares(async (spares, dialer) => {
     spares.refill(1);
     spares.stopRefilling();
     await settle();
@@ -148,10 +143,7 @@ Deno.test("SpareConnections: a spare older than its maximum age is closed unused
     assert(transport.closed, "the old spare is closed");
     assertEquals(spares.count, 0);
     assertEquals(await spares.take(ENDPOINT), undefined);
-  } finally {
-    spares.close();
-  }
-});
+  }, { maxAgeMs: 30 }));
 
 Deno.test("SpareConnections: close closes every spare, aborts dials under way and dials no more", async () => {
   const dialer = new FakeDialer();
@@ -171,10 +163,8 @@ Deno.test("SpareConnections: close closes every spare, aborts dials under way an
   assertEquals(dialer.dials.length, 2);
 });
 
-Deno.test("SpareConnections: a take whose signal aborts rejects with its reason and closes the spare", async () => {
-  const dialer = new FakeDialer();
-  const spares = new SpareConnections(() => Promise.resolve(ENDPOINT), dialer.dial);
-  try {
+Deno.test("SpareConnections: a take whose signal aborts rejects with its reason and closes the spare", () =>
+  withSpares(async (spares, dialer) => {
     spares.refill(1);
     spares.stopRefilling();
     await settle();
@@ -185,10 +175,7 @@ Deno.test("SpareConnections: a take whose signal aborts rejects with its reason 
     const late = dialer.connect(0);
     await settle();
     assert(late.closed);
-  } finally {
-    spares.close();
-  }
-});
+  }));
 
 // ----- dialPortForward on a spare ------------------------------------------------------------
 
@@ -221,54 +208,46 @@ async function portForwardServer() {
   return { server, pki, kube: loadKube({ kubeconfig: file }) };
 }
 
-Deno.test("dialPortForward: upgrades on the spare connection when there is one", async () => {
+/** dialPortForward with one spare from `dial`; returns the requests the server saw. */
+async function portForwardOnSpare(
+  dial: (pki: TestPki) => SpareDialer,
+): Promise<SeenRequest[]> {
   const { server, pki, kube } = await portForwardServer();
+  const spares = new SpareConnections(() => kube.rawConnection(), dial(pki));
+  try {
+    spares.refill(1);
+    spares.stopRefilling();
+    const duplex = await dialPortForward(
+      { rawConnection: () => kube.rawConnection(), spares },
+      { namespace: "ns", pod: "p", port: 4646 },
+    );
+    await duplex.readable.cancel();
+    return [...server.seen];
+  } finally {
+    spares.close();
+    kube.close();
+    await server.close();
+  }
+}
+
+Deno.test("dialPortForward: upgrades on the spare connection when there is one", async () => {
   const ports: number[] = [];
   // Dials as relay's token path does, noting which local port each spare has.
-  const spares = new SpareConnections(async () => await kube.rawConnection(), async (endpoint) => {
+  const seen = await portForwardOnSpare((pki) => async (endpoint) => {
     const tcp = await Deno.connect({ hostname: "127.0.0.1", port: Number(endpoint.server.port) });
     ports.push(tcp.localAddr.port);
     const tls = await Deno.startTls(tcp, { hostname: "127.0.0.1", caCerts: [pki.caPem] });
     await tls.handshake();
     return connTransport(tls);
   });
-  try {
-    spares.refill(1);
-    spares.stopRefilling();
-    const duplex = await dialPortForward(
-      { rawConnection: () => kube.rawConnection(), spares },
-      { namespace: "ns", pod: "p", port: 4646 },
-    );
-    assertEquals(ports.length, 1);
-    assertEquals(server.seen.at(-1)!.clientPort, ports[0], "the upgrade came on the spare");
-    await duplex.readable.cancel();
-  } finally {
-    spares.close();
-    kube.close();
-    await server.close();
-  }
+  assertEquals(ports.length, 1);
+  assertEquals(seen.length, 1);
+  assertEquals(seen[0].clientPort, ports[0], "the upgrade came on the spare");
 });
 
 Deno.test("dialPortForward: a spare the server closed before the upgrade is replaced by a new connection", async () => {
-  const { server, kube } = await portForwardServer();
   const dead = new FakeTransport(0);
-  const spares = new SpareConnections(
-    async () => await kube.rawConnection(),
-    () => Promise.resolve(dead),
-  );
-  try {
-    spares.refill(1);
-    spares.stopRefilling();
-    const duplex = await dialPortForward(
-      { rawConnection: () => kube.rawConnection(), spares },
-      { namespace: "ns", pod: "p", port: 4646 },
-    );
-    assert(dead.closed, "the dead spare is let go");
-    assertEquals(server.seen.length, 1, "the upgrade went on a new connection");
-    await duplex.readable.cancel();
-  } finally {
-    spares.close();
-    kube.close();
-    await server.close();
-  }
+  const seen = await portForwardOnSpare(() => () => Promise.resolve(dead));
+  assert(dead.closed, "the dead spare is let go");
+  assertEquals(seen.length, 1, "the upgrade went on a new connection");
 });
