@@ -1,10 +1,16 @@
 /**
  * `relay agent`: the in-pod end of relay's tunnels.
  *
- * Its flags are the AgentSettings of lib/contract.ts (parsed in lib/cli/agent_args.ts). The
- * session token comes only from the environment, so it never shows in the command line.
+ * Its flags are the AgentSettings of lib/contract.ts (parsed in lib/cli/agent_args.ts). What it
+ * checks tunnels against, the session token's SHA-256, comes from the environment; the agent
+ * never holds the token itself.
  */
-import { AGENT_DEFAULTS, AGENT_TOKEN_ENV, type AgentSettings } from "../lib/contract.ts";
+import {
+  AGENT_DEFAULTS,
+  AGENT_TOKEN_DIGEST_ENV,
+  type AgentSettings,
+  isTokenDigest,
+} from "../lib/contract.ts";
 import { describeError } from "../lib/errors.ts";
 import { VERSION } from "../lib/version.ts";
 import { type AgentConfig, startAgent } from "./server.ts";
@@ -15,8 +21,8 @@ export { AGENT_DEFAULTS };
 
 /** `relay agent` options as parsed from the command line (durations in milliseconds). */
 export interface AgentOptions extends Partial<AgentSettings> {
-  /** The token; default: the RELAY_AGENT_TOKEN environment variable. */
-  token?: string;
+  /** The token's SHA-256 in hex; default: the RELAY_AGENT_TOKEN_SHA256 environment variable. */
+  tokenDigest?: string;
   /** Where the ready line goes (default: stdout). */
   out?: (line: string) => void;
   /** Where log lines go (default: stderr). */
@@ -27,21 +33,31 @@ export interface AgentOptions extends Partial<AgentSettings> {
 
 /**
  * Runs the agent until SIGTERM/SIGINT or idle exit; resolves with the process exit code
- * (0 on a normal stop, 2 when the token is missing or the port cannot be bound).
+ * (0 on a normal stop, 2 when the token's digest is missing or the port cannot be bound).
  */
 export async function runAgent(options: AgentOptions = {}): Promise<number> {
   const log = options.log ?? ((line: string) => console.error(line));
   const out = options.out ?? ((line: string) => console.log(line));
-  const token = options.token ?? Deno.env.get(AGENT_TOKEN_ENV);
-  if (!token) {
-    log(`relay agent: ${AGENT_TOKEN_ENV} is not set; refusing to start without a session token`);
+  const tokenDigest = options.tokenDigest ?? Deno.env.get(AGENT_TOKEN_DIGEST_ENV);
+  if (!tokenDigest) {
+    log(
+      `relay agent: ${AGENT_TOKEN_DIGEST_ENV} is not set; refusing to start without a ` +
+        `session token to check tunnels against`,
+    );
+    return 2;
+  }
+  if (!isTokenDigest(tokenDigest)) {
+    log(
+      `relay agent: ${AGENT_TOKEN_DIGEST_ENV} "${tokenDigest}" is not a SHA-256 in ` +
+        `lowercase hex (64 characters)`,
+    );
     return 2;
   }
   let agent;
   try {
     agent = startAgent(
       {
-        token,
+        tokenDigest,
         port: options.port ?? AGENT_DEFAULTS.port,
         udpIdleMs: options.udpIdleMs,
         idleExitMs: options.idleExitMs,

@@ -21,10 +21,13 @@ import { dialUdp } from "./udp.ts";
 
 export { AGENT_DEFAULTS };
 
-/** Everything a running agent needs: its settings (defaults where absent) and the token. */
+/**
+ * Everything a running agent needs: its settings (defaults where absent) and what it checks
+ * tunnels' tokens against.
+ */
 export interface AgentConfig extends Partial<AgentSettings> {
-  /** The session token every tunnel must present. */
-  token: string;
+  /** The SHA-256 of the session token every tunnel must present (contract.ts tokenDigest). */
+  tokenDigest: string;
   /** Keep-alive ping interval on tunnels (ms); see TunnelOptions. */
   keepAliveMs?: number;
   /** Replace name resolution or connecting (tests). */
@@ -157,7 +160,7 @@ export function startAgent(config: AgentConfig): AgentHandle {
     let tunnel: Tunnel;
     try {
       tunnel = await acceptTunnel(transport, {
-        token: config.token,
+        tokenDigest: config.tokenDigest,
         onOpen,
         onStreamEnd,
         onListen: async (request, how, tunnel) => {

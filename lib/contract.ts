@@ -43,8 +43,26 @@ export const AGENT_STEAL_GID = 64_646;
 /** The port the agent listens on, on its pod's 127.0.0.1, unless told another. */
 export const AGENT_PORT = 4646;
 
-/** The environment variable that hands the session token to the agent. */
-export const AGENT_TOKEN_ENV = "RELAY_AGENT_TOKEN";
+/**
+ * The environment variable that hands the agent what it checks tunnels against: the SHA-256
+ * of the session token (tokenDigest), never the token itself.
+ */
+export const AGENT_TOKEN_DIGEST_ENV = "RELAY_AGENT_TOKEN_SHA256";
+
+/**
+ * What the agent's spec holds instead of the session token: its SHA-256 in lowercase hex. The
+ * spec goes in with the Job, so the pod can start without waiting for anything else, and a
+ * reader of the spec learns nothing that opens a tunnel (the token is 256 random bits).
+ */
+export async function tokenDigest(token: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(token));
+  return new Uint8Array(digest).toHex();
+}
+
+/** Whether `value` has the form of a tokenDigest. */
+export function isTokenDigest(value: string): boolean {
+  return /^[0-9a-f]{64}$/.test(value);
+}
 
 /**
  * The client's keep-alive interval. A ping goes out after one to two intervals of silence,

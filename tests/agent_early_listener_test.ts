@@ -1,7 +1,11 @@
 /** bindAgentPortEarly (agent/early_listener.ts): which arguments it binds for, and on what. */
+import { tokenDigest } from "../lib/contract.ts";
 import { assert, assertEquals } from "./assert.ts";
 import { bindAgentPortEarly } from "../agent/early_listener.ts";
 import { startAgent } from "../agent/server.ts";
+
+const TOKEN = "t";
+const TOKEN_DIGEST = await tokenDigest(TOKEN);
 
 /** A port that was free a moment ago. */
 function freePort(): number {
@@ -54,7 +58,7 @@ Deno.test("startAgent: serves on a listener bound before it started", async () =
   const port = freePort();
   const listener = bindAgentPortEarly(["--port", String(port)]);
   assert(listener);
-  const agent = startAgent({ token: "t".repeat(32), listener, log: () => {} });
+  const agent = startAgent({ tokenDigest: TOKEN_DIGEST, listener, log: () => {} });
   try {
     assertEquals(agent.port, port);
     const conn = await Deno.connect({ hostname: "127.0.0.1", port });

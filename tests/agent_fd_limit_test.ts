@@ -3,6 +3,7 @@
  * connections until accept fails (EMFILE). It must say so, stay up, and accept a tunnel again
  * once descriptors are free: a failed accept is not the end of the tunnels it carries.
  */
+import { tokenDigest } from "../lib/contract.ts";
 import { assert, assertEquals } from "./assert.ts";
 import { RELAY_RUN_FLAGS } from "../scripts/release/compile.ts";
 import { connDuplex } from "../lib/net/mod.ts";
@@ -20,7 +21,7 @@ Deno.test("agent: under ulimit -n, a flood of connections makes accept fail; it 
       "--port 0 --idle-exit 0",
       Deno.execPath(),
     ],
-    env: { RELAY_AGENT_TOKEN: TOKEN },
+    env: { RELAY_AGENT_TOKEN_SHA256: await tokenDigest(TOKEN) },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",

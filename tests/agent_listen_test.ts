@@ -3,6 +3,7 @@
  * connection to it carried back to the client as a stream the client answers; a port in use
  * is refused as such; the port is free again once the tunnel closes; SHUTDOWN ends the agent.
  */
+import { tokenDigest } from "../lib/contract.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { startAgent } from "../agent/mod.ts";
 import { connDuplex } from "../lib/net/mod.ts";
@@ -15,6 +16,7 @@ import {
 } from "../lib/tunnel/mod.ts";
 
 const TOKEN = "listen-test-token";
+const TOKEN_DIGEST = await tokenDigest(TOKEN);
 
 /** A port free on this machine now. */
 function freePort(): number {
@@ -48,7 +50,12 @@ async function readAll(conn: Deno.Conn): Promise<string> {
 /** An agent and a client tunnel whose opens from the agent go to `onOpen`. */
 async function agentAndTunnel(onOpen: OpenHandler) {
   const lines: string[] = [];
-  const agent = startAgent({ token: TOKEN, port: 0, idleExitMs: 0, log: (l) => lines.push(l) });
+  const agent = startAgent({
+    tokenDigest: TOKEN_DIGEST,
+    port: 0,
+    idleExitMs: 0,
+    log: (l) => lines.push(l),
+  });
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: agent.port });
   const tunnel: Tunnel = await connectTunnel(connDuplex(conn), { token: TOKEN, onOpen });
   return { agent, tunnel, lines };

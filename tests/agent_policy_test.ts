@@ -8,13 +8,14 @@ import { deepStrictEqual, ok, rejects, throws } from "node:assert/strict";
 import { startAgent } from "../agent/mod.ts";
 import { DestinationPolicy, guarded } from "../agent/policy.ts";
 import { parseAgentArgs } from "../lib/cli/agent_args.ts";
-import { type DestinationRule, parseDestinationRule } from "../lib/contract.ts";
+import { type DestinationRule, parseDestinationRule, tokenDigest } from "../lib/contract.ts";
 import { UsageError } from "../lib/errors.ts";
 import { agentArgs } from "../lib/kube/agent_manifest.ts";
 import { connDuplex } from "../lib/net/mod.ts";
 import { connectTunnel, OpenError, type OpenRequest } from "../lib/tunnel/mod.ts";
 
 const TOKEN = "policy-test-token";
+const TOKEN_DIGEST = await tokenDigest(TOKEN);
 const tcp = (host: string, port: number): OpenRequest => ({ protocol: "tcp", host, port });
 const isDenied = (error: unknown) => error instanceof OpenError && error.code === "denied";
 
@@ -119,7 +120,7 @@ Deno.test("an agent with a policy refuses its own port, metadata and unnamed hos
     for await (const conn of target) conn.close();
   })();
   const agent = startAgent({
-    token: TOKEN,
+    tokenDigest: TOKEN_DIGEST,
     port: 0,
     idleExitMs: 0,
     log: () => {},

@@ -1,16 +1,18 @@
+import { tokenDigest } from "../lib/contract.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { type AgentConfig, type AgentHandle, runAgent, startAgent } from "../agent/mod.ts";
 import { connDuplex } from "../lib/net/mod.ts";
 import {
+  type ConnectOptions,
   connectTunnel,
   HandshakeError,
-  type HandshakeOptions,
   OpenError,
   type Tunnel,
 } from "../lib/tunnel/mod.ts";
 import { VERSION } from "../lib/version.ts";
 
 const TOKEN = "agent-test-token";
+const TOKEN_DIGEST = await tokenDigest(TOKEN);
 const text = (s: string) => new TextEncoder().encode(s);
 const untext = (b: Uint8Array) => new TextDecoder().decode(b);
 
@@ -18,7 +20,7 @@ const untext = (b: Uint8Array) => new TextDecoder().decode(b);
 function agent(config: Partial<AgentConfig> = {}): { agent: AgentHandle; lines: string[] } {
   const lines: string[] = [];
   const handle = startAgent({
-    token: TOKEN,
+    tokenDigest: TOKEN_DIGEST,
     port: 0,
     idleExitMs: 0,
     log: (line) => lines.push(line),
@@ -27,7 +29,7 @@ function agent(config: Partial<AgentConfig> = {}): { agent: AgentHandle; lines: 
   return { agent: handle, lines };
 }
 
-async function tunnelTo(port: number, options: Partial<HandshakeOptions> = {}): Promise<Tunnel> {
+async function tunnelTo(port: number, options: Partial<ConnectOptions> = {}): Promise<Tunnel> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   return connectTunnel(connDuplex(conn), { token: TOKEN, ...options });
 }
@@ -211,15 +213,24 @@ Deno.test("agent: exits by itself when no tunnel has been connected for a while"
   assert(lines.some((l) => l.includes("no tunnel connected")), lines.join());
 });
 
-Deno.test("agent: runAgent refuses to start without a token (exit 2)", async () => {
-  const saved = Deno.env.get("RELAY_AGENT_TOKEN");
-  Deno.env.delete("RELAY_AGENT_TOKEN");
+Deno.test("agent: runAgent refuses to start without a token digest (exit 2)", async () => {
+  const saved = Deno.env.get("RELAY_AGENT_TOKEN_SHA256");
+  Deno.env.delete("RELAY_AGENT_TOKEN_SHA256");
   const lines: string[] = [];
   try {
     assertEquals(await runAgent({ port: 0, log: (l) => lines.push(l) }), 2);
-    assert(lines[0].includes("RELAY_AGENT_TOKEN"), lines.join());
+    assert(lines[0].includes("RELAY_AGENT_TOKEN_SHA256 is not set"), lines.join());
   } finally {
-    if (saved !== undefined) Deno.env.set("RELAY_AGENT_TOKEN", saved);
+    if (saved !== undefined) Deno.env.set("RELAY_AGENT_TOKEN_SHA256", saved);
+  }
+});
+
+Deno.test("agent: runAgent refuses a token digest that is not a SHA-256 in hex (exit 2)", async () => {
+  for (const bad of [TOKEN, TOKEN_DIGEST.toUpperCase(), TOKEN_DIGEST.slice(1)]) {
+    const lines: string[] = [];
+    assertEquals(await runAgent({ port: 0, tokenDigest: bad, log: (l) => lines.push(l) }), 2);
+    assertEquals(lines.length, 1, lines.join());
+    assert(lines[0].includes(`"${bad}" is not a SHA-256`), lines[0]);
   }
 });
 
@@ -227,7 +238,7 @@ Deno.test("agent: runAgent prints its ready line and exits 0 when idle", async (
   const out: string[] = [];
   const code = await runAgent({
     port: 0,
-    token: TOKEN,
+    tokenDigest: TOKEN_DIGEST,
     idleExitMs: 30,
     out: (l) => out.push(l),
     log: () => {},

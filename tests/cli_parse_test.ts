@@ -493,5 +493,5 @@ Deno.test("--help, -V, version and agent are not forwards", async () => {
   );
   deepStrictEqual(await parseCommandLine(["agent"], io), { command: "agent", options: {} });
   const agentHelp = await parseCommandLine(["agent", "--help"], io);
-  ok(agentHelp.command === "print" && agentHelp.text.includes("RELAY_AGENT_TOKEN"));
+  ok(agentHelp.command === "print" && agentHelp.text.includes("RELAY_AGENT_TOKEN_SHA256"));
 });

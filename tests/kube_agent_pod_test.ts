@@ -8,11 +8,20 @@ import {
 import { mergePatch } from "../lib/kube/merge_patch.ts";
 import { KubeError } from "../lib/kube/errors.ts";
 import { UsageError } from "../lib/errors.ts";
-import type { V1Job, V1Pod, V1Secret } from "@kubernetes/client-node";
+import { tokenDigest } from "../lib/contract.ts";
+import type { V1Job, V1Pod } from "@kubernetes/client-node";
 
-const base = { namespace: "ns", image: "img:1", sessionId: "s1" };
+const DIGEST = await tokenDigest("the-session-token");
+const base = { namespace: "ns", image: "img:1", sessionId: "s1", tokenDigest: DIGEST };
 
-Deno.test("agentJobManifest: a hardened Job that runs the agent with its token from a Secret", () => {
+Deno.test("tokenDigest: the SHA-256 of the token's UTF-8, in lowercase hex", async () => {
+  assertEquals(
+    await tokenDigest("abc"),
+    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+  );
+});
+
+Deno.test("agentJobManifest: a hardened Job that runs the agent with its token's digest", () => {
   const job = agentJobManifest(base);
   assertEquals([job.metadata?.namespace, job.metadata?.generateName], ["ns", "relay-agent-"]);
   assertEquals([job.spec?.backoffLimit, job.spec?.ttlSecondsAfterFinished], [0, 60]);
@@ -35,12 +44,10 @@ Deno.test("agentJobManifest: a hardened Job that runs the agent with its token f
   ]);
   const [c] = spec.containers;
   assertEquals([c.image, c.args], ["img:1", ["agent", "--port", String(AGENT_PORT)]]);
-  // The spec names the Secret only: whoever may read pods or jobs learns no token.
-  assertEquals(c.env, [{
-    name: "RELAY_AGENT_TOKEN",
-    valueFrom: { secretKeyRef: { name: "relay-agent-token-s1", key: "token" } },
-  }]);
-  assert(!JSON.stringify(job).includes('tok"'), "no literal token anywhere in the Job");
+  // The spec holds the digest only: whoever may read pods or jobs learns no token, and the
+  // pod needs nothing else to exist before it starts.
+  assertEquals(c.env, [{ name: "RELAY_AGENT_TOKEN_SHA256", value: DIGEST }]);
+  assert(!JSON.stringify(job).includes("the-session-token"), "no token anywhere in the Job");
   assertEquals(c.securityContext, {
     allowPrivilegeEscalation: false,
     readOnlyRootFilesystem: true,
@@ -66,7 +73,7 @@ Deno.test("agentJobManifest: --patch merges into the pod template and may move t
   assertEquals(template.spec?.automountServiceAccountToken, undefined);
 });
 
-Deno.test("agentJobManifest: a patch that drops the token or the args is refused", () => {
+Deno.test("agentJobManifest: a patch that drops or changes the token's digest or the args is refused", () => {
   assertThrows(
     () =>
       agentJobManifest({
@@ -76,27 +83,33 @@ Deno.test("agentJobManifest: a patch that drops the token or the args is refused
         },
       }),
     UsageError,
-    "RELAY_AGENT_TOKEN",
+    "RELAY_AGENT_TOKEN_SHA256",
   );
-  // A literal value in place of the Secret reference is refused too.
-  assertThrows(
-    () =>
-      agentJobManifest({
-        ...base,
-        patch: {
-          spec: {
-            containers: [{
-              name: "agent",
-              image: "x",
-              args: ["agent", "--port", "4646"],
-              env: [{ name: "RELAY_AGENT_TOKEN", value: "guessable" }],
-            }],
+  // Another digest, or one from elsewhere, is refused too.
+  for (
+    const env of [
+      [{ name: "RELAY_AGENT_TOKEN_SHA256", value: "0".repeat(64) }],
+      [{ name: "RELAY_AGENT_TOKEN_SHA256", valueFrom: { secretKeyRef: { name: "s", key: "k" } } }],
+      [
+        { name: "RELAY_AGENT_TOKEN_SHA256", value: DIGEST },
+        { name: "RELAY_AGENT_TOKEN_SHA256", value: "0".repeat(64) },
+      ],
+    ]
+  ) {
+    assertThrows(
+      () =>
+        agentJobManifest({
+          ...base,
+          patch: {
+            spec: {
+              containers: [{ name: "agent", image: "x", args: ["agent", "--port", "4646"], env }],
+            },
           },
-        },
-      }),
-    UsageError,
-    "RELAY_AGENT_TOKEN",
-  );
+        }),
+      UsageError,
+      "removes or changes the agent's RELAY_AGENT_TOKEN_SHA256 env",
+    );
+  }
   assertThrows(
     () => agentJobManifest({ ...base, patch: { spec: { containers: [{ name: "other" }] } } }),
     UsageError,
@@ -108,10 +121,7 @@ Deno.test("agentJobManifest: a patch that shares the node's network or the pod w
     name: "agent",
     image: "x",
     args: ["agent", "--port", "4646"],
-    env: [{
-      name: "RELAY_AGENT_TOKEN",
-      valueFrom: { secretKeyRef: { name: "relay-agent-token-s1", key: "token" } },
-    }],
+    env: [{ name: "RELAY_AGENT_TOKEN_SHA256", value: DIGEST }],
   };
   for (const key of ["hostNetwork", "hostPID", "hostIPC", "shareProcessNamespace"]) {
     assertThrows(
@@ -176,11 +186,6 @@ function stubApi(states: Partial<V1Pod>[]): AgentPodApi & { calls: string[] } {
       },
     } as unknown as AgentPodApi["batch"],
     core: {
-      createNamespacedSecret: ({ namespace, body }: { namespace: string; body: V1Secret }) => {
-        const owner = body.metadata?.ownerReferences?.[0];
-        calls.push(`create secret ${body.metadata?.name} in ${namespace} owned by ${owner?.name}`);
-        return Promise.resolve(body);
-      },
       listNamespacedPod: () => Promise.resolve({ items: [pod(states[0])] }),
       listNamespacedEvent: () =>
         Promise.resolve({
@@ -221,21 +226,27 @@ const running: Partial<V1Pod> = {
   },
 };
 
-Deno.test("startAgentPod: waits for Running; stop() deletes Job and pod once", async () => {
+Deno.test("startAgentPod: one Job with the token's digest, waits for Running; stop() deletes Job and pod once", async () => {
   const api = stubApi([{ status: { phase: "Pending" } }, running]);
+  let created: V1Job | undefined;
+  const createJob = api.batch.createNamespacedJob;
+  api.batch.createNamespacedJob = (request) => {
+    created = request.body;
+    return createJob(request);
+  };
   const agent = await startAgentPod(api, {
     namespace: "ns",
     podRunningTimeoutMs: 10_000,
   });
   assertEquals([agent.podName, agent.namespace, agent.port], ["relay-agent-x1-abc", "ns", 4646]);
   assertEquals(agent.token.length, 64);
+  assertEquals(
+    created?.spec?.template.spec?.containers[0].env,
+    [{ name: "RELAY_AGENT_TOKEN_SHA256", value: await tokenDigest(agent.token) }],
+  );
   await Promise.all([agent.stop(), agent.stop()]);
   await agent.stop();
-  assertEquals(api.calls, [
-    "create job in ns",
-    `create secret relay-agent-token-${agent.sessionId} in ns owned by relay-agent-x1`,
-    "delete job relay-agent-x1 Background",
-  ]);
+  assertEquals(api.calls, ["create job in ns", "delete job relay-agent-x1 Background"]);
 });
 
 Deno.test("startAgentPod: Pending past the timeout deletes the Job and names the reason", async () => {
@@ -321,17 +332,14 @@ Deno.test("startAgentPod: stopping while it waits deletes the Job and rejects wi
   assertEquals(api.calls.at(-1), "delete job relay-agent-x1 Background");
 });
 
-Deno.test("startAgentPod: a pod waiting for its token Secret waits; another missing Secret fails at once", async () => {
-  const waitingFor = (secret: string): Partial<V1Pod> => ({
+Deno.test("startAgentPod: a container whose config cannot be made (a Secret a patch names is missing) fails at once", async () => {
+  const api = stubApi([{
     status: {
       phase: "Pending",
       containerStatuses: [{
         name: "agent",
         state: {
-          waiting: {
-            reason: "CreateContainerConfigError",
-            message: `secret "${secret}" not found`,
-          },
+          waiting: { reason: "CreateContainerConfigError", message: 'secret "mine" not found' },
         },
         image: "",
         imageID: "",
@@ -339,32 +347,11 @@ Deno.test("startAgentPod: a pod waiting for its token Secret waits; another miss
         restartCount: 0,
       }],
     },
-  });
-  const own = stubApi([waitingFor("relay-agent-token-s9"), running]);
-  const agent = await startAgentPod(own, {
-    namespace: "ns",
-    sessionId: "s9",
-    podRunningTimeoutMs: 10_000,
-  });
-  assertEquals(agent.podName, "relay-agent-x1-abc");
-  await agent.stop();
-
-  const other = stubApi([waitingFor("someone-elses")]);
-  await assertRejects(
-    () => startAgentPod(other, { namespace: "ns", sessionId: "s9", podRunningTimeoutMs: 60_000 }),
-    KubeError,
-    "CreateContainerConfigError",
-  );
-});
-
-Deno.test("startAgentPod: a Secret the API server refuses deletes the Job and names the permission", async () => {
-  const api = stubApi([{ status: { phase: "Pending" } }]);
-  api.core.createNamespacedSecret = () =>
-    Promise.reject(Object.assign(new Error("no"), { code: 403 }));
+  }]);
   await assertRejects(
     () => startAgentPod(api, { namespace: "ns", podRunningTimeoutMs: 60_000 }),
     KubeError,
-    "forbidden: cannot create secrets in namespace ns",
+    'CreateContainerConfigError (secret "mine" not found)',
   );
   assertEquals(api.calls.at(-1), "delete job relay-agent-x1 Background");
 });

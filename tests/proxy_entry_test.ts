@@ -15,7 +15,7 @@ import {
   writeAll,
 } from "./proxy_clients.ts";
 import { type AgentHandle, startAgent } from "../agent/mod.ts";
-import type { DestinationRule } from "../lib/contract.ts";
+import { type DestinationRule, tokenDigest } from "../lib/contract.ts";
 import { TcpListener } from "../lib/listen/tcp.ts";
 import { createLogger } from "../lib/log.ts";
 import { BufferPool, connDuplex } from "../lib/net/mod.ts";
@@ -26,6 +26,7 @@ import { SessionStatus } from "../lib/status/session_status.ts";
 import { connectTunnel, type Tunnel } from "../lib/tunnel/mod.ts";
 
 const TOKEN = "proxy-test-token";
+const TOKEN_DIGEST = await tokenDigest(TOKEN);
 const DEADLINE_MS = 10_000;
 const text = (s: string) => new TextEncoder().encode(s);
 const untext = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -110,7 +111,7 @@ async function startProxy(options: {
   const servers = new Servers();
   const resolved: string[] = [];
   const agent: AgentHandle = startAgent({
-    token: TOKEN,
+    tokenDigest: TOKEN_DIGEST,
     port: 0,
     idleExitMs: 0,
     connectTimeoutMs: 2_000,

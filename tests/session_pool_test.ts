@@ -3,7 +3,7 @@
  * duplexPair where the wire matters, and hand-driven fake tunnels where a test must decide when
  * a connect settles or a tunnel closes. No cluster, no sockets.
  */
-import type { IncomingMode } from "../lib/contract.ts";
+import { type IncomingMode, tokenDigest } from "../lib/contract.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { TunnelPool } from "../lib/session/pool.ts";
 import {
@@ -17,6 +17,7 @@ import {
 import { duplexPair } from "../lib/net/mod.ts";
 
 const TOKEN = "t";
+const TOKEN_DIGEST = await tokenDigest(TOKEN);
 const REQUEST: OpenRequest = { protocol: "tcp", host: "echo", port: 7 };
 
 // ----- helpers ----------------------------------------------------------------------------
@@ -153,7 +154,12 @@ class InMemoryAgent {
     const [a, b] = duplexPair();
     const [client, agent] = await Promise.all([
       connectTunnel(a, { token: TOKEN, keepAliveMs: 0 }),
-      acceptTunnel(b, { token: TOKEN, keepAliveMs: 0, onOpen: echo, version: this.version }),
+      acceptTunnel(b, {
+        tokenDigest: TOKEN_DIGEST,
+        keepAliveMs: 0,
+        onOpen: echo,
+        version: this.version,
+      }),
     ]);
     this.clientSide.push(client);
     this.agentSide.push(agent);

@@ -2,6 +2,7 @@
  * A hostile peer that has the token: it writes raw frames, ignores credit and answers, and
  * floods. The session must stay within its bounds and close the tunnel rather than grow.
  */
+import { tokenDigest } from "../lib/contract.ts";
 import { assert, assertEquals } from "./assert.ts";
 import fc from "fast-check";
 import { duplexPair } from "../lib/net/mod.ts";
@@ -16,6 +17,7 @@ import { FrameDecoder } from "../lib/tunnel/decoder.ts";
 import { type Frame, FrameType } from "../lib/tunnel/frame.ts";
 
 const TOKEN = "hostile-test-token";
+const TOKEN_DIGEST = await tokenDigest(TOKEN);
 
 /** Settles with `promise`, or fails naming `what` after 10 s. */
 async function within<T>(promise: Promise<T>, what: string): Promise<T> {
@@ -40,7 +42,7 @@ async function hostilePeer(
   const [peer, agentEnd] = duplexPair();
   const writer = peer.writable.getWriter();
   const accepted = acceptTunnel(agentEnd, {
-    token: TOKEN,
+    tokenDigest: TOKEN_DIGEST,
     keepAliveMs: 0,
     onOpen: options.onOpen,
     maxStreams: options.maxStreams,

@@ -1,7 +1,11 @@
 /** Splicing by read/write loops (pump.ts): what pipeTo used to guarantee, a loop must too. */
+import { tokenDigest } from "../lib/contract.ts";
 import { assertEquals } from "./assert.ts";
 import { acceptTunnel, connectTunnel, type OpenHandler } from "../lib/tunnel/mod.ts";
 import { ConnChannel, type Duplex, duplexPair, splice } from "../lib/net/mod.ts";
+
+const TOKEN = "t";
+const TOKEN_DIGEST = await tokenDigest(TOKEN);
 
 const text = (s: string) => new TextEncoder().encode(s);
 const untext = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -50,7 +54,7 @@ Deno.test("a stream reset while its socket idles, after the socket's other half 
   const [a, b] = duplexPair();
   const [client, agent] = await Promise.all([
     connectTunnel(a, { token: "t" }),
-    acceptTunnel(b, { token: "t", onOpen: capture }),
+    acceptTunnel(b, { tokenDigest: TOKEN_DIGEST, onOpen: capture }),
   ]);
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const accepted = listener.accept();

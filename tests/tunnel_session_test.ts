@@ -1,3 +1,4 @@
+import { tokenDigest } from "../lib/contract.ts";
 import { assert, assertEquals, assertInstanceOf, assertRejects, plateau } from "./assert.ts";
 import {
   acceptTunnel,
@@ -12,6 +13,7 @@ import {
 import { BufferPool, connDuplex, type Duplex, duplexPair } from "../lib/net/mod.ts";
 
 const TOKEN = "t0ken";
+const TOKEN_DIGEST = await tokenDigest(TOKEN);
 const MiB = 1024 * 1024;
 
 /** A client and an agent tunnel over an in-memory pair; the agent handles opens with `onOpen`. */
@@ -28,7 +30,7 @@ async function tunnelPair(
   const [a, b] = duplexPair();
   const [client, agent] = await Promise.all([
     connectTunnel(a, { token: TOKEN, ...extra }),
-    acceptTunnel(b, { token: TOKEN, onOpen, ...extra }),
+    acceptTunnel(b, { tokenDigest: TOKEN_DIGEST, onOpen, ...extra }),
   ]);
   return {
     client,
@@ -110,7 +112,7 @@ Deno.test("session: a wrong token is refused on both ends", async () => {
   const [a, b] = duplexPair();
   const [client, agent] = await Promise.allSettled([
     connectTunnel(a, { token: "wrong" }),
-    acceptTunnel(b, { token: TOKEN }),
+    acceptTunnel(b, { tokenDigest: TOKEN_DIGEST }),
   ]);
   assert(client.status === "rejected" && agent.status === "rejected");
   assertEquals(assertInstanceOf(client.reason, HandshakeError).code, "token");
@@ -121,7 +123,7 @@ Deno.test("session: a protocol version mismatch names both versions", async () =
   const [a, b] = duplexPair();
   const [client] = await Promise.allSettled([
     connectTunnel(a, { token: TOKEN, version: "0.1.0", protocolVersion: 1 }),
-    acceptTunnel(b, { token: TOKEN, version: "0.9.0", protocolVersion: 2 }),
+    acceptTunnel(b, { tokenDigest: TOKEN_DIGEST, version: "0.9.0", protocolVersion: 2 }),
   ]);
   assert(client.status === "rejected");
   const reason = assertInstanceOf(client.reason, HandshakeError);
@@ -135,7 +137,7 @@ Deno.test("session: a wrong token with another protocol version is refused for t
   const [a, b] = duplexPair();
   const [client, agent] = await Promise.allSettled([
     connectTunnel(a, { token: "wrong", version: "0.1.0", protocolVersion: 1 }),
-    acceptTunnel(b, { token: TOKEN, version: "0.9.0", protocolVersion: 2 }),
+    acceptTunnel(b, { tokenDigest: TOKEN_DIGEST, version: "0.9.0", protocolVersion: 2 }),
   ]);
   assert(client.status === "rejected" && agent.status === "rejected");
   const reason = assertInstanceOf(client.reason, HandshakeError);
@@ -149,7 +151,7 @@ Deno.test("session: an end whose stream ids are used up goes away: its streams f
   const [a, b] = duplexPair();
   const [client, agent] = await Promise.all([
     connectTunnel(a, { token: TOKEN, firstStreamId: 0xffff_fffd }),
-    acceptTunnel(b, { token: TOKEN, onOpen: echo }),
+    acceptTunnel(b, { tokenDigest: TOKEN_DIGEST, onOpen: echo }),
   ]);
   const last = await client.open({ protocol: "tcp", host: "10.0.0.1", port: 1 });
   const lastOfAll = await client.open({ protocol: "tcp", host: "10.0.0.1", port: 2 });
@@ -233,7 +235,7 @@ Deno.test("session: the client refuses an agent that offers a stream window of 0
   const [a, b] = duplexPair();
   const [client] = await Promise.allSettled([
     connectTunnel(a, { token: TOKEN }),
-    acceptTunnel(b, { token: TOKEN, streamWindow: 0 }),
+    acceptTunnel(b, { tokenDigest: TOKEN_DIGEST, streamWindow: 0 }),
   ]);
   assert(client.status === "rejected");
   const reason = assertInstanceOf(client.reason, HandshakeError);
@@ -561,7 +563,7 @@ Deno.test("session: a transport that closes ends every stream promptly", async (
   const [a, b] = duplexPair();
   const [client, agent] = await Promise.all([
     connectTunnel(a, { token: TOKEN }),
-    acceptTunnel(b, { token: TOKEN, onOpen: echo }),
+    acceptTunnel(b, { tokenDigest: TOKEN_DIGEST, onOpen: echo }),
   ]);
   const streams = await Promise.all(
     [1, 2, 3].map((port) => client.open({ protocol: "tcp", host: "h", port })),
@@ -603,7 +605,7 @@ Deno.test("session: a peer that stops answering is closed by keep-alive", async 
   const [client, agent] = await Promise.all([
     connectTunnel(a, { token: TOKEN, keepAliveMs: 20 }),
     acceptTunnel({ readable: gate.readable, writable: b.writable }, {
-      token: TOKEN,
+      tokenDigest: TOKEN_DIGEST,
       keepAliveMs: 0,
     }),
   ]);
@@ -669,7 +671,7 @@ Deno.test("over a real TCP tunnel, with read buffers reused on both of the agent
   const [client, agent] = await Promise.all([
     connectTunnel(connDuplex(clientConn), { token: TOKEN }),
     acceptTunnel(connDuplex(agentConn, buffers), {
-      token: TOKEN,
+      tokenDigest: TOKEN_DIGEST,
       buffers,
       onOpen: async () =>
         connDuplex(

@@ -4,10 +4,11 @@
  */
 import { assert, assertEquals, plateau } from "./assert.ts";
 import { acceptTunnel, connectTunnel, type OpenHandler, type Tunnel } from "../lib/tunnel/mod.ts";
-import { UDP_SHARED_WINDOW, UDP_WINDOW } from "../lib/contract.ts";
+import { tokenDigest, UDP_SHARED_WINDOW, UDP_WINDOW } from "../lib/contract.ts";
 import { duplexPair, kernelDrops, kernelDropsSoon } from "../lib/net/mod.ts";
 
 const TOKEN = "t0ken";
+const TOKEN_DIGEST = await tokenDigest(TOKEN);
 
 async function tunnelPair(
   onOpen: OpenHandler,
@@ -15,7 +16,7 @@ async function tunnelPair(
   const [a, b] = duplexPair();
   const [client, agent] = await Promise.all([
     connectTunnel(a, { token: TOKEN }),
-    acceptTunnel(b, { token: TOKEN, onOpen }),
+    acceptTunnel(b, { tokenDigest: TOKEN_DIGEST, onOpen }),
   ]);
   return {
     client,
@@ -156,7 +157,7 @@ Deno.test("udp stream: a datagram cut across transport reads arrives whole, and 
   const [client, agent] = await Promise.all([
     connectTunnel({ readable: chop(a.readable), writable: a.writable }, { token: TOKEN }),
     acceptTunnel({ readable: chop(b.readable), writable: b.writable }, {
-      token: TOKEN,
+      tokenDigest: TOKEN_DIGEST,
       onOpen: () => Promise.resolve(new TransformStream<Uint8Array, Uint8Array>()),
     }),
   ]);

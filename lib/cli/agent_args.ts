@@ -27,7 +27,8 @@ const OPTIONS = {
 const HELP = `Usage: relay agent [options]
 
 Run the in-cluster end of relay's tunnels. Started by relay inside the agent
-pod; listens on 127.0.0.1 only and needs RELAY_AGENT_TOKEN in its environment.
+pod; listens on 127.0.0.1 only and needs RELAY_AGENT_TOKEN_SHA256 (the SHA-256
+of the session token, in hex) in its environment.
 
 Options:
   --port <n>                     TCP port on 127.0.0.1 to accept tunnels on

@@ -27,8 +27,6 @@ export interface Permission {
 export const AGENT_PERMISSIONS: readonly Permission[] = [
   { verb: "create", group: "batch", resource: "jobs" },
   { verb: "delete", group: "batch", resource: "jobs" },
-  // The session's token, out of the pod spec; the Job owns it, so its deletion removes it.
-  { verb: "create", group: "", resource: "secrets" },
   // The agent's pod, listed and then watched until it runs.
   { verb: "list", group: "", resource: "pods" },
   { verb: "watch", group: "", resource: "pods" },
@@ -40,16 +38,13 @@ export const AGENT_PERMISSIONS: readonly Permission[] = [
 
 /**
  * What relay does with --target, in the target's namespace: find the pod, add the agent as an
- * ephemeral container, hand it the token through a Secret it deletes once the agent runs,
- * and port-forward to it (the second Role of manifests/rbac.yaml).
+ * ephemeral container and port-forward to it (the second Role of manifests/rbac.yaml).
  */
 export const TARGET_PERMISSIONS: readonly Permission[] = [
   { verb: "get", group: "", resource: "pods" },
   { verb: "list", group: "", resource: "pods" },
   { verb: "watch", group: "", resource: "pods" },
   { verb: "patch", group: "", resource: "pods", subresource: "ephemeralcontainers" },
-  { verb: "create", group: "", resource: "secrets" },
-  { verb: "delete", group: "", resource: "secrets" },
   { verb: "get", group: "", resource: "pods", subresource: "portforward" },
   { verb: "create", group: "", resource: "pods", subresource: "portforward" },
 ];

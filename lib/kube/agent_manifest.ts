@@ -2,16 +2,10 @@
  * The agent's Job: its pod hardened (non-root, read-only root, no capabilities, no
  * service-account token), --patch applied, and the rules a patch may not break.
  */
-import type {
-  V1Container,
-  V1Job,
-  V1OwnerReference,
-  V1PodTemplateSpec,
-  V1Secret,
-} from "@kubernetes/client-node";
+import type { V1Container, V1EnvVar, V1Job, V1PodTemplateSpec } from "@kubernetes/client-node";
 import {
   AGENT_PORT,
-  AGENT_TOKEN_ENV,
+  AGENT_TOKEN_DIGEST_ENV,
   type DestinationRule,
   formatDestinationRule,
 } from "../contract.ts";
@@ -19,7 +13,7 @@ import { VERSION } from "../version.ts";
 import { UsageError } from "./errors.ts";
 import { mergePatch } from "./merge_patch.ts";
 
-export { AGENT_PORT, AGENT_TOKEN_ENV };
+export { AGENT_PORT };
 
 /** Labels every agent Job and pod carries. */
 export const AGENT_NAME_LABEL = "app.kubernetes.io/name";
@@ -35,56 +29,29 @@ export const CONTAINER_NAME = "agent";
  */
 export const AGENT_LOCAL_PORT_RANGE = "1024 65535";
 
-/** The key of the token in its Secret. */
-export const TOKEN_SECRET_KEY = "token";
-
-/**
- * The Secret that holds a session's token: the pod spec names it, so a reader of the spec
- * (anyone who may get pods or jobs) learns nothing that opens a tunnel.
- */
-export function tokenSecretName(sessionId: string): string {
-  return `relay-agent-token-${sessionId}`;
-}
-
-/**
- * The session's token as a Secret owned by `owner` (the agent's Job), so that the garbage
- * collector removes it with the Job however relay ends.
- */
-export function agentTokenSecret(opts: {
-  namespace: string;
-  sessionId: string;
-  token: string;
-  owner: V1OwnerReference;
-}): V1Secret {
-  return {
-    apiVersion: "v1",
-    kind: "Secret",
-    type: "Opaque",
-    metadata: {
-      name: tokenSecretName(opts.sessionId),
-      namespace: opts.namespace,
-      labels: { [AGENT_NAME_LABEL]: "relay-agent", [SESSION_LABEL]: opts.sessionId },
-      ownerReferences: [opts.owner],
-    },
-    immutable: true,
-    stringData: { [TOKEN_SECRET_KEY]: opts.token },
-  };
-}
-
 /** Random bytes as lowercase hex. */
 export function randomHex(bytes: number): string {
-  const buffer = crypto.getRandomValues(new Uint8Array(bytes));
-  return Array.from(buffer, (b) => b.toString(16).padStart(2, "0")).join("");
+  return crypto.getRandomValues(new Uint8Array(bytes)).toHex();
 }
 
 /**
- * The Job for one session, --patch applied; its token comes from the session's Secret. Throws
- * UsageError if the patch would remove the token env or change the agent's arguments.
+ * The agent's environment: the digest of the session token (contract.ts tokenDigest), in the
+ * spec itself, so nothing else has to exist before the agent starts.
+ */
+export function agentEnv(tokenDigest: string): V1EnvVar[] {
+  return [{ name: AGENT_TOKEN_DIGEST_ENV, value: tokenDigest }];
+}
+
+/**
+ * The Job for one session, --patch applied. Throws UsageError if the patch would change the
+ * token's digest env or the agent's arguments.
  */
 export function agentJobManifest(opts: {
   namespace: string;
   image: string;
   sessionId: string;
+  /** The session token's SHA-256 (contract.ts tokenDigest). */
+  tokenDigest: string;
   patch?: Record<string, unknown>;
   idleExit?: string;
   udpIdleTimeout?: string;
@@ -96,7 +63,7 @@ export function agentJobManifest(opts: {
     name: CONTAINER_NAME,
     image: opts.image,
     args,
-    env: [{ name: AGENT_TOKEN_ENV, valueFrom: { secretKeyRef: tokenRef(opts.sessionId) } }],
+    env: agentEnv(opts.tokenDigest),
     // Declared so the kubelet (and the test cluster's shim) know the port-forward target.
     ports: [{ name: "relay", containerPort: AGENT_PORT, protocol: "TCP" }],
     resources: {
@@ -135,7 +102,7 @@ export function agentJobManifest(opts: {
     metadata?: Record<string, unknown> & { namespace?: string; generateName?: string };
     spec?: V1PodTemplateSpec["spec"];
   };
-  checkPatchKeptAgent(patched.spec, opts.sessionId, args);
+  checkPatchKeptAgent(patched.spec, opts.tokenDigest, args);
 
   const { namespace, generateName, ...templateMetadata } = patched.metadata ?? {};
   // The session labels find the pod again; a patch may add labels, not take these away.
@@ -178,14 +145,9 @@ export function agentArgs(opts: {
   return args;
 }
 
-/** Where the agent's token env comes from. */
-function tokenRef(sessionId: string): { name: string; key: string } {
-  return { name: tokenSecretName(sessionId), key: TOKEN_SECRET_KEY };
-}
-
 function checkPatchKeptAgent(
   spec: V1PodTemplateSpec["spec"],
-  sessionId: string,
+  tokenDigest: string,
   args: string[],
 ): void {
   const agent = spec?.containers?.find((c) => c.name === CONTAINER_NAME);
@@ -195,13 +157,13 @@ function checkPatchKeptAgent(
   if (JSON.stringify(agent.args) !== JSON.stringify(args) || agent.command) {
     throw new UsageError(`--patch changes the agent's command or arguments ${hint}`);
   }
-  const ref = tokenRef(sessionId);
-  const kept = agent.env?.some((e) =>
-    e.name === AGENT_TOKEN_ENV && e.value === undefined &&
-    e.valueFrom?.secretKeyRef?.name === ref.name && e.valueFrom.secretKeyRef.key === ref.key
-  );
+  const digestEnv = agent.env?.filter((e) => e.name === AGENT_TOKEN_DIGEST_ENV) ?? [];
+  const kept = digestEnv.length > 0 &&
+    digestEnv.every((e) => e.value === tokenDigest && !e.valueFrom);
   if (!kept) {
-    throw new UsageError(`--patch removes the agent's ${AGENT_TOKEN_ENV} env ${hint}`);
+    throw new UsageError(
+      `--patch removes or changes the agent's ${AGENT_TOKEN_DIGEST_ENV} env ${hint}`,
+    );
   }
   checkPatchKeptAlone(spec!);
 }

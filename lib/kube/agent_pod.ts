@@ -6,16 +6,14 @@
 import type { V1Job, V1Pod } from "@kubernetes/client-node";
 import type { BatchApi, CoreApi } from "./resources.ts";
 import type { Watcher } from "./api.ts";
-import type { DestinationRule } from "../contract.ts";
+import { type DestinationRule, tokenDigest } from "../contract.ts";
 import { DEFAULT_AGENT_IMAGE } from "../version.ts";
 import {
   AGENT_PORT,
   agentJobManifest,
-  agentTokenSecret,
   CONTAINER_NAME,
   randomHex,
   SESSION_LABEL,
-  tokenSecretName,
 } from "./agent_manifest.ts";
 import { agentFailed, pendingReason, runningVerdict } from "./agent_status.ts";
 import { apiError, statusMessageOf, statusOf, UsageError } from "./errors.ts";
@@ -26,10 +24,7 @@ export { agentGoneReason } from "./agent_status.ts";
 
 /** The API calls the agent lifecycle makes; a loaded Kube has them, tests pass stubs. */
 export interface AgentPodApi {
-  core: Pick<
-    CoreApi,
-    "listNamespacedPod" | "listNamespacedEvent" | "createNamespacedSecret"
-  >;
+  core: Pick<CoreApi, "listNamespacedPod" | "listNamespacedEvent">;
   batch: Pick<BatchApi, "createNamespacedJob" | "deleteNamespacedJob">;
   watch: Watcher;
 }
@@ -69,7 +64,7 @@ export interface AgentPod {
   readonly podName: string;
   readonly namespace: string;
   readonly sessionId: string;
-  /** The secret every tunnel must present. */
+  /** The session token every tunnel must present (the agent holds only its digest). */
   readonly token: string;
   /** The pod port to port-forward to. */
   readonly port: number;
@@ -78,9 +73,9 @@ export interface AgentPod {
   /** An ephemeral container in a target pod (--target), not a Job of its own. */
   readonly ephemeral: boolean;
   /**
-   * Removes what the session made for the agent (its Job and pod, or its Secret); idempotent,
-   * does not wait for a pod to be gone. An ephemeral agent itself exits when told to by the
-   * session (Tunnel.endSession) or when idle.
+   * Removes what the session made for the agent, its Job and pod; idempotent, does not wait
+   * for a pod to be gone. An ephemeral container cannot be removed: that agent exits when told
+   * to by the session (Tunnel.endSession) or when idle.
    */
   stop(): Promise<void>;
 }
@@ -96,14 +91,15 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
     namespace: opts.namespace,
     image: opts.image ?? DEFAULT_AGENT_IMAGE,
     sessionId,
+    tokenDigest: await tokenDigest(token),
     patch: opts.patch,
     idleExit: opts.idleExit,
     udpIdleTimeout: opts.udpIdleTimeout,
     allow: opts.allow,
   });
   const namespace = manifest.metadata!.namespace!;
-  // The session's pods are listed and watched while the Job and its Secret are created, so
-  // that the pod's Running is one watch event away rather than two round trips after them.
+  // The session's pods are listed and watched while the Job is created, so that the pod's
+  // Running is one watch event away rather than two round trips after it.
   const waiting = new AbortController();
   const giveUp = () => waiting.abort(opts.signal!.reason);
   opts.signal?.addEventListener("abort", giveUp, { once: true });
@@ -132,19 +128,6 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
   const stop = () => stopping ??= deleteAgent(api, namespace, jobName, sessionId);
 
   try {
-    // The Job's pod reads its token from this Secret, which the Job owns: it goes with the
-    // Job whenever that is deleted. A pod faster than this waits for it, as for any Secret.
-    const secret = agentTokenSecret({
-      namespace,
-      sessionId,
-      token,
-      owner: { apiVersion: "batch/v1", kind: "Job", name: jobName, uid: job.metadata!.uid! },
-    });
-    try {
-      await api.core.createNamespacedSecret({ namespace, body: secret });
-    } catch (error) {
-      throw apiError(error, { verb: "create", resource: "secrets", namespace });
-    }
     const pod = await running;
     const podName = pod.metadata!.name!;
     return {
@@ -209,7 +192,7 @@ function waitRunning(api: AgentPodApi, opts: {
     check: (pods) => {
       const pod = current(pods);
       if (!pod) return undefined;
-      const verdict = runningVerdict(pod, tokenSecretName(opts.sessionId));
+      const verdict = runningVerdict(pod);
       if (verdict === "running") return pod;
       if (verdict) return agentFailed(about, pod, verdict);
       if (pod.spec?.nodeName) tell("scheduled", pod);
@@ -227,8 +210,7 @@ function waitRunning(api: AgentPodApi, opts: {
 }
 
 /**
- * Deletes the Job; with background propagation the garbage collector deletes its pod (and
- * the token's Secret) at once, so relay needs no permission on pods it did not create itself.
+ * Deletes the Job; with background propagation the garbage collector deletes its pod at once, so relay needs no permission on pods it did not create itself.
  * 404 is success.
  */
 async function deleteAgent(

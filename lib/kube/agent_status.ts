@@ -47,13 +47,9 @@ export async function agentGoneReason(
 
 /**
  * "running", why the pod will never run (it failed, exited, or cannot start), or undefined
- * while it may still come up. A pod waiting for `awaitedSecret` (the token Secret, created
- * just after the Job) may still come up: the kubelet retries once it exists.
+ * while it may still come up.
  */
-export function runningVerdict(
-  pod: V1Pod,
-  awaitedSecret?: string,
-): "running" | string | undefined {
+export function runningVerdict(pod: V1Pod): "running" | string | undefined {
   const phase = pod.status?.phase;
   const state = pod.status?.containerStatuses?.find((c) => c.name === CONTAINER_NAME)?.state;
   if (phase === "Running" && state?.running) return "running";
@@ -64,7 +60,6 @@ export function runningVerdict(
       : `is ${phase}${podReason(pod)}`;
   }
   const waiting = state?.waiting;
-  if (awaitedSecret && waiting?.message?.includes(`"${awaitedSecret}" not found`)) return undefined;
   if (waiting?.reason && HOPELESS_REASONS.has(waiting.reason)) {
     return `cannot start: ${waiting.reason}${waiting.message ? ` (${waiting.message})` : ""}`;
   }

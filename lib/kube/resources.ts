@@ -12,7 +12,6 @@ import type {
   V1Pod,
   V1PodList,
   V1ReplicaSet,
-  V1Secret,
   V1SelfSubjectAccessReview,
   V1SelfSubjectRulesReview,
   V1Service,
@@ -58,10 +57,6 @@ export function coreApi(api: KubeApi) {
       api.request<V1Service>("GET", base + named("services", r)),
     createNamespacedService: (r: CreateRequest<V1Service>) =>
       api.request<V1Service>("POST", `${base}${ns(r.namespace)}/services`, { body: r.body }),
-    createNamespacedSecret: (r: CreateRequest<V1Secret>) =>
-      api.request<V1Secret>("POST", `${base}${ns(r.namespace)}/secrets`, { body: r.body }),
-    deleteNamespacedSecret: (r: NamedRequest) =>
-      api.request<V1Status>("DELETE", base + named("secrets", r)),
     /** A JSON patch (RFC 6902) of the pod's ephemeral containers. */
     patchNamespacedPodEphemeralcontainers: (r: NamedRequest & { body: unknown[] }) =>
       api.request<V1Pod>("PATCH", `${base}${named("pods", r)}/ephemeralcontainers`, {

@@ -2,30 +2,24 @@
  * The agent inside a target pod (--target): an ephemeral container that shares the pod's
  * network namespace (its IP, ports and resolver) and nothing of the app's filesystem.
  *
- * The token reaches it through a Secret of the session, owned by the pod, which the session
- * deletes as soon as the container runs (its environment already holds the token): a reader
- * of the pod spec learns only the Secret's name. Ephemeral containers cannot be removed, so
- * the agent exits when relay ends the session (or when idle) and stays as a Terminated entry.
+ * Its spec holds the session token's digest, never the token (contract.ts tokenDigest), so
+ * the container is added in one request and nothing of the session is left in the cluster to
+ * delete. Ephemeral containers cannot be removed, so the agent exits when relay ends the
+ * session (or when idle) and stays as a Terminated entry.
  */
 import type { V1EphemeralContainer, V1Pod } from "@kubernetes/client-node";
 import type { CoreApi } from "./resources.ts";
 import type { Watcher } from "./api.ts";
-import { AGENT_STEAL_GID, AGENT_TOKEN_ENV, type DestinationRule } from "../contract.ts";
+import { AGENT_STEAL_GID, type DestinationRule, tokenDigest } from "../contract.ts";
 import { DEFAULT_AGENT_IMAGE } from "../version.ts";
-import { agentArgs, agentTokenSecret, randomHex, TOKEN_SECRET_KEY } from "./agent_manifest.ts";
+import { agentArgs, agentEnv, randomHex } from "./agent_manifest.ts";
 import type { AgentPod } from "./agent_pod.ts";
 import { apiError, KubeError, statusMessageOf, statusOf, UsageError } from "./errors.ts";
 import { waitForPods } from "./pod_wait.ts";
 
 /** The API calls placing an agent in a target pod makes; a loaded Kube has them. */
 export interface TargetedAgentApi {
-  core: Pick<
-    CoreApi,
-    | "createNamespacedSecret"
-    | "deleteNamespacedSecret"
-    | "patchNamespacedPodEphemeralcontainers"
-    | "listNamespacedPod"
-  >;
+  core: Pick<CoreApi, "patchNamespacedPodEphemeralcontainers" | "listNamespacedPod">;
   watch: Watcher;
 }
 
@@ -82,37 +76,9 @@ async function placeOnce(api: TargetedAgentApi, options: TargetedAgentOptions): 
   const token = randomHex(32);
   const container = `relay-agent-${sessionId}`;
   const port = options.port ?? freePortGuess(pod);
-  const secret = agentTokenSecret({
-    namespace,
-    sessionId,
-    token,
-    owner: { apiVersion: "v1", kind: "Pod", name: podName, uid: pod.metadata!.uid! },
-  });
-  const secretName = secret.metadata!.name!;
-  try {
-    await api.core.createNamespacedSecret({ namespace, body: secret });
-  } catch (error) {
-    throw apiError(error, { verb: "create", resource: "secrets", namespace });
-  }
-  let secretGone: Promise<void> | undefined;
-  const deleteSecret = () =>
-    secretGone ??= api.core.deleteNamespacedSecret({ name: secretName, namespace }).then(
-      () => {},
-      (error) => {
-        if (statusOf(error) !== 404) {
-          throw apiError(error, { verb: "delete", resource: "secrets", namespace });
-        }
-      },
-    );
-  try {
-    await addContainer(api, pod, ephemeralAgent(container, port, secretName, options), where);
-    await waitRunning(api, { namespace, podName, container, where, ...options });
-  } catch (error) {
-    await deleteSecret().catch(() => {});
-    throw error;
-  }
-  // Running: the token is in the agent's environment, and nowhere in the cluster any more.
-  await deleteSecret();
+  const agent = ephemeralAgent(container, port, await tokenDigest(token), options);
+  await addContainer(api, pod, agent, where);
+  await waitRunning(api, { namespace, podName, container, where, ...options });
   return {
     podName,
     namespace,
@@ -121,7 +87,7 @@ async function placeOnce(api: TargetedAgentApi, options: TargetedAgentOptions): 
     port,
     container,
     ephemeral: true,
-    stop: deleteSecret,
+    stop: () => Promise.resolve(),
   };
 }
 
@@ -129,17 +95,14 @@ async function placeOnce(api: TargetedAgentApi, options: TargetedAgentOptions): 
 function ephemeralAgent(
   name: string,
   port: number,
-  secretName: string,
+  tokenDigest: string,
   options: TargetedAgentOptions,
 ): V1EphemeralContainer {
   return {
     name,
     image: options.image ?? DEFAULT_AGENT_IMAGE,
     args: agentArgs({ ...options, port }),
-    env: [{
-      name: AGENT_TOKEN_ENV,
-      valueFrom: { secretKeyRef: { name: secretName, key: TOKEN_SECRET_KEY } },
-    }],
+    env: agentEnv(tokenDigest),
     terminationMessagePolicy: "FallbackToLogsOnError",
     securityContext: options.redirect ? redirectingContext() : {
       runAsNonRoot: true,

@@ -2,7 +2,7 @@
  * Opening a tunnel: the client's HELLO, the agent's HELLO_OK or HELLO_ERR, then a Session.
  */
 import { VERSION } from "../version.ts";
-import { PROTOCOL_VERSION } from "../contract.ts";
+import { PROTOCOL_VERSION, tokenDigest } from "../contract.ts";
 import { describeError } from "../errors.ts";
 import { channelOf } from "../net/channel.ts";
 import type { ByteChannel, Duplex } from "../net/types.ts";
@@ -27,6 +27,16 @@ export interface HandshakeOptions extends TunnelOptions {
   firstStreamId?: number;
 }
 
+/** The client's side: it presents the session token. */
+export interface ConnectOptions extends HandshakeOptions {
+  token: string;
+}
+
+/** The agent's side: it holds only the token's digest (lib/contract.ts, tokenDigest). */
+export interface AcceptOptions extends HandshakeOptions {
+  tokenDigest: string;
+}
+
 /** Why a tunnel could not be set up. */
 export type HandshakeFailure = HelloErrorCode | "protocol" | "closed" | "timeout";
 
@@ -46,7 +56,7 @@ export class HandshakeError extends Error {
 /** Client side: send HELLO over `transport`, await the agent's answer, return the tunnel. */
 export async function connectTunnel(
   transport: Duplex,
-  options: HandshakeOptions,
+  options: ConnectOptions,
 ): Promise<Tunnel> {
   const io = openIo(transport);
   const version = options.version ?? VERSION;
@@ -106,7 +116,7 @@ export async function connectTunnel(
 /** Agent side: await the client's HELLO on `transport`, check it, answer, return the tunnel. */
 export async function acceptTunnel(
   transport: Duplex,
-  options: HandshakeOptions,
+  options: AcceptOptions,
 ): Promise<Tunnel> {
   const io = openIo(transport);
   const version = options.version ?? VERSION;
@@ -131,7 +141,7 @@ export async function acceptTunnel(
       return new HandshakeError(code, message, hello.version);
     };
     // The token first: only a peer that has it may learn whether the versions match.
-    if (!sameSecret(hello.token, options.token)) {
+    if (!sameSecret(await tokenDigest(hello.token), options.tokenDigest)) {
       throw refuse("token", `relay ${hello.version} presented a wrong session token`);
     }
     if (hello.protocolVersion !== protocolVersion) {
@@ -253,7 +263,7 @@ async function abandon(io: Io): Promise<void> {
   io.reader.abort("handshake failed");
 }
 
-/** Compares secrets without an early exit on the first differing byte. */
+/** Compares token digests without an early exit on the first differing byte. */
 function sameSecret(a: string, b: string): boolean {
   const x = new TextEncoder().encode(a);
   const y = new TextEncoder().encode(b);

@@ -4,7 +4,9 @@
  */
 export * from "./types.ts";
 export {
+  type AcceptOptions,
   acceptTunnel,
+  type ConnectOptions,
   connectTunnel,
   HandshakeError,
   type HandshakeFailure,

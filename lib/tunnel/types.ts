@@ -107,8 +107,6 @@ export interface ListenOptions {
 
 /** Options common to both ends of a tunnel. */
 export interface TunnelOptions {
-  /** The per-session secret; a tunnel whose token does not match is refused. */
-  token: string;
   /** Handles opens from the peer: on the agent, outbound dials; on the client, reverse forwards. */
   onOpen?: OpenHandler;
   /** Handles the peer's LISTEN (the agent's reverse forwards); without it LISTEN is refused. */

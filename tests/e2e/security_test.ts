@@ -8,6 +8,8 @@ import {
   match as assertMatch,
   ok as assert,
 } from "node:assert/strict";
+import { type DestinationRule, parseDestinationRule, tokenDigest } from "../../lib/contract.ts";
+import { startAgentPod } from "../../lib/kube/agent_pod.ts";
 import { loadKube } from "../../lib/kube/config.ts";
 import { dialPortForward } from "../../lib/kube/portforward.ts";
 import { connectTunnel, HandshakeError } from "../../lib/tunnel/handshake.ts";
@@ -50,7 +52,7 @@ interface AgentPodJson {
       env?: {
         name: string;
         value?: string;
-        valueFrom?: { secretKeyRef?: { name: string; key: string } };
+        valueFrom?: unknown;
       }[];
       resources?: { requests?: Record<string, string>; limits?: Record<string, string> };
       securityContext?: {
@@ -95,21 +97,55 @@ async function theAgentPod(namespace: string): Promise<AgentPodJson> {
 }
 
 /**
- * The agent's token, read as the admin from the Secret its env names: the spec itself holds
- * no value.
+ * What the agent's spec holds of the session token: its SHA-256, which every reader of the
+ * spec may see, as the only entry of the agent's environment.
  */
-async function agentToken(
+function agentTokenDigest(agent: AgentPodJson["spec"]["containers"][number]): string {
+  assertEquals(agent.env?.map((e) => e.name), ["RELAY_AGENT_TOKEN_SHA256"]);
+  const [env] = agent.env!;
+  assertEquals(env.valueFrom, undefined);
+  assertMatch(env.value ?? "", /^[0-9a-f]{64}$/, "a SHA-256 in hex");
+  return env.value!;
+}
+
+/** An agent this test started, with a token it knows. */
+interface KnownAgent {
+  token: string;
+  pod: AgentPodJson;
+  /** Its log, stdout and stderr, as the test cluster's shim keeps it. */
+  log: string;
+}
+
+/**
+ * Only relay holds its session's token (the agent's spec has its digest), so what needs the
+ * token runs on a second agent that this test starts as relay starts its own (startAgentPod,
+ * the same Job) with a token it knows. Resolves once the agent listens.
+ */
+async function withKnownAgent(
   namespace: string,
-  agent: AgentPodJson["spec"]["containers"][number],
-): Promise<string> {
-  const env = agent.env?.find((e) => e.name === "RELAY_AGENT_TOKEN");
-  assertEquals(env?.value, undefined, "no literal token in the pod spec");
-  const ref = env?.valueFrom?.secretKeyRef;
-  assert(ref, "the token comes from a Secret");
-  const encoded = await kubectl(
-    ["get", "secret", ref.name, "-n", namespace, "-o", `jsonpath={.data.${ref.key}}`],
-  );
-  return atob(encoded.trim());
+  allow: DestinationRule[] | undefined,
+  fn: (agent: KnownAgent) => Promise<void>,
+): Promise<void> {
+  const kube = loadKube({ kubeconfig: KUBECONFIG, asGroups: [] });
+  const token = "a-token-this-test-knows-".repeat(3);
+  const started = await startAgentPod(kube, {
+    namespace,
+    token,
+    allow,
+    podRunningTimeoutMs: 30_000,
+  });
+  try {
+    const pod = await kubectlJson<AgentPodJson>(["get", "pod", started.podName, "-n", namespace]);
+    const log = `${RUN_DIR}/pods/${pod.metadata.uid}/agent.log`;
+    await waitFor("the second agent to listen", async () => {
+      const text = await Deno.readTextFile(log).catch(() => "");
+      return text.includes("listening on 127.0.0.1");
+    }, { timeoutMs: 10_000 });
+    await fn({ token, pod, log });
+  } finally {
+    await started.stop();
+    kube.close();
+  }
 }
 
 async function greeting(port: number): Promise<string> {
@@ -203,8 +239,7 @@ Deno.test({
       !agent.volumeMounts?.some((m) => m.mountPath.includes("serviceaccount")),
       "no service-account token is mounted",
     );
-    const token = await agentToken(ns.name, agent);
-    assert(token.length >= 32, "a per-session token of at least 128 bits");
+    const digest = agentTokenDigest(agent);
 
     // The agent listens on its pod's loopback and nowhere else...
     const listening = await runCommand(
@@ -236,34 +271,44 @@ Deno.test({
     });
     assertEquals(both.code, "token");
     assertEquals(both.peerVersion, "");
-    // ...so is none at all...
+    // ...so is none at all, and so is the digest the spec shows...
     const missing = await handshakeWith(ns.name, pod.metadata.name, { token: "" });
     assertEquals(missing.code, "token");
-    // ...and the right token with another protocol version gets an error naming both.
-    const version = await handshakeWith(ns.name, pod.metadata.name, {
-      token,
-      protocolVersion: PROTOCOL_VERSION + 41,
-    });
-    assertEquals(version.code, "version");
-    assertMatch(
-      version.message,
-      new RegExp(
-        `${PROTOCOL_VERSION + 41}.*${PROTOCOL_VERSION}|${PROTOCOL_VERSION}.*${
-          PROTOCOL_VERSION + 41
-        }`,
-      ),
-    );
-
-    // The agent logged each refusal.
+    const shown = await handshakeWith(ns.name, pod.metadata.name, { token: digest });
+    assertEquals(shown.code, "token");
+    // The agent logged each refusal, and never the digest it checks against.
     const log = `${RUN_DIR}/pods/${pod.metadata.uid}/agent.log`;
     const refusals = await waitFor("four refusals in the agent's log", async () => {
       const lines = (await Deno.readTextFile(log)).split("\n")
         .filter((l) => l.includes("refused a tunnel"));
       return lines.length >= 4 ? lines : undefined;
     }, { timeoutMs: 10_000 });
-    assert(refusals.filter((l) => /token/.test(l)).length >= 3, refusals.join("\n"));
-    assert(refusals.some((l) => l.includes(String(PROTOCOL_VERSION + 41))), refusals.join("\n"));
-    assert(!refusals.join("\n").includes(token), "the agent never logs its token");
+    assert(refusals.every((l) => /token/.test(l)), refusals.join("\n"));
+    assert(!refusals.join("\n").includes(digest), "the agent logs the token's digest");
+
+    // With the token (on a second agent, see withKnownAgent), another protocol version gets an
+    // error naming both.
+    await withKnownAgent(ns.name, undefined, async (known) => {
+      assertEquals(agentTokenDigest(known.pod.spec.containers[0]), await tokenDigest(known.token));
+      const version = await handshakeWith(ns.name, known.pod.metadata.name, {
+        token: known.token,
+        protocolVersion: PROTOCOL_VERSION + 41,
+      });
+      assertEquals(version.code, "version");
+      assertMatch(
+        version.message,
+        new RegExp(
+          `${PROTOCOL_VERSION + 41}.*${PROTOCOL_VERSION}|${PROTOCOL_VERSION}.*${
+            PROTOCOL_VERSION + 41
+          }`,
+        ),
+      );
+      const logged = await waitFor("the version refusal in its log", async () => {
+        const text = await Deno.readTextFile(known.log);
+        return text.includes(String(PROTOCOL_VERSION + 41)) ? text : undefined;
+      }, { timeoutMs: 10_000 });
+      assert(!logged.includes(known.token), "the agent logs the token");
+    });
 
     // relay's own tunnels were not disturbed.
     assertMatch(await greeting(relay.ports[0]), /^pod=echo-pod /);
@@ -424,7 +469,6 @@ Deno.test({
       "get daemonsets": { args: ["ds/echo-ds", ":8080@tcp"] },
       "get replicasets": { args: ["rs/echo-rs", ":8080@tcp"] },
       "create jobs": { args: [`ip/${podIP}`, ":8080"] },
-      "create secrets": { args: [`ip/${podIP}`, ":8080"] },
       "delete jobs": { args: [`ip/${podIP}`, ":8080"] },
       // Only read to explain an agent stuck in Pending.
       "list events": { args: [`ip/${podIP}`, ":8080"], optional: true },
@@ -470,7 +514,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "story: a co-tenant bound to manifests/rbac.yaml reads the agent's pod (and its Job) but finds nothing that opens a tunnel, and cannot read the token's Secret",
+    "story: a co-tenant bound to manifests/rbac.yaml reads the agent's pod (and its Job) but finds nothing that opens a tunnel: the spec holds only the token's SHA-256",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
@@ -487,7 +531,6 @@ Deno.test({
     const asCotenant = ["--as", "relay-cotenant", "-n", ns.name];
     const pods = await kubectl(["get", "pods", "-l", AGENT_SELECTOR, "-o", "json", ...asCotenant]);
     const jobs = await kubectl(["get", "jobs", "-l", AGENT_SELECTOR, "-o", "json", "-n", ns.name]);
-    const read = pods + jobs;
     const candidates = new Set<string>();
     const collect = (value: unknown): void => {
       if (typeof value === "string" && value.length > 0 && value.length <= 512) {
@@ -498,10 +541,11 @@ Deno.test({
     collect(JSON.parse(pods));
     collect(JSON.parse(jobs));
     assert(candidates.has(pod.metadata.name), "the co-tenant did read the agent's pod");
-    const token = await agentToken(ns.name, pod.spec.containers.find((c) => c.name === "agent")!);
-    assert(!candidates.has(token) && !read.includes(token), "the token is in the Job or pod");
+    const digest = agentTokenDigest(pod.spec.containers.find((c) => c.name === "agent")!);
+    assert(candidates.has(digest), "the co-tenant did read the token's digest");
 
-    // Each string found, tried as the token through the co-tenant's own port-forward: refused.
+    // Each string found, the digest included, tried as the token through the co-tenant's own
+    // port-forward: refused.
     await inBatches([...candidates], 8, async (candidate) => {
       const refused = await handshakeWith(
         ns.name,
@@ -512,29 +556,9 @@ Deno.test({
       assertEquals(refused.code, "token", candidate);
     });
 
-    // The Secret is out of the co-tenant's reach: the Role never grants get or list on secrets.
-    const secretName = pod.spec.containers.find((c) => c.name === "agent")!.env!
-      .find((e) => e.name === "RELAY_AGENT_TOKEN")!.valueFrom!.secretKeyRef!.name;
-    const denied = await runCommand([
-      KUBECTL,
-      `--kubeconfig=${KUBECONFIG}`,
-      "get",
-      "secret",
-      secretName,
-      ...asCotenant,
-    ]);
-    assert(denied.code !== 0, "the co-tenant read the token's Secret");
-    assertMatch(denied.stderr, /forbidden/);
-
-    // relay's own tunnels are untouched; once it stops, the Secret goes with the Job.
+    // relay's own tunnels are untouched.
     assertMatch(await greeting(relay.ports[0]), /^pod=echo-pod /);
     assertEquals(await relay.stop(), 0, relay.stderr());
-    await waitFor("the token's Secret to be gone", async () => {
-      const left = await kubectl(
-        ["get", "secrets", "-n", ns.name, "-l", AGENT_SELECTOR, "-o", "name"],
-      );
-      return left.trim() === "";
-    }, { timeoutMs: 30_000 });
   },
 });
 
@@ -556,15 +580,20 @@ Deno.test({
     const args = (agent as unknown as { args: string[] }).args;
     assertEquals(args.filter((_, i) => args[i - 1] === "--allow"), [`tcp/${echoIP}/8080`]);
 
-    const token = await agentToken(ns.name, agent);
-    const kube = loadKube({ kubeconfig: KUBECONFIG, asGroups: [] });
-    try {
+    // The same spec with a token this test knows (withKnownAgent): the agent opens only that.
+    const allow = args.filter((_, i) => args[i - 1] === "--allow")
+      .map((rule) => parseDestinationRule(rule)!);
+    await withKnownAgent(ns.name, allow, async (known) => {
+      const kube = loadKube({ kubeconfig: KUBECONFIG, asGroups: [] });
       const transport = await dialPortForward(kube, {
         namespace: ns.name,
-        pod: pod.metadata.name,
+        pod: known.pod.metadata.name,
         port: AGENT_PORT,
       });
-      const tunnel = await connectTunnel(transport, { token, handshakeTimeoutMs: 10_000 });
+      const tunnel = await connectTunnel(transport, {
+        token: known.token,
+        handshakeTimeoutMs: 10_000,
+      });
       try {
         // What the session named opens.
         const named = await tunnel.open({ protocol: "tcp", host: echoIP, port: 8080 });
@@ -588,10 +617,9 @@ Deno.test({
         }
       } finally {
         tunnel.close("test over");
+        kube.close();
       }
-    } finally {
-      kube.close();
-    }
+    });
     assertMatch(await greeting(relay.ports[0]), /^pod=echo-pod /);
     assertEquals(await relay.stop(), 0, relay.stderr());
   },
