@@ -9,6 +9,7 @@ import { TunnelPool } from "../lib/session/pool.ts";
 import {
   acceptTunnel,
   connectTunnel,
+  HandshakeError,
   type OpenHandler,
   type OpenRequest,
   type Tunnel,
@@ -264,6 +265,27 @@ Deno.test("TunnelPool: start with no time left fails on the first error without 
   assert(error === refused);
   assertEquals(calls, 1);
   pool.close();
+});
+
+Deno.test("TunnelPool: start fails at once when the agent answered no (another version, the wrong token)", async () => {
+  for (const code of ["version", "token"] as const) {
+    let calls = 0;
+    const answered = new HandshakeError(code, `refused: ${code}`);
+    const pool = new TunnelPool({
+      size: 2,
+      connect: () => {
+        calls++;
+        return Promise.reject(answered);
+      },
+    });
+    const error = await within(
+      assertRejects(() => pool.start(60_000), HandshakeError),
+      `start gives up on ${code}`,
+    );
+    assert(error === answered);
+    assertEquals(calls, 1, `${code}: another try gets the same answer`);
+    pool.close();
+  }
 });
 
 Deno.test("TunnelPool: start stops retrying once the pool is closed", async () => {

@@ -3,6 +3,7 @@
  * connection's head-of-line blocking and one WebSocket's throughput are not the ceiling;
  * a tunnel that closes is replaced in the background, with backoff.
  */
+import { HandshakeError } from "../tunnel/handshake.ts";
 import type { OpenOptions, OpenRequest, Tunnel, TunnelStream } from "../tunnel/types.ts";
 
 /** How the pool reaches its agent and speaks to it. */
@@ -59,7 +60,10 @@ export class TunnelPool {
         this.#add(await this.options.connect());
         break;
       } catch (err) {
-        if (this.#stopped || Date.now() + delay >= until) throw err;
+        // Only an agent not reached yet is worth another try: one that refused the handshake
+        // (another version, say) would refuse it again until the deadline.
+        const answered = err instanceof HandshakeError && err.answered;
+        if (this.#stopped || answered || Date.now() + delay >= until) throw err;
         await sleep(delay);
         delay = Math.min(Math.max(delay * 2, START_RETRY_MIN_MS), 1_000);
       }

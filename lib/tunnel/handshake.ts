@@ -51,6 +51,11 @@ export class HandshakeError extends Error {
     super(message);
     this.name = "HandshakeError";
   }
+
+  /** The agent itself said no (token, version): another try gets the same answer. */
+  get answered(): boolean {
+    return this.code === "token" || this.code === "version" || this.code === "other";
+  }
 }
 
 /** Client side: send HELLO over `transport`, await the agent's answer, return the tunnel. */
