@@ -10,7 +10,7 @@ import type { Protocol } from "./net/types.ts";
  * The tunnel protocol's version, sent in both ends' handshake; ends of different versions
  * refuse each other with a message naming both.
  */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 
 /**
  * How the agent takes a pod port for a reverse forward (-R): `listen` binds a free port;

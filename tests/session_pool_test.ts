@@ -12,6 +12,7 @@ import {
   HandshakeError,
   type OpenHandler,
   type OpenRequest,
+  openTunnel,
   type Tunnel,
   type TunnelStream,
 } from "../lib/tunnel/mod.ts";
@@ -82,10 +83,27 @@ class FakeTunnel implements Tunnel {
   closedBy: string | undefined;
   readonly opens: OpenRequest[] = [];
   readonly closed: Promise<void>;
+  readonly handshake: Promise<void>;
   #resolveClosed!: () => void;
+  readonly #answer = deferred<void>();
 
-  constructor(readonly name: string, readonly peerVersion = "fake-1") {
+  /** With `answered: false` the agent's answer waits for {@link answer}. */
+  constructor(
+    readonly name: string,
+    readonly peerVersion = "fake-1",
+    { answered = true } = {},
+  ) {
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
+    this.handshake = this.#answer.promise;
+    this.handshake.catch(() => {});
+    if (answered) this.#answer.resolve();
+  }
+
+  /** The agent's answer to HELLO: accepted, or refused, which closes the tunnel as a Session does. */
+  answer(refusal?: HandshakeError): void {
+    if (!refusal) return this.#answer.resolve();
+    this.#answer.reject(refusal);
+    this.drop(refusal.message);
   }
 
   open(request: OpenRequest): Promise<TunnelStream> {
@@ -546,29 +564,130 @@ Deno.test("TunnelPool: close wakes a waiting open and a reconnect in flight does
 
 // ----- what the pool reports --------------------------------------------------------------
 
-Deno.test("TunnelPool: peerVersion is the agent's version from the first tunnel's handshake", async () => {
+Deno.test("TunnelPool: agreed is the agent's version from the first tunnel's handshake", async () => {
   const agent = new InMemoryAgent("7.7.7-test");
   const pool = new TunnelPool({ size: 1, connect: agent.connect });
-  assertEquals(pool.peerVersion, "");
   await within(pool.start(10_000), "start");
-  assertEquals(pool.peerVersion, "7.7.7-test");
+  assertEquals(await within(pool.agreed, "the agent's answer"), "7.7.7-test");
   pool.close();
   await agent.shutdown();
 });
 
-Deno.test("TunnelPool: peerVersion stays the first tunnel's when replacements join", async () => {
+Deno.test("TunnelPool: agreed stays the first tunnel's when replacements join", async () => {
   const dialer = new Dialer();
   const pool = new TunnelPool({ size: 1, connect: dialer.connect });
   const starting = pool.start(10_000);
   const first = new FakeTunnel("first", "1.0.0");
   (await dialer.call(0)).resolve(first);
   await within(starting, "start");
-  assertEquals(pool.peerVersion, "1.0.0");
+  assertEquals(await within(pool.agreed, "agreed"), "1.0.0");
   first.drop("tunnel closed by peer");
   const second = new FakeTunnel("second", "2.0.0");
   (await dialer.call(1)).resolve(second);
   await eventually(() => pool.size === 1, "the replacement joins");
-  assertEquals(pool.peerVersion, "1.0.0");
+  assertEquals(await pool.agreed, "1.0.0");
+  pool.close();
+});
+
+Deno.test("TunnelPool: start returns before the agent's answer, and streams go out on the tunnel meanwhile", async () => {
+  const dialer = new Dialer();
+  const pool = new TunnelPool({ size: 1, connect: dialer.connect });
+  const starting = pool.start(10_000);
+  const first = new FakeTunnel("first", "1.0.0", { answered: false });
+  (await dialer.call(0)).resolve(first);
+  await within(starting, "start");
+  let agreed = "pending";
+  pool.agreed.then((version) => agreed = version);
+  await within(pool.open(REQUEST), "an open before the answer");
+  assertEquals(first.opens.length, 1);
+  await settle();
+  assertEquals(agreed, "pending");
+  first.answer();
+  await settle();
+  assertEquals(agreed, "1.0.0");
+  pool.close();
+});
+
+Deno.test("TunnelPool: a refusal after start is told once and no tunnel is connected again", async () => {
+  const dialer = new Dialer();
+  const logged: string[] = [];
+  const refused: HandshakeError[] = [];
+  const pool = new TunnelPool({
+    size: 2,
+    connect: dialer.connect,
+    log: (l) => logged.push(l),
+    onRefused: (e) => refused.push(e),
+  });
+  const starting = pool.start(10_000);
+  const first = new FakeTunnel("first", "", { answered: false });
+  (await dialer.call(0)).resolve(first);
+  await within(starting, "start");
+  const second = new FakeTunnel("second", "", { answered: false });
+  (await dialer.call(1)).resolve(second);
+  await eventually(() => pool.size === 2, "the pool fills to 2");
+  const refusal = new HandshakeError("token", "relay agent 1.0.0 refused the session token");
+  first.answer(refusal);
+  await eventually(() => refused.length === 1, "onRefused is told");
+  assert(refused[0] === refusal);
+  second.answer(new HandshakeError("token", "relay agent 1.0.0 refused the session token"));
+  await eventually(() => pool.size === 0, "both refused tunnels leave the pool");
+  await within(
+    assertRejects(() => pool.open(REQUEST), Error, "refused the session token"),
+    "an open after the refusal fails at once with it",
+    1_000,
+  );
+  assertEquals(refused.length, 1, "told once");
+  await new Promise((resolve) => setTimeout(resolve, 250));
+  assertEquals(dialer.calls.length, 2, "a refused tunnel is not replaced: it would be refused");
+  assertEquals(logged.filter((l) => l.includes("reconnecting")), []);
+  pool.close();
+});
+
+Deno.test("TunnelPool: a replacement refused at connect stops the refilling and is told", async () => {
+  const refused: HandshakeError[] = [];
+  const dialer = new Dialer();
+  const pool = new TunnelPool({
+    size: 1,
+    connect: dialer.connect,
+    onRefused: (e) => refused.push(e),
+  });
+  const starting = pool.start(10_000);
+  const first = new FakeTunnel("first");
+  (await dialer.call(0)).resolve(first);
+  await within(starting, "start");
+  first.drop("tunnel closed by peer");
+  const refusal = new HandshakeError("version", "cannot talk to each other");
+  (await dialer.call(1)).reject(refusal);
+  await eventually(() => refused.length === 1, "onRefused is told");
+  assert(refused[0] === refusal);
+  await new Promise((resolve) => setTimeout(resolve, 250));
+  assertEquals(dialer.calls.length, 2, "no try after the refusal");
+  pool.close();
+});
+
+Deno.test("TunnelPool: real tunnels to an agent that refuses the token are open at once and then fail with its answer", async () => {
+  const refusing = async (): Promise<Tunnel> => {
+    const [a, b] = duplexPair();
+    acceptTunnel(b, { tokenDigest: await tokenDigest("another"), keepAliveMs: 0, onOpen: echo })
+      .catch(() => {});
+    return await openTunnel(a, { token: TOKEN, keepAliveMs: 0 });
+  };
+  let calls = 0;
+  const refused: HandshakeError[] = [];
+  const pool = new TunnelPool({
+    size: 2,
+    connect: () => (calls++, refusing()),
+    onRefused: (e) => refused.push(e),
+  });
+  await within(pool.start(10_000), "start, on the agent's READY");
+  const opening = pool.open(REQUEST).then(() => undefined, (e: unknown) => e);
+  await eventually(() => refused.length === 1, "onRefused is told");
+  assertEquals(refused[0].message, "the relay agent refused the session token");
+  const failed = await within(opening, "the stream sent before the answer fails");
+  assert(String(failed).includes("refused the session token"), String(failed));
+  await eventually(() => pool.size === 0, "the refused tunnels leave the pool");
+  await new Promise((resolve) => setTimeout(resolve, 250));
+  assertEquals(calls, 2, "the first tunnel and the one filling the pool, no more");
   pool.close();
 });
 

@@ -52,9 +52,9 @@ async function hostilePeer(
   const reader = peer.readable.getReader();
   let reading: Promise<void> = Promise.resolve();
   const decoder = new FrameDecoder();
-  // The handshake answer is read either way.
+  // READY and the handshake's answer are read either way.
   const helloAnswered = (async () => {
-    while (frames.length === 0) {
+    while (!frames.some((f) => f.type === FrameType.HELLO_OK)) {
       const { value, done } = await reader.read();
       if (done) return;
       frames.push(...decoder.push(value));

@@ -21,6 +21,11 @@ export interface TunnelPoolOptions {
   waitMs?: number;
   /** Told of every tunnel as it joins the pool, the first and each replacement. */
   onTunnel?: (tunnel: Tunnel) => void;
+  /**
+   * Told once if the agent refuses a handshake (wrong token, another protocol version) after
+   * start: the pool connects no more tunnels, as each would be refused too.
+   */
+  onRefused?: (error: HandshakeError) => void;
 }
 
 const BACKOFF_MIN_MS = 100;
@@ -44,7 +49,9 @@ export class TunnelPool {
   #stopped = false;
   #waiters: Array<() => void> = [];
   #lastError: unknown;
-  #peerVersion = "";
+  /** The agent's refusal of a handshake: no tunnel is connected after it. */
+  #refusal: HandshakeError | undefined;
+  readonly #agreed = Promise.withResolvers<string>();
 
   constructor(readonly options: TunnelPoolOptions) {}
 
@@ -62,8 +69,7 @@ export class TunnelPool {
       } catch (err) {
         // Only an agent not reached yet is worth another try: one that refused the handshake
         // (another version, say) would refuse it again until the deadline.
-        const answered = err instanceof HandshakeError && err.answered;
-        if (this.#stopped || answered || Date.now() + delay >= until) throw err;
+        if (this.#stopped || refusal(err) || Date.now() + delay >= until) throw err;
         await sleep(delay);
         delay = Math.min(Math.max(delay * 2, START_RETRY_MIN_MS), 1_000);
       }
@@ -71,9 +77,9 @@ export class TunnelPool {
     for (let i = 1; i < this.options.size; i++) this.#refill();
   }
 
-  /** The agent's version, from the handshake of the first tunnel. */
-  get peerVersion(): string {
-    return this.#peerVersion;
+  /** The agent's version, once it has accepted the handshake of a tunnel. */
+  get agreed(): Promise<string> {
+    return this.#agreed.promise;
   }
 
   /** Whether {@link close} was called: opens that fail from now on fail because of it. */
@@ -135,15 +141,18 @@ export class TunnelPool {
       tunnel.close("relay is stopping");
       return;
     }
-    this.#peerVersion ||= tunnel.peerVersion;
     this.#tunnels.push(tunnel);
     this.options.onTunnel?.(tunnel);
     for (const wake of this.#waiters.splice(0)) wake();
-    tunnel.closed.finally(() => {
+    // The handshake settles before the tunnel closes, so a refusal is known by then.
+    tunnel.handshake.then(
+      () => this.#agreed.resolve(tunnel.peerVersion),
+      (err) => this.#refused(err),
+    ).then(() => tunnel.closed).finally(() => {
       this.#tunnels = this.#tunnels.filter((t) => t !== tunnel);
       // A retired tunnel was replaced when it started going away.
       if (this.#retired.delete(tunnel)) return;
-      if (!this.#stopped) {
+      if (!this.#stopped && !this.#refusal) {
         const why = tunnel.closeReason;
         this.options.log?.(`tunnel to the agent closed${why ? ` (${why})` : ""}; reconnecting`);
         this.#refill();
@@ -154,16 +163,29 @@ export class TunnelPool {
   /** Reconnects one tunnel in the background, backing off while the agent can't be reached. */
   async #refill(): Promise<void> {
     let delay = BACKOFF_MIN_MS;
-    while (!this.#stopped && this.#tunnels.length < this.options.size) {
+    while (!this.#stopped && !this.#refusal && this.#tunnels.length < this.options.size) {
       try {
         this.#add(await this.options.connect());
         return;
       } catch (err) {
         this.#lastError = err;
+        if (this.#refused(err)) return;
         await sleep(delay);
         delay = Math.min(delay * 2, BACKOFF_MAX_MS);
       }
     }
+  }
+
+  /** Takes note of an agent's refusal in `err`, if it is one; says whether it was. */
+  #refused(err: unknown): boolean {
+    const answer = refusal(err);
+    if (!answer) return false;
+    this.#lastError = answer;
+    if (this.#refusal) return true;
+    this.#refusal = answer;
+    for (const wake of this.#waiters.splice(0)) wake();
+    this.options.onRefused?.(answer);
+    return true;
   }
 
   /**
@@ -187,7 +209,7 @@ export class TunnelPool {
   async #waitForTunnel(): Promise<Tunnel> {
     const waitMs = this.options.waitMs ?? 10_000;
     const until = Date.now() + waitMs;
-    while (!this.#stopped && Date.now() < until) {
+    while (!this.#stopped && !this.#refusal && Date.now() < until) {
       await new Promise<void>((resolve) => {
         const wake = () => {
           clearTimeout(timer);
@@ -206,6 +228,11 @@ export class TunnelPool {
     const why = this.#lastError instanceof Error ? `: ${this.#lastError.message}` : "";
     throw new Error(`no tunnel to the agent is up${why}`);
   }
+}
+
+/** `err` if the agent itself refused the handshake: every other try would get the same answer. */
+function refusal(err: unknown): HandshakeError | undefined {
+  return err instanceof HandshakeError && err.answered ? err : undefined;
 }
 
 function sleep(ms: number): Promise<void> {

@@ -209,12 +209,20 @@ export async function runSession(options: SessionOptions): Promise<void> {
       connect: () => supervisor.connect(),
       log: (line) => logger.debug(line),
       onTunnel,
+      // Streams go out before the agent answers a tunnel's HELLO: its refusal ends the run.
+      onRefused: (error) => {
+        if (stop.signal.aborted) return;
+        fatal ??= error;
+        stop.abort();
+      },
     });
     await pool.start(run.podRunningTimeoutMs);
-    logger.debug(`connected to relay agent ${pool.peerVersion}`);
-    if (pool.peerVersion !== VERSION) {
-      logger.info(`warning: the agent runs relay ${pool.peerVersion}, this is relay ${VERSION}`);
-    }
+    pool.agreed.then((version) => {
+      logger.debug(`connected to relay agent ${version}`);
+      if (version !== VERSION) {
+        logger.info(`warning: the agent runs relay ${version}, this is relay ${VERSION}`);
+      }
+    });
     if (stop.signal.aborted) return;
     const streams = pool;
     const context: ServeContext = {

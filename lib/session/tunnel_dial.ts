@@ -4,7 +4,7 @@ import type { AgentPod } from "../kube/agent_pod.ts";
 import type { Kube } from "../kube/config.ts";
 import { dialPortForward } from "../kube/portforward.ts";
 import type { BufferPool } from "../net/buffer_pool.ts";
-import { connectTunnel } from "../tunnel/handshake.ts";
+import { openTunnel } from "../tunnel/handshake.ts";
 import type { Tunnel, TunnelOptions } from "../tunnel/types.ts";
 import { withDeadline } from "./deadline.ts";
 
@@ -19,7 +19,7 @@ export interface TunnelDialOptions {
   onOpen?: TunnelOptions["onOpen"];
 }
 
-/** Opens one tunnel to `agent`. */
+/** Opens one tunnel to `agent`; the agent's answer to its HELLO settles `handshake` later. */
 export async function dialTunnel(
   kube: Kube,
   agent: AgentPod,
@@ -39,7 +39,7 @@ export async function dialTunnel(
     (late) => void late.readable.cancel().catch(() => {}),
   );
   try {
-    return await connectTunnel(transport, {
+    return await openTunnel(transport, {
       token: agent.token,
       keepAliveMs: CLIENT_KEEPALIVE_MS,
       buffers: options.buffers,

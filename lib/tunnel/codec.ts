@@ -134,8 +134,11 @@ export function encodePayload(frame: Frame): Uint8Array {
       w.u32(MAGIC).u16(frame.protocolVersion).u32(frame.window);
       w.longString(frame.token, "token").shortString(frame.version, "version");
       break;
+    case FrameType.READY:
+      w.u32(MAGIC).u32(frame.window);
+      break;
     case FrameType.HELLO_OK:
-      w.u16(frame.protocolVersion).u32(frame.window).shortString(frame.version, "version");
+      w.u16(frame.protocolVersion).shortString(frame.version, "version");
       break;
     case FrameType.HELLO_ERR:
       w.u8(HELLO_ERR_CODES.indexOf(frame.code)).u16(frame.protocolVersion);
@@ -307,12 +310,17 @@ export function decodePayload(type: number, streamId: number, payload: Uint8Arra
       r.end();
       return { type, streamId, protocolVersion, window, token, version };
     }
+    case FrameType.READY: {
+      if (r.u32() !== MAGIC) throw new FrameError("not a relay tunnel (bad magic)");
+      const window = r.u32();
+      r.end();
+      return { type, streamId, window };
+    }
     case FrameType.HELLO_OK: {
       const protocolVersion = r.u16();
-      const window = r.u32();
       const version = r.shortString();
       r.end();
-      return { type, streamId, protocolVersion, window, version };
+      return { type, streamId, protocolVersion, version };
     }
     case FrameType.HELLO_ERR: {
       const code = HELLO_ERR_CODES[r.u8()] ?? "other";

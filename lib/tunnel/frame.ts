@@ -30,7 +30,7 @@ export const HEADER_SIZE = 10;
 /** Largest payload of any frame: room for a 65,507-byte UDP datagram and then some. */
 export const MAX_PAYLOAD = 65536;
 
-/** The first four payload bytes of HELLO: "RLAY". */
+/** The first four payload bytes of HELLO and READY: "RLAY". */
 export const MAGIC = 0x524c4159;
 
 /** Frame types, one byte on the wire. */
@@ -51,12 +51,25 @@ export const FrameType = {
   LISTEN_RESULT: 14,
   WINDOW_RETURN: 15,
   SHUTDOWN: 16,
+  READY: 17,
 } as const;
 
 /** Why a handshake was refused. */
 export type HelloErrorCode = "token" | "version" | "other";
 
-/** Client → agent: the first frame on a tunnel (stream id 0). */
+/**
+ * Agent → client: the agent's first frame, sent the moment the port-forward reaches it, so the
+ * client may send its first streams right behind HELLO instead of a round trip later. It says
+ * nothing of the agent (no version) to a peer that has not shown the token yet.
+ */
+export interface ReadyFrame {
+  type: typeof FrameType.READY;
+  streamId: number;
+  /** The per-stream receive window the agent grants, in bytes. */
+  window: number;
+}
+
+/** Client → agent: the client's first frame (stream id 0), sent without waiting for READY. */
 export interface HelloFrame {
   type: typeof FrameType.HELLO;
   streamId: number;
@@ -68,13 +81,12 @@ export interface HelloFrame {
   window: number;
 }
 
-/** Agent → client: handshake accepted. */
+/** Agent → client: handshake accepted; before any other frame of the agent but READY. */
 export interface HelloOkFrame {
   type: typeof FrameType.HELLO_OK;
   streamId: number;
   protocolVersion: number;
   version: string;
-  window: number;
 }
 
 /** Agent → client: handshake refused; the tunnel closes after it. */
@@ -193,6 +205,7 @@ export interface ListenResultFrame {
 
 /** Any frame. */
 export type Frame =
+  | ReadyFrame
   | HelloFrame
   | HelloOkFrame
   | HelloErrFrame

@@ -1,5 +1,8 @@
 /**
- * Opening a tunnel: the client's HELLO, the agent's HELLO_OK or HELLO_ERR, then a Session.
+ * Opening a tunnel. The agent sends READY as soon as it is reached and the client sends HELLO
+ * as soon as the upgrade is answered, so each end hears the other within half a round trip.
+ * The client's streams follow its HELLO; the agent handles them only after checking it, and
+ * its HELLO_OK or HELLO_ERR reaches the client's Session before anything else of the agent.
  */
 import { VERSION } from "../version.ts";
 import { PROTOCOL_VERSION, tokenDigest } from "../contract.ts";
@@ -7,13 +10,26 @@ import { describeError } from "../errors.ts";
 import { channelOf } from "../net/channel.ts";
 import type { ByteChannel, Duplex } from "../net/types.ts";
 import { FrameDecoder } from "./decoder.ts";
-import { type Frame, FrameError, FrameType, type HelloErrorCode } from "./frame.ts";
+import { frameName } from "./codec.ts";
+import {
+  type Frame,
+  FrameError,
+  FrameType,
+  type HelloErrFrame,
+  type HelloErrorCode,
+} from "./frame.ts";
+import { HandshakeError } from "./handshake_error.ts";
 import { DEFAULT_STREAM_WINDOW } from "./defaults.ts";
 import { Session } from "./session.ts";
 import type { Tunnel, TunnelOptions } from "./types.ts";
+
+export { HandshakeError, type HandshakeFailure } from "./handshake_error.ts";
 import { FrameWriter } from "./writer.ts";
 
-/** Options for connectTunnel / acceptTunnel beyond the shared TunnelOptions. */
+/** How long a peer may take over its part of the handshake, by default. */
+const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/** Options for openTunnel / acceptTunnel beyond the shared TunnelOptions. */
 export interface HandshakeOptions extends TunnelOptions {
   /** Give up on a peer that has not completed the handshake after this long (default 10 s). */
   handshakeTimeoutMs?: number;
@@ -37,29 +53,13 @@ export interface AcceptOptions extends HandshakeOptions {
   tokenDigest: string;
 }
 
-/** Why a tunnel could not be set up. */
-export type HandshakeFailure = HelloErrorCode | "protocol" | "closed" | "timeout";
-
-/** A tunnel whose handshake failed: wrong token, other protocol version, not a relay peer. */
-export class HandshakeError extends Error {
-  constructor(
-    readonly code: HandshakeFailure,
-    message: string,
-    /** The peer's relay version, when it told us. */
-    readonly peerVersion?: string,
-  ) {
-    super(message);
-    this.name = "HandshakeError";
-  }
-
-  /** The agent itself said no (token, version): another try gets the same answer. */
-  get answered(): boolean {
-    return this.code === "token" || this.code === "version" || this.code === "other";
-  }
-}
-
-/** Client side: send HELLO over `transport`, await the agent's answer, return the tunnel. */
-export async function connectTunnel(
+/**
+ * Client side: sends HELLO over `transport` at once and returns the tunnel as soon as the
+ * agent's READY arrives, so the first streams follow HELLO without waiting a round trip for
+ * the answer. The answer (HELLO_OK or HELLO_ERR) settles `tunnel.handshake`; a refusal closes
+ * the tunnel, failing whatever was opened on it.
+ */
+export async function openTunnel(
   transport: Duplex,
   options: ConnectOptions,
 ): Promise<Tunnel> {
@@ -67,6 +67,7 @@ export async function connectTunnel(
   const version = options.version ?? VERSION;
   const protocolVersion = options.protocolVersion ?? PROTOCOL_VERSION;
   const window = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
+  const timeoutMs = options.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
   try {
     io.frameWriter.send({
       type: FrameType.HELLO,
@@ -76,41 +77,28 @@ export async function connectTunnel(
       version,
       window,
     });
-    const [answer, pending] = await firstFrame(io, options.handshakeTimeoutMs);
-    if (answer.type === FrameType.HELLO_ERR) {
-      const agent = answer.version ? `relay agent ${answer.version}` : "the relay agent";
-      const message = answer.code === "version"
-        ? versionMismatch(version, protocolVersion, answer.version, answer.protocolVersion)
-        : answer.code === "token"
-        ? `${agent} refused the session token`
-        : `${agent} refused the tunnel: ${answer.message}`;
-      throw new HandshakeError(answer.code, message, answer.version);
-    }
-    if (answer.type !== FrameType.HELLO_OK) {
-      throw new HandshakeError(
-        "protocol",
-        "the far end is not a relay agent (no handshake answer)",
-      );
-    }
-    if (answer.protocolVersion !== protocolVersion) {
-      throw new HandshakeError(
-        "version",
-        versionMismatch(version, protocolVersion, answer.version, answer.protocolVersion),
-        answer.version,
-      );
+    const [ready, pending] = await firstFrame(io, timeoutMs);
+    // An agent of an older protocol answers HELLO without a READY first.
+    if (ready.type === FrameType.HELLO_ERR) throw refusal(ready, version, protocolVersion);
+    if (ready.type !== FrameType.READY) {
+      throw new HandshakeError("protocol", "the far end is not a relay agent (no READY)");
     }
     // A window of 0 would stall every write forever: no honest agent offers one.
-    if (answer.window === 0) {
+    if (ready.window === 0) {
       throw new HandshakeError("protocol", "the relay agent offered a stream window of 0 bytes");
     }
     return new Session({
       role: "client",
       ...io,
       pending,
-      peerVersion: answer.version,
+      peerVersion: "",
       receiveWindow: window,
-      sendWindow: answer.window,
+      sendWindow: ready.window,
       options,
+      answer: {
+        check: (frame) => checkAnswer(frame, version, protocolVersion),
+        timeoutMs,
+      },
     });
   } catch (e) {
     await abandon(io);
@@ -118,7 +106,49 @@ export async function connectTunnel(
   }
 }
 
-/** Agent side: await the client's HELLO on `transport`, check it, answer, return the tunnel. */
+/** Client side: {@link openTunnel}, then the agent's answer; rejects with a HandshakeError. */
+export async function connectTunnel(
+  transport: Duplex,
+  options: ConnectOptions,
+): Promise<Tunnel> {
+  const tunnel = await openTunnel(transport, options);
+  await tunnel.handshake;
+  return tunnel;
+}
+
+/** The agent's answer to HELLO: its version if it accepted, else the HandshakeError to fail with. */
+function checkAnswer(answer: Frame, version: string, protocolVersion: number): string {
+  if (answer.type === FrameType.HELLO_ERR) throw refusal(answer, version, protocolVersion);
+  if (answer.type !== FrameType.HELLO_OK) {
+    throw new HandshakeError(
+      "protocol",
+      `the relay agent sent ${frameName(answer.type)} before answering the handshake`,
+    );
+  }
+  if (answer.protocolVersion !== protocolVersion) {
+    throw new HandshakeError(
+      "version",
+      versionMismatch(version, protocolVersion, answer.version, answer.protocolVersion),
+      answer.version,
+    );
+  }
+  return answer.version;
+}
+
+function refusal(answer: HelloErrFrame, version: string, protocolVersion: number): HandshakeError {
+  const agent = answer.version ? `relay agent ${answer.version}` : "the relay agent";
+  const message = answer.code === "version"
+    ? versionMismatch(version, protocolVersion, answer.version, answer.protocolVersion)
+    : answer.code === "token"
+    ? `${agent} refused the session token`
+    : `${agent} refused the tunnel: ${answer.message}`;
+  return new HandshakeError(answer.code, message, answer.version);
+}
+
+/**
+ * Agent side: sends READY, awaits the client's HELLO on `transport`, checks it, answers and
+ * returns the tunnel. Frames the client sent behind HELLO are handled only once it passed.
+ */
 export async function acceptTunnel(
   transport: Duplex,
   options: AcceptOptions,
@@ -128,6 +158,7 @@ export async function acceptTunnel(
   const protocolVersion = options.protocolVersion ?? PROTOCOL_VERSION;
   const window = options.streamWindow ?? DEFAULT_STREAM_WINDOW;
   try {
+    io.frameWriter.send({ type: FrameType.READY, streamId: 0, window });
     const [hello, pending] = await firstFrame(io, options.handshakeTimeoutMs);
     if (hello.type !== FrameType.HELLO) {
       throw new HandshakeError("protocol", "the peer did not start with a relay handshake");
@@ -156,13 +187,7 @@ export async function acceptTunnel(
       );
     }
     if (hello.window === 0) throw refuse("other", "a stream window of 0 bytes");
-    io.frameWriter.send({
-      type: FrameType.HELLO_OK,
-      streamId: 0,
-      protocolVersion,
-      version,
-      window,
-    });
+    io.frameWriter.send({ type: FrameType.HELLO_OK, streamId: 0, protocolVersion, version });
     return new Session({
       role: "agent",
       ...io,
@@ -214,7 +239,7 @@ function openIo(transport: Duplex): Io {
 }
 
 /** Reads until one whole frame arrives; returns it and any frames that came with it. */
-async function firstFrame(io: Io, timeoutMs = 10_000): Promise<[Frame, Frame[]]> {
+async function firstFrame(io: Io, timeoutMs = HANDSHAKE_TIMEOUT_MS): Promise<[Frame, Frame[]]> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {

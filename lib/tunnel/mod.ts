@@ -11,6 +11,7 @@ export {
   HandshakeError,
   type HandshakeFailure,
   type HandshakeOptions,
+  openTunnel,
 } from "./handshake.ts";
 export { DEFAULT_KEEPALIVE_MS, DEFAULT_STREAM_WINDOW } from "./defaults.ts";
 export { Session } from "./session.ts";

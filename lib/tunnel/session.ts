@@ -24,6 +24,7 @@ import { KeepAlive } from "./keepalive.ts";
 import { Listeners } from "./listeners.ts";
 import type { StreamLimits } from "./receive_window.ts";
 import { MuxStream, StreamResetError } from "./stream.ts";
+import { HandshakeError } from "./handshake_error.ts";
 import type { FrameWriter } from "./writer.ts";
 import {
   type ListenOptions,
@@ -43,9 +44,16 @@ export interface SessionInit {
   reader: ByteChannel;
   frameWriter: FrameWriter;
   decoder: FrameDecoder;
-  /** Frames that arrived in the same chunk as the handshake answer. */
+  /** Frames that arrived in the same chunk as the handshake's first frame. */
   pending: Frame[];
+  /** The peer's version; "" until its answer when `answer` is given. */
   peerVersion: string;
+  /**
+   * A client session started on the agent's READY, before its answer to HELLO: `check` takes
+   * the first frame the agent sends next and returns its version, or throws the
+   * HandshakeError the session then closes with; no answer within `timeoutMs` closes it too.
+   */
+  answer?: { check: (frame: Frame) => string; timeoutMs: number };
   /** The window we grant (our streamWindow) and the one the peer granted us. */
   receiveWindow: number;
   sendWindow: number;
@@ -60,8 +68,8 @@ interface PendingOpen {
 
 /** A live tunnel. */
 export class Session implements Tunnel {
-  readonly peerVersion: string;
   readonly closed: Promise<void>;
+  readonly handshake: Promise<void>;
   /** Why the tunnel closed, once it has. */
   closeReason: string | null = null;
 
@@ -89,9 +97,31 @@ export class Session implements Tunnel {
   private resolveClosed!: () => void;
   private readonly keepAlive: KeepAlive;
   private creditSweep?: ReturnType<typeof setInterval>;
+  #peerVersion: string;
+  /** Set while the agent's answer to HELLO is awaited (see SessionInit.answer). */
+  private answer?: {
+    check: (frame: Frame) => string;
+    timer: ReturnType<typeof setTimeout>;
+    resolve: () => void;
+    reject: (error: HandshakeError) => void;
+  };
 
   constructor(init: SessionInit) {
-    this.peerVersion = init.peerVersion;
+    this.#peerVersion = init.peerVersion;
+    const expected = init.answer;
+    if (expected) {
+      this.handshake = new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          const ms = expected.timeoutMs;
+          this.refuse(new HandshakeError("timeout", `no answer to the handshake within ${ms} ms`));
+        }, expected.timeoutMs);
+        this.answer = { check: expected.check, timer, resolve, reject };
+      });
+      // Whoever opens streams may never look: the refusal is also the tunnel's close reason.
+      this.handshake.catch(() => {});
+    } else {
+      this.handshake = Promise.resolve();
+    }
     this.reader = init.reader;
     this.decoder = init.decoder;
     this.onOpen = init.options.onOpen;
@@ -140,6 +170,11 @@ export class Session implements Tunnel {
 
   get streamCount(): number {
     return this.streams.size;
+  }
+
+  /** The peer's version, once its handshake is done ("" before). */
+  get peerVersion(): string {
+    return this.#peerVersion;
   }
 
   open(request: OpenRequest, options: OpenOptions = {}): Promise<TunnelStream> {
@@ -255,6 +290,7 @@ export class Session implements Tunnel {
 
   private dispatch(frame: Frame): void {
     if (this.closeReason !== null) return;
+    if (this.answer) return this.takeAnswer(frame);
     switch (frame.type) {
       case FrameType.DATA: {
         const stream = this.streams.get(frame.streamId);
@@ -313,6 +349,37 @@ export class Session implements Tunnel {
       default:
         throw new FrameError(`unexpected ${frame.type} frame after the handshake`);
     }
+  }
+
+  /** The agent's first frame after READY: its answer to HELLO. */
+  private takeAnswer(frame: Frame): void {
+    const answer = this.answer!;
+    let version: string;
+    try {
+      version = answer.check(frame);
+    } catch (e) {
+      const error = e instanceof HandshakeError ? e : new HandshakeError("protocol", String(e));
+      return this.refuse(error);
+    }
+    clearTimeout(answer.timer);
+    this.answer = undefined;
+    this.#peerVersion = version;
+    answer.resolve();
+  }
+
+  /** The handshake failed after the session started: the session closes with it. */
+  private refuse(error: HandshakeError): void {
+    if (this.failHandshake(error)) this.shutdown(error.message);
+  }
+
+  /** Rejects the awaited answer, if there is one; says whether there was. */
+  private failHandshake(error: HandshakeError): boolean {
+    const answer = this.answer;
+    if (!answer) return false;
+    clearTimeout(answer.timer);
+    this.answer = undefined;
+    answer.reject(error);
+    return true;
   }
 
   /** A stream or listener id from the peer must be of its parity and above the last. */
@@ -405,6 +472,9 @@ export class Session implements Tunnel {
 
   private shutdown(reason: string, graceful = false): void {
     if (this.closeReason !== null) return;
+    this.failHandshake(
+      new HandshakeError("closed", `tunnel closed before the handshake: ${reason}`),
+    );
     this.closeReason = reason;
     clearInterval(this.creditSweep);
     const error = new StreamResetError(`tunnel closed: ${reason}`);

@@ -142,8 +142,14 @@ export interface TunnelOptions {
 
 /** A live tunnel, as either end sees it. */
 export interface Tunnel {
-  /** The version string the other end sent in its handshake. */
+  /** The version string the other end sent in its handshake ("" until it is done). */
   readonly peerVersion: string;
+  /**
+   * Settles once the agent accepted the handshake, or rejects with a HandshakeError when it
+   * refused it or the tunnel closed first. A client's tunnel is usable before: its streams go
+   * out behind HELLO, and fail with the tunnel if the agent refuses it.
+   */
+  readonly handshake: Promise<void>;
   /** Open a stream to `request`; rejects with OpenError when the far end cannot dial it. */
   open(request: OpenRequest, options?: OpenOptions): Promise<TunnelStream>;
   /**

@@ -24,10 +24,16 @@ export interface CommandResult {
 /** Runs a command to completion; never throws for a non-zero exit. */
 export async function runCommand(
   argv: string[],
-  options: { input?: string | Uint8Array; env?: Record<string, string> } = {},
+  options: {
+    input?: string | Uint8Array;
+    env?: Record<string, string>;
+    /** Kills the command when it aborts (a deadline: AbortSignal.timeout). */
+    signal?: AbortSignal;
+  } = {},
 ): Promise<CommandResult> {
   const child = new Deno.Command(argv[0], {
     args: argv.slice(1),
+    signal: options.signal,
     stdin: options.input === undefined ? "null" : "piped",
     stdout: "piped",
     stderr: "piped",

@@ -317,6 +317,71 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "story: relay given an --agent-image of another tunnel protocol stops in seconds with one line naming both versions, and deletes the agent",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("sec-version");
+    await createEchoWorkloads(ns.name, ["pod"]);
+    const started = Date.now();
+    // The test image's agent speaks first, as relay's does, and refuses the HELLO after it:
+    // relay has started forwarding by then, so the refusal must end the run, not only a start.
+    const result = await runCommand(
+      relayCommand([
+        "-n",
+        ns.name,
+        "--agent-image",
+        "relay-test/agent-other-protocol:1",
+        "--pod-running-timeout",
+        "2m",
+        "pod/echo-pod",
+        ":8080",
+      ]),
+      { env: { KUBECONFIG }, signal: AbortSignal.timeout(90_000) },
+    );
+    const seconds = (Date.now() - started) / 1000;
+    assertEquals(result.code, 1, `exit ${result.code} after ${seconds} s:\n${result.stderr}`);
+    const lines = result.stderr.trimEnd().split("\n");
+    const errors = lines.filter((l) => l.startsWith("error:"));
+    assertEquals(errors.length, 1, result.stderr);
+    assertMatch(
+      errors[0],
+      new RegExp(
+        `\\(tunnel protocol ${PROTOCOL_VERSION}\\) and relay agent 99\\.0\\.0-next \\(tunnel ` +
+          `protocol ${PROTOCOL_VERSION + 1}\\) cannot talk to each other`,
+      ),
+    );
+    assert(seconds < 60, `relay waited ${seconds} s for an agent that had answered`);
+    assertMatch(result.stderr, /deleted agent pod/);
+    await waitFor("no agent Job or pod left", async () => {
+      const jobs = await kubectl([
+        "get",
+        "jobs",
+        "-n",
+        ns.name,
+        "-l",
+        AGENT_SELECTOR,
+        "-o",
+        "name",
+      ]);
+      const pods = await kubectl([
+        "get",
+        "pods",
+        "-n",
+        ns.name,
+        "-l",
+        AGENT_SELECTOR,
+        "-o",
+        "name",
+      ]);
+      return jobs.trim() === "" && pods.trim() === "" ? true : undefined;
+    }, { timeoutMs: 30_000 });
+  },
+});
+
+Deno.test({
   name: "story: --patch changes the agent's hardening deliberately, and only what it names",
   sanitizeResources: false,
   sanitizeOps: false,

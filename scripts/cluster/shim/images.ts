@@ -56,6 +56,9 @@ export function resolveImage(image: string, options: ImageMapOptions): ImageEntr
   if (repository === "relay-test/echo") {
     return { entrypoint: denoScript("tests/fixtures/echo_server.ts") };
   }
+  if (repository === "relay-test/agent-other-protocol") {
+    return { entrypoint: denoScript("tests/fixtures/agent_other_protocol.ts") };
+  }
   if (repository === "relay-test/dns") {
     return { entrypoint: denoScript("tests/fixtures/dns_server.ts") };
   }
