@@ -7,6 +7,7 @@
  */
 import { bindAgentPortEarly } from "./agent/early_listener.ts";
 import { describeError, exitCodeOf, UsageError } from "./lib/errors.ts";
+import { warmUpTls } from "./lib/kube/tls_warm_up.ts";
 import { createLogger } from "./lib/log.ts";
 import type { Plan } from "./lib/plan.ts";
 import type { SessionEntry } from "./lib/session/run.ts";
@@ -37,7 +38,10 @@ export async function main(argv: readonly string[]): Promise<number> {
         throw error;
       }
     }
-    const { createProgram, parseCommandLine } = await import("./lib/cli/program.ts");
+    const program = import("./lib/cli/program.ts");
+    // Every other command may talk to the cluster: its TLS set-up is built while the CLI loads.
+    void warmUpTls();
+    const { createProgram, parseCommandLine } = await program;
     const { COMPLETION_SHELLS, isCompletionRequest, runCompletion } = await import(
       "./lib/completion.ts"
     );

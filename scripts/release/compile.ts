@@ -67,6 +67,9 @@ export function compileArgs(
     // module graph, and naming it keeps it embedded should that import ever become dynamic.
     "--include",
     config,
+    // Workers are not in the module graph (lib/kube/tls_warm_up.ts).
+    "--include",
+    "lib/kube/tls_warm_up_worker.ts",
     "--target",
     target.denoTarget,
     "--output",
