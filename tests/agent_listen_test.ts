@@ -4,7 +4,7 @@
  * is refused as such; the port is free again once the tunnel closes; SHUTDOWN ends the agent.
  */
 import { tokenDigest } from "../lib/contract.ts";
-import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertRejects, within } from "./assert.ts";
 import { startAgent } from "../agent/mod.ts";
 import { connDuplex } from "../lib/net/mod.ts";
 import {
@@ -24,19 +24,6 @@ function freePort(): number {
   const port = probe.addr.port;
   probe.close();
   return port;
-}
-
-/** Settles with `promise`, or fails naming `what` after 10 s. */
-async function within<T>(promise: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no answer within 10 s`)), 10_000);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Reads until EOF. */

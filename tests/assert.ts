@@ -116,3 +116,19 @@ export async function plateau(
   }
   throw new Error(`${what} did not settle within ${timeoutMs} ms (last: ${last})`);
 }
+
+/**
+ * Settles as `promise` does, or fails naming `what` once `ms` have passed: a hang fails the
+ * test with a message instead of stalling the run.
+ */
+export async function within<T>(promise: Promise<T>, what: string, ms = 10_000): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: did not happen within ${ms} ms`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -5,7 +5,7 @@
  * server that breaks the protocol.
  */
 import fc from "fast-check";
-import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertRejects, within } from "./assert.ts";
 import {
   type ByteTransport,
   connectWebSocket,
@@ -24,19 +24,6 @@ import {
   serverFrame,
   startRawWebSocketServer,
 } from "./websocket_fixtures.ts";
-
-/** Fails with `what` unless `promise` settles within 10 s (a hang, not a slow machine). */
-async function within<T>(promise: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: nothing within 10 s`)), 10_000);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** An echo server on Deno's WebSocket; `closes` collects the close events it sees. */
 function startEchoServer(): {

@@ -4,7 +4,7 @@
  * a connect settles or a tunnel closes. No cluster, no sockets.
  */
 import { type IncomingMode, tokenDigest } from "../lib/contract.ts";
-import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertRejects, within } from "./assert.ts";
 import { TunnelPool } from "../lib/session/pool.ts";
 import {
   acceptTunnel,
@@ -38,19 +38,6 @@ function deferred<T>(): Deferred<T> {
     reject = rej;
   });
   return { promise, resolve, reject };
-}
-
-/** Settles as `promise` does, or fails the test (instead of hanging it) after `ms`. */
-async function within<T>(promise: Promise<T>, what: string, ms = 5_000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hang = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: did not happen within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, hang]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Waits until `check()` holds, looking again every few ms; fails the test after `ms`. */

@@ -2,7 +2,7 @@
  * AgentSupervisor (lib/session/supervisor.ts) with fake agent pods and fake tunnels: what it
  * does when a connect fails, depending on what the (fake) API server says about the pod.
  */
-import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertRejects, within } from "./assert.ts";
 import { AgentSupervisor, type AgentSupervisorOptions } from "../lib/session/supervisor.ts";
 import type { AgentPod } from "../lib/kube/agent_pod.ts";
 import type { Tunnel } from "../lib/tunnel/mod.ts";
@@ -23,19 +23,6 @@ function deferred<T>(): Deferred<T> {
     reject = rej;
   });
   return { promise, resolve, reject };
-}
-
-/** Settles as `promise` does, or fails the test (instead of hanging it) after `ms`. */
-async function within<T>(promise: Promise<T>, what: string, ms = 5_000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hang = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: did not happen within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, hang]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /** Waits until `check()` holds, looking again every few ms; fails the test after `ms`. */

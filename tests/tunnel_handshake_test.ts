@@ -4,7 +4,7 @@
  * the answer, when it comes, settles the tunnel. One end is real, the other driven by hand.
  */
 import { PROTOCOL_VERSION, tokenDigest } from "../lib/contract.ts";
-import { assert, assertEquals, assertInstanceOf, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertInstanceOf, assertRejects, within } from "./assert.ts";
 import { encodeFrame } from "../lib/tunnel/codec.ts";
 import { FrameDecoder } from "../lib/tunnel/decoder.ts";
 import { type Frame, FrameType } from "../lib/tunnel/frame.ts";
@@ -20,19 +20,6 @@ import { type Duplex, duplexPair } from "../lib/net/mod.ts";
 
 const TOKEN = "t0ken";
 const REQUEST: OpenRequest = { protocol: "tcp", host: "10.0.0.1", port: 7 };
-
-/** Settles as `promise` does, or fails the test (instead of hanging it) after `ms`. */
-async function within<T>(promise: Promise<T>, what: string, ms = 5_000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hang = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: did not happen within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, hang]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** One end of a tunnel driven frame by frame: what it was sent, and a way to send. */
 function handDriven(end: Duplex) {

@@ -3,7 +3,7 @@
  * floods. The session must stay within its bounds and close the tunnel rather than grow.
  */
 import { tokenDigest } from "../lib/contract.ts";
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, within } from "./assert.ts";
 import fc from "fast-check";
 import { duplexPair } from "../lib/net/mod.ts";
 import {
@@ -18,19 +18,6 @@ import { type Frame, FrameType } from "../lib/tunnel/frame.ts";
 
 const TOKEN = "hostile-test-token";
 const TOKEN_DIGEST = await tokenDigest(TOKEN);
-
-/** Settles with `promise`, or fails naming `what` after 10 s. */
-async function within<T>(promise: Promise<T>, what: string): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: not within 10 s`)), 10_000);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /**
  * An agent-side session and a raw peer speaking to it. With `read`, the peer collects every
