@@ -1,9 +1,9 @@
 /**
- * Deno builds its TLS client set-up (root certificates and all) on the first TLS connection of
- * the process, synchronously, for 30–45 ms of the main thread, right before relay's first
- * request. A worker that starts one TLS connection pays for it on another thread while the main
- * one loads relay's modules; the set-up is the process's, so the first request finds it built.
- * docs/MEASUREMENTS.md, "Deno's first TLS connection", has the figures.
+ * Deno builds its TLS client set-up on the first TLS connection of the process, synchronously,
+ * on the thread that makes it: without this, the main one, right before relay's first request.
+ * A worker that starts one TLS connection pays for it on another thread while the main one loads
+ * relay's modules; the set-up is the process's, so the first request finds it built
+ * (docs/MEASUREMENTS.md, "Deno's first TLS connection").
  */
 
 /** The worker's module; a compiled binary must embed it (scripts/release/compile.ts). */
