@@ -6,6 +6,7 @@
  * Exit codes: 0 stopped by a signal, 1 runtime failure, 2 bad input.
  */
 import { bindAgentPortEarly } from "./agent/early_listener.ts";
+import { isCompletionRequest } from "./lib/completion_request.ts";
 import { describeError, exitCodeOf, UsageError } from "./lib/errors.ts";
 import { warmUpTls } from "./lib/kube/tls_warm_up.ts";
 import { createLogger } from "./lib/log.ts";
@@ -39,12 +40,11 @@ export async function main(argv: readonly string[]): Promise<number> {
       }
     }
     const program = import("./lib/cli/program.ts");
-    // Every other command may talk to the cluster: its TLS set-up is built while the CLI loads.
-    void warmUpTls();
+    // A command that may talk to the cluster has its TLS set-up built while the CLI loads; a
+    // completion request, made on every TAB, never does.
+    if (!isCompletionRequest(argv)) void warmUpTls();
     const { createProgram, parseCommandLine } = await program;
-    const { COMPLETION_SHELLS, isCompletionRequest, runCompletion } = await import(
-      "./lib/completion.ts"
-    );
+    const { COMPLETION_SHELLS, runCompletion } = await import("./lib/completion.ts");
     // `completion <shell>` and the scripts' hidden `complete -- words` walk the same flags.
     if (isCompletionRequest(argv)) {
       const shell = argv[1] ?? "";

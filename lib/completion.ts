@@ -25,14 +25,8 @@ export interface CompletableProgram {
   parseAsync(argv: string[], options: { from: "user" }): Promise<unknown>;
 }
 
-/**
- * Whether `argv` (without the program name) is a completion request: `completion <shell>`, or
- * `complete -- <words>` from a sourced script. main.ts dispatches these to {@link runCompletion}
- * before its own parsing, as it does `agent`.
- */
-export function isCompletionRequest(argv: readonly string[]): boolean {
-  return argv[0] === "completion" || argv[0] === "complete";
-}
+/** main.ts dispatches these to {@link runCompletion} before its own parsing, as it does `agent`. */
+export { isCompletionRequest } from "./completion_request.ts";
 
 /**
  * Answers a completion request against `program` (relay's full command tree, built but not yet
