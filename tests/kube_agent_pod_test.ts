@@ -249,6 +249,25 @@ Deno.test("startAgentPod: one Job with the token's digest, waits for Running; st
   assertEquals(api.calls, ["create job in ns", "delete job relay-agent-x1 Background"]);
 });
 
+Deno.test("startAgentPod: requested() runs once the Job's request is made, before its answer", async () => {
+  const api = stubApi([running]);
+  const events: string[] = [];
+  const createJob = api.batch.createNamespacedJob;
+  api.batch.createNamespacedJob = async (request) => {
+    events.push("request made");
+    await new Promise((resolve) => setTimeout(resolve, 10));
+    events.push("answered");
+    return await createJob(request);
+  };
+  const agent = await startAgentPod(api, {
+    namespace: "ns",
+    podRunningTimeoutMs: 10_000,
+    requested: () => events.push("requested"),
+  });
+  assertEquals(events, ["request made", "requested", "answered"]);
+  await agent.stop();
+});
+
 Deno.test("startAgentPod: Pending past the timeout deletes the Job and names the reason", async () => {
   const api = stubApi([{
     status: {

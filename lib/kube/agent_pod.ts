@@ -33,6 +33,13 @@ export interface AgentPodApi {
  * container being created (the image pulled). `pod` is `namespace/name` once known. */
 export type AgentProgress = (phase: "creating" | "scheduled" | "pulling", pod?: string) => void;
 
+/**
+ * Called right after the request that creates the agent is made, before its answer: work the
+ * running agent will need (dialing connections for its port-forwards) then goes on while the
+ * pod starts, rather than holding up that request.
+ */
+export type AgentRequested = () => void;
+
 /** What the agent pod should look like and how long to wait for it. */
 export interface AgentPodOptions {
   /** Where the Job goes, unless the patch's metadata.namespace says otherwise. */
@@ -57,6 +64,8 @@ export interface AgentPodOptions {
   allow?: readonly DestinationRule[] | "any";
   /** Told of each step while the agent starts. */
   progress?: AgentProgress;
+  /** Called once the request that creates the agent has gone out (see AgentRequested). */
+  requested?: AgentRequested;
 }
 
 /** A running agent pod. */
@@ -116,7 +125,9 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
   running.catch(() => {}); // awaited below once the Job exists; else its failure is moot
   let job: V1Job;
   try {
-    job = await api.batch.createNamespacedJob({ namespace, body: manifest });
+    const created = api.batch.createNamespacedJob({ namespace, body: manifest });
+    opts.requested?.();
+    job = await created;
   } catch (error) {
     waiting.abort();
     opts.signal?.removeEventListener("abort", giveUp);

@@ -13,7 +13,7 @@ import type { Watcher } from "./api.ts";
 import { AGENT_STEAL_GID, type DestinationRule, tokenDigest } from "../contract.ts";
 import { DEFAULT_AGENT_IMAGE } from "../version.ts";
 import { agentArgs, agentEnv, randomHex } from "./agent_manifest.ts";
-import type { AgentPod } from "./agent_pod.ts";
+import type { AgentPod, AgentRequested } from "./agent_pod.ts";
 import { apiError, KubeError, statusMessageOf, statusOf, UsageError } from "./errors.ts";
 import { waitForPods } from "./pod_wait.ts";
 
@@ -38,6 +38,8 @@ export interface TargetedAgentOptions {
   udpIdleTimeout?: string;
   /** The agent's port in the pod; default: a random one the pod declares no port on. */
   port?: number;
+  /** Called once the request that adds the agent has gone out (see AgentRequested). */
+  requested?: AgentRequested;
   /** Whether the agent may redirect the pod's ports (steal, mirror): NET_ADMIN, as root. */
   redirect?: boolean;
   /** What the agent may open: the session's destinations (its `--allow`). */
@@ -77,7 +79,7 @@ async function placeOnce(api: TargetedAgentApi, options: TargetedAgentOptions): 
   const container = `relay-agent-${sessionId}`;
   const port = options.port ?? freePortGuess(pod);
   const agent = ephemeralAgent(container, port, await tokenDigest(token), options);
-  await addContainer(api, pod, agent, where);
+  await addContainer(api, pod, agent, where, options.requested);
   await waitRunning(api, { namespace, podName, container, where, ...options });
   return {
     podName,
@@ -150,17 +152,20 @@ async function addContainer(
   pod: V1Pod,
   container: V1EphemeralContainer,
   where: string,
+  requested?: AgentRequested,
 ): Promise<void> {
   const existing = pod.spec?.ephemeralContainers ?? [];
   const body = existing.length > 0
     ? [{ op: "add", path: "/spec/ephemeralContainers/-", value: container }]
     : [{ op: "add", path: "/spec/ephemeralContainers", value: [container] }];
   try {
-    await api.core.patchNamespacedPodEphemeralcontainers({
+    const added = api.core.patchNamespacedPodEphemeralcontainers({
       name: pod.metadata!.name!,
       namespace: pod.metadata!.namespace!,
       body,
     });
+    requested?.();
+    await added;
   } catch (error) {
     const status = statusOf(error);
     if (status === 404) throw new UsageError(`${where} not found`, { cause: error });

@@ -4,7 +4,12 @@
  */
 import type { V1Pod } from "@kubernetes/client-node";
 import { AGENT_PERMISSIONS, checkAccess, TARGET_PERMISSIONS } from "../kube/access.ts";
-import { type AgentPod, type AgentProgress, startAgentPod } from "../kube/agent_pod.ts";
+import {
+  type AgentPod,
+  type AgentProgress,
+  type AgentRequested,
+  startAgentPod,
+} from "../kube/agent_pod.ts";
 import type { Kube } from "../kube/config.ts";
 import { pickTargetPod } from "../kube/resolve.ts";
 import { startTargetedAgent } from "../kube/targeted_agent.ts";
@@ -25,8 +30,14 @@ export interface Placement {
   start(
     signal: AbortSignal,
     allow: DestinationRule[] | "any",
-    progress?: AgentProgress,
+    hooks?: AgentStartHooks,
   ): Promise<AgentPod>;
+}
+
+/** What the session is told while an agent starts. */
+export interface AgentStartHooks {
+  progress?: AgentProgress;
+  requested?: AgentRequested;
 }
 
 /** The placement `plan` asks for. */
@@ -40,10 +51,10 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
     return {
       resolve: () => Promise.resolve(undefined),
       checkAccess: () => checkAccess(kube, namespace, AGENT_PERMISSIONS),
-      start: (signal, allow, progress) =>
+      start: (signal, allow, hooks) =>
         startAgentPod(kube, {
           allow,
-          progress,
+          ...hooks,
           namespace,
           image: run.agentImage,
           patch: run.patch,
@@ -58,12 +69,12 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
   return {
     resolve: async () => picked = await pickTargetPod(kube, target),
     checkAccess: () => checkAccess(kube, target.namespace ?? kube.namespace, TARGET_PERMISSIONS),
-    start: async (signal, allow, progress) => {
+    start: async (signal, allow, hooks) => {
       // The first agent goes where resolve() looked; a replacement (the pod went away in a
       // rollout, say) goes to a Ready pod picked anew.
       const pod = picked ?? await pickTargetPod(kube, target);
       picked = undefined;
-      progress?.("creating", `${pod.metadata?.namespace}/${pod.metadata?.name}`);
+      hooks?.progress?.("creating", `${pod.metadata?.namespace}/${pod.metadata?.name}`);
       return startTargetedAgent(kube, {
         pod,
         image: run.agentImage,
@@ -73,6 +84,7 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
         udpIdleTimeout,
         redirect: needsRedirect(plan, pod),
         allow,
+        requested: hooks?.requested,
       });
     },
   };

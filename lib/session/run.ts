@@ -152,11 +152,12 @@ export async function runSession(options: SessionOptions): Promise<void> {
   };
   let agentsStarted = 0;
   const startAgent = async () => {
-    // Port-forwards to the agent then need only their upgrade once its pod runs: two, as the
-    // first often comes a moment before the agent listens (spare_connection.ts).
-    kube.spares.refill(2);
-    const agent = await placement.start(stop.signal, allow, (phase, pod) => {
-      status.agentPhase(phase, pod);
+    const agent = await placement.start(stop.signal, allow, {
+      progress: (phase, pod) => status.agentPhase(phase, pod),
+      // Port-forwards to the agent then need only their upgrade once its pod runs: two, as the
+      // first often comes a moment before the agent listens (spare_connection.ts). Dialed once
+      // the agent's creation is on its way, as their TLS work would otherwise delay it.
+      requested: () => kube.spares.refill(2),
     });
     status.agentPhase(
       agentsStarted++ === 0 ? "started" : "replaced",
