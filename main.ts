@@ -44,9 +44,9 @@ export async function main(argv: readonly string[]): Promise<number> {
     // completion request, made on every TAB, never does.
     if (!isCompletionRequest(argv)) void warmUpTls();
     const { createProgram, parseCommandLine } = await program;
-    const { COMPLETION_SHELLS, runCompletion } = await import("./lib/completion.ts");
     // `completion <shell>` and the scripts' hidden `complete -- words` walk the same flags.
     if (isCompletionRequest(argv)) {
+      const { COMPLETION_SHELLS, runCompletion } = await import("./lib/completion.ts");
       const shell = argv[1] ?? "";
       if (argv[0] === "completion" && !(COMPLETION_SHELLS as readonly string[]).includes(shell)) {
         throw new UsageError(
@@ -84,16 +84,16 @@ async function forward(plan: Plan): Promise<number> {
     { bindForwards },
     { refuseUnsupported, runSession },
     { forwardEntry },
-    { reverseEntry },
     { startOutput },
+    reverse,
     proxy,
   ] = await Promise.all([
     import("./lib/listen/bind.ts"),
     import("./lib/session/run.ts"),
     import("./lib/forward/entry.ts"),
-    import("./lib/reverse/entry.ts"),
     import("./lib/status/output.ts"),
-    // relay proxy's module only when it runs.
+    // -R's and relay proxy's modules only when they run.
+    plan.reverses.length > 0 ? import("./lib/reverse/entry.ts") : undefined,
     plan.proxy ? import("./lib/proxy/entry.ts") : undefined,
   ]);
   refuseUnsupported(plan);
@@ -112,7 +112,7 @@ async function forward(plan: Plan): Promise<number> {
     listeners = bound;
     const entries: SessionEntry[] = [];
     if (plan.forwards.length > 0 || !plan.proxy) entries.push(forwardEntry(plan, bound, logger));
-    if (plan.reverses.length > 0) entries.push(reverseEntry(plan, logger));
+    if (reverse) entries.push(reverse.reverseEntry(plan, logger));
     if (plan.proxy && proxy) {
       const proxyBound = proxy.bindProxy(plan.proxy, plan.options.addresses);
       proxyListeners = proxyBound;
