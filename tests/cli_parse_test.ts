@@ -122,6 +122,12 @@ const BAD: [argv: string[], message: string | RegExp][] = [
   [["agent", "--token", "x"], /relay agent: unknown option '--token'/],
   [["agent", "--port"], /^relay agent: option '--port' argument missing$/],
   [["agent", "serve"], /^relay agent: too many arguments: 'serve'$/],
+  [["agent", "--", "serve"], /^relay agent: too many arguments: 'serve'$/],
+  [["agent", "-p", "1"], /^relay agent: unknown option '-p'$/],
+  [["agent", "-port", "1"], /^relay agent: unknown option '-port'$/],
+  [["agent", "--bogus=1"], /^relay agent: unknown option '--bogus'$/],
+  [["agent", "--help=yes"], /^relay agent: option '--help' does not take an argument$/],
+  [["agent", "--idle-exit", "--port", "1"], /^relay agent: option '--idle-exit' argument missing$/],
   [["agent", "--allow", "tcp/x"], /relay agent: invalid --allow "tcp\/x": expected PROTOCOL/],
   [["agent", "--port", "99999"], /invalid --port "99999": port "99999" is not a number 0–65535/],
   [
@@ -492,6 +498,22 @@ Deno.test("--help, -V, version and agent are not forwards", async () => {
     { command: "agent", options: { port: 0, idleExitMs: 0, udpIdleMs: 60_000 } },
   );
   deepStrictEqual(await parseCommandLine(["agent"], io), { command: "agent", options: {} });
+  deepStrictEqual(
+    await parseCommandLine(
+      ["agent", "--port=7", "--port", "8", "--allow=tcp/a/1", "--allow", "udp/b/2", "--"],
+      io,
+    ),
+    {
+      command: "agent",
+      options: {
+        port: 8,
+        allow: [
+          { protocol: "tcp", host: "a", port: 1 },
+          { protocol: "udp", host: "b", port: 2 },
+        ],
+      },
+    },
+  );
   const agentHelp = await parseCommandLine(["agent", "--help"], io);
   ok(agentHelp.command === "print" && agentHelp.text.includes("RELAY_AGENT_TOKEN_SHA256"));
 });

@@ -1,9 +1,9 @@
 /**
- * `relay agent`'s own flags (the in-pod end); the token comes from the environment. Parsed with
- * node:util's parseArgs rather than commander: the agent starts on every relay start, and
- * commander's import was a large part of its time to listening (figures in the commit).
+ * `relay agent`'s own flags (the in-pod end); the token comes from the environment. A few lines
+ * of parsing rather than commander or node:util's parseArgs: the agent starts on every relay
+ * start, and either import costs it time to listening and idle memory in every agent pod
+ * (node:util brings up Deno's Node compatibility layer, 5–6 MB; docs/MEASUREMENTS.md).
  */
-import { parseArgs } from "node:util";
 import { type AgentSettings, type DestinationRule, parseDestinationRule } from "../contract.ts";
 import { UsageError } from "../errors.ts";
 import { parseDuration } from "./duration.ts";
@@ -15,14 +15,9 @@ export type AgentArgs = Partial<AgentSettings>;
 /** What `relay agent …` asks for: run with these flags, or print help. */
 export type AgentInvocation = { run: AgentArgs } | { print: string };
 
-const OPTIONS = {
-  port: { type: "string" },
-  "udp-idle-timeout": { type: "string" },
-  "idle-exit": { type: "string" },
-  "connect-timeout": { type: "string" },
-  allow: { type: "string", multiple: true },
-  help: { type: "boolean", short: "h" },
-} as const;
+/** The flags that take a value; `--allow` may be repeated, the others' last value counts. */
+const VALUE_FLAGS = ["port", "udp-idle-timeout", "idle-exit", "connect-timeout", "allow"] as const;
+type ValueFlag = typeof VALUE_FLAGS[number];
 
 const HELP = `Usage: relay agent [options]
 
@@ -47,13 +42,9 @@ Options:
 
 /** Parses the words after `relay agent`; bad input is a one-line UsageError. */
 export function parseAgentArgs(args: readonly string[]): AgentInvocation {
-  let opts;
-  try {
-    opts = parseArgs({ args: [...args], options: OPTIONS, strict: true }).values;
-  } catch (error) {
-    throw new UsageError(`relay agent: ${parseArgsProblem(error)}`);
-  }
-  if (opts.help) return { print: HELP };
+  const words = readWords(args);
+  if (words.help) return { print: HELP };
+  const opts = words.values;
   const parsed: AgentArgs = {};
   if (opts.port !== undefined) {
     parsed.port = parsePortNumber(
@@ -76,16 +67,46 @@ export function parseAgentArgs(args: readonly string[]): AgentInvocation {
   return { run: parsed };
 }
 
-/** parseArgs' complaint in the words relay's other flags use, on one line. */
-function parseArgsProblem(error: unknown): string {
-  const message = error instanceof Error ? error.message : String(error);
-  const option = /^Unknown option '([^']+)'/.exec(message);
-  if (option) return `unknown option '${option[1]}'`;
-  const missing = /^Option '(\S+)[^']*' argument missing/.exec(message);
-  if (missing) return `option '${missing[1]}' argument missing`;
-  const positional = /^Unexpected argument '([^']*)'/.exec(message);
-  if (positional) return `too many arguments: '${positional[1]}'`;
-  return message.split("\n")[0];
+interface Words {
+  help: boolean;
+  values: { [flag in Exclude<ValueFlag, "allow">]?: string } & { allow?: string[] };
+}
+
+/**
+ * `--flag value`, `--flag=value`, `-h`/`--help`; no positionals. A value that starts with a dash
+ * is taken for a forgotten one, as node:util's parseArgs takes it.
+ */
+function readWords(args: readonly string[]): Words {
+  const words: Words = { help: false, values: {} };
+  const fail = (problem: string): never => {
+    throw new UsageError(`relay agent: ${problem}`);
+  };
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--") {
+      if (i + 1 < args.length) return fail(`too many arguments: '${args[i + 1]}'`);
+      break;
+    }
+    if (!arg.startsWith("-") || arg === "-") return fail(`too many arguments: '${arg}'`);
+    const eq = arg.indexOf("=");
+    const name = eq > 0 && arg.startsWith("--") ? arg.slice(2, eq) : arg.replace(/^--?/, "");
+    if (arg === "-h" || name === "help" && arg.startsWith("--")) {
+      if (eq > 0) return fail(`option '--help' does not take an argument`);
+      words.help = true;
+      continue;
+    }
+    const flag = VALUE_FLAGS.find((known) => known === name);
+    if (!flag || !arg.startsWith("--")) {
+      return fail(`unknown option '${eq > 0 ? arg.slice(0, eq) : arg}'`);
+    }
+    let value: string | undefined;
+    if (eq > 0) value = arg.slice(eq + 1);
+    else if (i + 1 < args.length && !args[i + 1].startsWith("-")) value = args[++i];
+    if (value === undefined) return fail(`option '--${flag}' argument missing`);
+    if (flag === "allow") (words.values.allow ??= []).push(value);
+    else words.values[flag] = value;
+  }
+  return words;
 }
 
 function parseAllow(values: string[]): DestinationRule[] | "any" {
