@@ -9,8 +9,6 @@ import { connDuplex } from "../lib/net/socket.ts";
 import type { Duplex } from "../lib/net/types.ts";
 import { OpenError, type OpenFailure } from "../lib/tunnel/types.ts";
 
-let nodeDns: Promise<typeof import("node:dns/promises")> | undefined;
-
 /** Resolves a hostname to IP literals, in the order to try them. */
 export type Resolver = (hostname: string) => Promise<string[]>;
 
@@ -38,6 +36,7 @@ export const systemResolver: Resolver = async (hostname) => {
   const found = await lookup(hostname, { all: true, verbatim: true });
   return found.map((a) => a.address);
 };
+let nodeDns: Promise<typeof import("node:dns/promises")> | undefined;
 
 /**
  * Deno's TCP connect, with no further name resolution (it is only given IP literals). Nagle

@@ -54,7 +54,8 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
       start: (signal, allow, hooks) =>
         startAgentPod(kube, {
           allow,
-          ...hooks,
+          progress: hooks?.progress,
+          requested: hooks?.requested,
           namespace,
           image: run.agentImage,
           patch: run.patch,
