@@ -6,23 +6,22 @@ Deno.test("warmUpTls: its worker starts a TLS connection to itself and says it r
   assertEquals(await warmUpTls(), true);
 });
 
-Deno.test("warmUpTls: a worker that throws says so and relay goes on (Deno still prints the error line)", async () => {
+/** warmUpTls's answer for a worker whose whole module is `source`. */
+async function warmUpWith(source: string): Promise<boolean> {
   const worker = await Deno.makeTempFile({ suffix: ".js" });
   try {
-    await Deno.writeTextFile(worker, 'throw new Error("a broken worker");\n');
-    assertEquals(await warmUpTls(new URL(`file://${worker}`)), false);
+    await Deno.writeTextFile(worker, source);
+    return await warmUpTls(new URL(`file://${worker}`));
   } finally {
     await Deno.remove(worker);
   }
+}
+
+Deno.test("warmUpTls: a worker that throws says so and relay goes on (Deno still prints the error line)", async () => {
+  assertEquals(await warmUpWith('throw new Error("a broken worker");\n'), false);
 });
 
 Deno.test("warmUpTls: a worker whose TLS connection fails says it did not run", async () => {
-  const worker = await Deno.makeTempFile({ suffix: ".js" });
-  try {
-    // The same reply a failed connection gives, from a worker that does nothing else.
-    await Deno.writeTextFile(worker, 'self.postMessage("failed");\n');
-    assertEquals(await warmUpTls(new URL(`file://${worker}`)), false);
-  } finally {
-    await Deno.remove(worker);
-  }
+  // The same reply a failed connection gives, from a worker that does nothing else.
+  assertEquals(await warmUpWith('self.postMessage("failed");\n'), false);
 });
