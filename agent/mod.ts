@@ -12,6 +12,7 @@ import {
   isTokenDigest,
 } from "../lib/contract.ts";
 import { describeError } from "../lib/errors.ts";
+import { trimWhenQuiet } from "../lib/net/memory_return.ts";
 import { VERSION } from "../lib/version.ts";
 import { type AgentConfig, startAgent } from "./server.ts";
 
@@ -82,9 +83,13 @@ export async function runAgent(options: AgentOptions = {}): Promise<number> {
     return [signal, handler] as const;
   });
   out(`relay agent ${VERSION} listening on 127.0.0.1:${agent.port}`);
+  // What a burst of connections left in the heap goes back to the node once they are done.
+  const running = new AbortController();
+  trimWhenQuiet(running.signal);
   try {
     return await agent.finished;
   } finally {
+    running.abort();
     for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
   }
 }

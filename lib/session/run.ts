@@ -14,6 +14,7 @@ import { type Kube, loadKube } from "../kube/config.ts";
 import { type FollowPods, followPods } from "../kube/ready_pods.ts";
 import type { Logger } from "../log.ts";
 import { BufferPool } from "../net/buffer_pool.ts";
+import { trimWhenQuiet } from "../net/memory_return.ts";
 import type { Plan } from "../plan.ts";
 import { SessionStatus } from "../status/session_status.ts";
 import type {
@@ -236,6 +237,8 @@ export async function runSession(options: SessionOptions): Promise<void> {
       via: agent.ephemeral ? `pod/${agent.podName}` : undefined,
       status,
     };
+    // What a burst of connections left in the heap goes back to the system once they are done.
+    trimWhenQuiet(stop.signal);
     await Promise.all(entries.map((entry) => entry.serve(context)));
   } catch (error) {
     // Whatever was in progress when the user stopped relay failed because of the stop.

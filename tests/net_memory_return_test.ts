@@ -1,0 +1,107 @@
+import { assert, assertEquals } from "./assert.ts";
+import { processCpuSeconds, QuietTrimmer, trimWhenQuiet } from "../lib/net/memory_return.ts";
+
+/** A trimmer on a CPU clock the test moves: `work(s)` spends s seconds of CPU before a tick. */
+function harness(trimsAfterBusy = 3) {
+  let cpu = 0;
+  let trims = 0;
+  const trimmer = new QuietTrimmer({
+    trim: () => {
+      trims++;
+      cpu += 0.05; // a trim's own CPU, more than a quiet tick allows
+    },
+    cpuSeconds: () => cpu,
+    tickMs: 2_000,
+    quietShare: 0.02,
+    trimsAfterBusy,
+  });
+  return {
+    tick: (spent = 0) => {
+      cpu += spent;
+      return trimmer.tick();
+    },
+    get trims() {
+      return trims;
+    },
+  };
+}
+
+Deno.test("memory return: a process that was never busy is never trimmed", () => {
+  const t = harness();
+  for (let i = 0; i < 10; i++) assertEquals(t.tick(0.001), false);
+  assertEquals(t.trims, 0);
+});
+
+Deno.test("memory return: after a busy tick, the next quiet ones trim, as many as allowed", () => {
+  const t = harness(3);
+  assertEquals(t.tick(1.5), false, "a busy tick trimmed");
+  // The trim's own 50 ms of CPU must not count as the next tick's work.
+  assertEquals([t.tick(), t.tick(), t.tick(), t.tick(), t.tick()], [
+    true,
+    true,
+    true,
+    false,
+    false,
+  ]);
+  assertEquals(t.trims, 3);
+});
+
+Deno.test("memory return: no trim while traffic keeps the process busy", () => {
+  const t = harness(3);
+  for (let i = 0; i < 20; i++) assertEquals(t.tick(0.5), false);
+  assertEquals(t.trims, 0);
+  // 40 ms in 2 s is the line: just above it is busy, just below quiet.
+  assertEquals(t.tick(0.041), false);
+  assertEquals(t.tick(0.039), true);
+});
+
+Deno.test("memory return: a busy tick between trims starts the count again", () => {
+  const t = harness(2);
+  t.tick(1);
+  assertEquals([t.tick(), t.tick(1), t.tick(), t.tick(), t.tick()], [
+    true,
+    false,
+    true,
+    true,
+    false,
+  ]);
+});
+
+Deno.test("memory return: the timer stops with its signal", async () => {
+  // The test's sanitizers fail it if the interval outlives the signal.
+  const running = new AbortController();
+  trimWhenQuiet(running.signal, 5);
+  await new Promise((resolve) => setTimeout(resolve, 30));
+  running.abort();
+  const stopped = new AbortController();
+  stopped.abort();
+  trimWhenQuiet(stopped.signal, 5);
+});
+
+Deno.test("memory return: this process's CPU seconds come from /proc and only grow", {
+  ignore: Deno.build.os !== "linux",
+}, () => {
+  const before = processCpuSeconds();
+  const end = performance.now() + 100;
+  while (performance.now() < end) Math.sqrt(Math.random());
+  const after = processCpuSeconds();
+  assert(before >= 0 && after > before, `CPU seconds went from ${before} to ${after}`);
+});
+
+Deno.test("memory return: glibc gives freed buffers back to the system on a trim", {
+  ignore: Deno.build.os !== "linux",
+}, async () => {
+  const probe = new URL("./fixtures/heap_trim_probe.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", "--v8-flags=--expose-gc", probe],
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(30_000),
+  }).output();
+  const text = new TextDecoder();
+  assertEquals(out.code, 0, text.decode(out.stderr));
+  const { trimmed, before, after } = JSON.parse(text.decode(out.stdout));
+  assert(trimmed, "malloc_trim could not be called");
+  // 190 MB were freed: without the trim the RSS stays where it was.
+  assert(before - after > 100, `RSS went from ${before} MB to ${after} MB`);
+});
