@@ -403,6 +403,7 @@ function combinedSummary(runs: RttRun[]): Record<string, number | null> {
       http_fresh_conn_p50_vs_kubectl: s.http_fresh_conn_p50_vs_kubectl,
       client_rss_idle_mb: s.client_rss_idle_mb,
       client_rss_peak_mb: s.client_rss_mb,
+      client_rss_after_mb: s.client_rss_after_mb,
     };
     for (const [key, value] of Object.entries(headline)) out[prefix + key] = value;
   }
@@ -475,6 +476,12 @@ async function runScenarios(
               Object.assign(result, cpuUsed(cpuBefore, cpuAfter, loadCpu, scenario.cpuPer(result)));
             }
             for (const [key, pid] of rssPids) if (pid) result[key] = await peakRssMb(pid);
+            if (scenario.rssAfter && round === 0 && config.rssSettleSeconds > 0) {
+              await new Promise((resolve) => setTimeout(resolve, config.rssSettleSeconds * 1000));
+              for (const [key, pid] of rssPids) {
+                if (pid) result[key.replace(/_mb$/, "_after_mb")] = await currentRssMb(pid);
+              }
+            }
             Object.assign(result, idle);
             rounds.push(result);
             const keys = scenario.figures.filter((f) => !f.detail && f.key in result)

@@ -85,6 +85,8 @@ export interface Summary {
   http_fresh_conn_p50_vs_kubectl: number | null;
   /** relay's RSS once forwarding, before any load (bulk scenario). */
   client_rss_idle_mb: number | null;
+  /** relay's RSS rssSettleSeconds after 1,000 connections (concurrency scenario). */
+  client_rss_after_mb: number | null;
 }
 
 /** The summary object of `--json`. */
@@ -119,6 +121,7 @@ export function summarize(figures: Figures): Summary {
     newconn_p50_vs_kubectl: vs("connrate", "p50_ms", "kubectl"),
     http_fresh_conn_p50_vs_kubectl: vs("http", "p50_ms", "kubectl"),
     client_rss_idle_mb: relay("bulk", "rss_idle_mb", 1),
+    client_rss_after_mb: relay("concurrency", "rss_after_mb", 1),
   };
 }
 

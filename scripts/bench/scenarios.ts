@@ -26,6 +26,11 @@ export interface BenchConfig {
   httpRequests: number;
   /** Round trips between the tools and the API server to run every scenario at (ms). */
   rtts: number[];
+  /**
+   * How long after its first round's load a tool's RSS is read again, where a scenario has
+   * `rssAfter`: what it still holds once a burst is over.
+   */
+  rssSettleSeconds: number;
 }
 
 /** The issue's sizes, in about ten minutes on a 2-core machine (two rounds; `--rounds` for more). */
@@ -44,6 +49,7 @@ export const defaultConfig: BenchConfig = {
   startupRuns: 3,
   httpRequests: 500,
   rtts: [0, 20],
+  rssSettleSeconds: 20,
 };
 
 /** Every scenario, shortened, in under two minutes: a smoke run for CI. */
@@ -62,6 +68,7 @@ export const quickConfig: BenchConfig = {
   startupRuns: 1,
   httpRequests: 100,
   rtts: [0, 20],
+  rssSettleSeconds: 5,
 };
 
 /** How the rounds of one figure combine into the reported one. */
@@ -90,6 +97,8 @@ export interface Scenario {
   tunnels?: number;
   /** Whether the forwarding client's (and the in-cluster end's) peak RSS is a figure here. */
   measureRss?: boolean;
+  /** Whether their RSS is read again rssSettleSeconds after the first round's load. */
+  rssAfter?: boolean;
   /** When set, the CPU of every process on the path is counted, per this much of the work. */
   cpuPer?(result: Record<string, unknown>): number;
   figures: Figure[];
@@ -191,11 +200,14 @@ export const scenarios: Scenario[] = [
     tools: ["relay", "kubectl", "krelay", "direct"],
     ports: [TCP_ECHO],
     measureRss: true,
+    rssAfter: true,
     figures: [
       fig("errors", "errors", "", "sum", false),
       fig("seconds", "time", "s", "median", false),
       fig("rss_mb", "client peak RSS", "MB", "max", false),
       fig("agent_rss_mb", "agent peak RSS", "MB", "max", false),
+      fig("rss_after_mb", "client RSS once it is over", "MB", "max", false),
+      fig("agent_rss_after_mb", "agent RSS once it is over", "MB", "max", false),
     ],
     request: (ep, c) => ({
       scenario: "concurrency",
