@@ -109,13 +109,17 @@ export function glibcMallocTrim(): (() => void) | null {
   }
 }
 
-/** Clock ticks per second of /proc/self/stat's times (USER_HZ, 100 on Linux). */
+/** Clock ticks per second of /proc/PID/stat's times (USER_HZ, 100 on Linux). */
 const TICKS_PER_SECOND = 100;
 
-/** User and system CPU seconds of this process, from /proc/self/stat. */
-export function processCpuSeconds(): number {
-  const stat = Deno.readTextFileSync("/proc/self/stat");
+/** User and system CPU seconds in the text of a /proc/PID/stat. */
+export function statCpuSeconds(stat: string): number {
   // Fields after the command name, which is in parentheses and may hold spaces.
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+}
+
+/** User and system CPU seconds of this process. */
+export function processCpuSeconds(): number {
+  return statCpuSeconds(Deno.readTextFileSync("/proc/self/stat"));
 }

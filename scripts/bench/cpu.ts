@@ -5,6 +5,7 @@
  * throughput is the cores divided by its CPU per byte, which is why these figures are
  * printed beside the speeds.
  */
+import { statCpuSeconds } from "../../lib/net/memory_return.ts";
 import { RUN_DIR } from "../../tests/e2e/harness.ts";
 
 /** The processes whose CPU is counted, by the name the table gives them. */
@@ -13,16 +14,10 @@ export const CPU_PARTS = ["client", "agent", "apiserver", "kwok", "echo", "load"
 /** One of {@link CPU_PARTS}. */
 export type CpuPart = typeof CPU_PARTS[number];
 
-/** Clock ticks per second of /proc/PID/stat's times (USER_HZ, 100 on Linux). */
-const TICKS_PER_SECOND = 100;
-
 /** The user + system CPU seconds a process has used so far, or NaN once it is gone. */
 export async function cpuSeconds(pid: number): Promise<number> {
   try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+    return statCpuSeconds(await Deno.readTextFile(`/proc/${pid}/stat`));
   } catch {
     return NaN;
   }
