@@ -2,10 +2,10 @@
  * Gives the C heap's free memory back to the system once the process goes quiet.
  *
  * Buffers V8 frees go back to glibc's malloc, which keeps them for the next allocation instead
- * of returning them: after 1,000 busy connections the client stayed at 288 MB with 8 MB of
- * buffers alive, for as long as it ran (docs/MEASUREMENTS.md, "Memory after a burst").
- * `malloc_trim(0)` returns it, but stalls the event loop while it walks the heap (up to 60 ms
- * measured under load), so it runs only on ticks when the process used almost no CPU.
+ * of returning them, so what a burst of connections took stayed resident for as long as relay
+ * ran (docs/MEASUREMENTS.md, "Memory after a burst"). `malloc_trim(0)` returns it, but stalls
+ * the event loop while it walks the heap, so it runs only on ticks when the process used almost
+ * no CPU.
  */
 
 /** What the trimmer needs from the system; the defaults are Linux's and glibc's. */
@@ -78,7 +78,8 @@ export function trimWhenQuiet(signal: AbortSignal, tickMs = DEFAULT_TICK_MS): vo
       // libc is opened at the first trim: a process that never gets busy never loads it.
       trim: () => {
         if (trim === undefined) trim = glibcMallocTrim();
-        trim?.();
+        if (trim === null) throw new Error("malloc_trim cannot be called here");
+        trim();
       },
       cpuSeconds: processCpuSeconds,
       tickMs,
@@ -86,6 +87,7 @@ export function trimWhenQuiet(signal: AbortSignal, tickMs = DEFAULT_TICK_MS): vo
   } catch {
     return; // no /proc: nothing to time quiet by
   }
+  // A tick that fails (no libc to call) ends the ticking: it would fail the same way again.
   const timer = setInterval(() => {
     try {
       trimmer.tick();
