@@ -51,6 +51,7 @@ import {
   type LatencyProxy,
   startLatencyProxy,
 } from "./bench/latency_proxy.ts";
+import { runLoad } from "./bench/load.ts";
 import { median, rotate } from "./bench/stats.ts";
 import {
   type BenchPods,
@@ -63,7 +64,6 @@ import {
   type ToolName,
 } from "./bench/tools.ts";
 
-const LOAD_SCRIPT = new URL("./bench/load.ts", import.meta.url).pathname;
 /** kwok and kube-proxy live here; see scripts/cluster/config.ts. */
 const NODE_NETNS = "relay-node";
 
@@ -178,24 +178,6 @@ async function setTimeWaitReuse(netns: string, value: string): Promise<string> {
   const set = await runCommand([...sysctl, "-w", `${TW_REUSE}=${value}`]);
   if (set.code !== 0) throw new Error(`sysctl ${TW_REUSE} in ${netns}: ${set.stderr.trim()}`);
   return before;
-}
-
-/** Runs the load client once against `endpoint`; its JSON result, or throws. */
-async function runLoad(endpoint: Endpoint, request: unknown): Promise<Record<string, unknown>> {
-  const deno = [Deno.execPath(), "run", "--allow-all", "--unstable-net", LOAD_SCRIPT];
-  const argv = endpoint.netns ? ["ip", "netns", "exec", endpoint.netns, ...deno] : deno;
-  const out = await new Deno.Command(argv[0], {
-    args: [...argv.slice(1), JSON.stringify(request)],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(600_000),
-  }).output();
-  const text = new TextDecoder();
-  if (out.code !== 0) {
-    throw new Error(text.decode(out.stderr).trim().split("\n").pop() || `exit ${out.code}`);
-  }
-  return JSON.parse(text.decode(out.stdout).trim().split("\n").pop()!);
 }
 
 function brief(result: Record<string, unknown>, keys: string[]): string {
@@ -469,7 +451,7 @@ async function runScenarios(
           const pids = { ...pathPids, client: endpoint.pid, agent: endpoint.agentPid };
           try {
             const cpuBefore = await snapshotCpu(pids);
-            const result = await runLoad(endpoint, request(endpoint, config));
+            const result = await runLoad(request(endpoint, config), endpoint.netns);
             if (scenario.cpuPer) {
               const cpuAfter = await snapshotCpu(pids);
               const loadCpu = typeof result.cpu_s === "number" ? result.cpu_s : undefined;

@@ -341,6 +341,30 @@ async function udp(r: Extract<LoadRequest, { scenario: "udp" }>) {
   return { steps, max_qps_no_loss: best, p50_ms: steps.find((s) => s.rate === best)?.p50_ms };
 }
 
+/**
+ * Runs this load client once as a process of its own, in network namespace `netns` if given;
+ * its JSON result, or throws with the last line it printed on stderr.
+ */
+export async function runLoad(
+  request: LoadRequest,
+  netns?: string,
+): Promise<Record<string, unknown>> {
+  const deno = [Deno.execPath(), "run", "--allow-all", "--unstable-net", import.meta.filename!];
+  const argv = netns ? ["ip", "netns", "exec", netns, ...deno] : deno;
+  const out = await new Deno.Command(argv[0], {
+    args: [...argv.slice(1), JSON.stringify(request)],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    signal: AbortSignal.timeout(600_000),
+  }).output();
+  const text = new TextDecoder();
+  if (out.code !== 0) {
+    throw new Error(text.decode(out.stderr).trim().split("\n").pop() || `exit ${out.code}`);
+  }
+  return JSON.parse(text.decode(out.stdout).trim().split("\n").pop()!);
+}
+
 async function main(): Promise<void> {
   const request = JSON.parse(Deno.args[0]) as LoadRequest;
   const run = {

@@ -10,6 +10,7 @@
  */
 import { parseArgs } from "node:util";
 import { RELAY_V8_FLAGS } from "../release/compile.ts";
+import { runLoad } from "./load.ts";
 import { defaultConfig } from "./scenarios.ts";
 import { median } from "./stats.ts";
 import { currentRssMb, peakRssMb } from "./tools.ts";
@@ -34,26 +35,14 @@ async function round(mode: Mode): Promise<{ idle: number; peak: number }> {
     // Idle as the bench takes it: after start, before any connection.
     await new Promise((resolve) => setTimeout(resolve, 1_000));
     const idle = await currentRssMb(server.pid);
-    const load = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "--allow-all",
-        "--unstable-net",
-        new URL("./load.ts", import.meta.url).pathname,
-        JSON.stringify({
-          scenario: "concurrency",
-          host: "127.0.0.1",
-          port,
-          connections: defaultConfig.concurrencyConnections,
-          bytes: defaultConfig.concurrencyBytes,
-        }),
-      ],
-      stdout: "piped",
-      stderr: "inherit",
-      signal: AbortSignal.timeout(120_000),
-    }).output();
-    const result = JSON.parse(new TextDecoder().decode(load.stdout).trim() || "{}");
-    if (load.code !== 0 || result.errors !== 0) {
+    const result = await runLoad({
+      scenario: "concurrency",
+      host: "127.0.0.1",
+      port,
+      connections: defaultConfig.concurrencyConnections,
+      bytes: defaultConfig.concurrencyBytes,
+    });
+    if (result.errors !== 0) {
       throw new Error(`the load failed on the ${mode} server: ${JSON.stringify(result)}`);
     }
     return { idle, peak: await peakRssMb(server.pid) };
