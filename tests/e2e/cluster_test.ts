@@ -211,15 +211,18 @@ Deno.test({
       });
       return result.stdout.split("\n")[0];
     };
-    // ClusterIP (kube-proxy's DNAT), full DNS name, and the search-path short name.
-    assertEquals(await greetingVia(`${clusterIp}:80`), `pod=${server} addr=${serverIp}:8080`);
-    assertEquals(
-      await greetingVia(`server.${ns.name}.svc.cluster.local:80`),
-      `pod=${server} addr=${serverIp}:8080`,
-    );
-    assertEquals(await greetingVia("server:80"), `pod=${server} addr=${serverIp}:8080`);
+    // ClusterIP (kube-proxy's DNAT), full DNS name, and the search-path short name. kube-proxy
+    // programs a newly ready endpoint a sync later, as in any cluster, so the first call waits.
+    const greeting = `pod=${server} addr=${serverIp}:8080`;
+    await waitFor(`the ClusterIP ${clusterIp}:80 to reach ${server}`, async () => {
+      const reply = await greetingVia(`${clusterIp}:80`);
+      if (reply !== greeting) throw new Error(`it answered ${JSON.stringify(reply)}`);
+      return true;
+    }, { timeoutMs: 15_000 });
+    assertEquals(await greetingVia(`server.${ns.name}.svc.cluster.local:80`), greeting);
+    assertEquals(await greetingVia("server:80"), greeting);
     // Pod to pod, directly.
-    assertEquals(await greetingVia(`${serverIp}:8080`), `pod=${server} addr=${serverIp}:8080`);
+    assertEquals(await greetingVia(`${serverIp}:8080`), greeting);
 
     // A Service created now resolves within 10 s, and stops resolving once deleted.
     const dig = async (name: string) =>
