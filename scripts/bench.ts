@@ -88,7 +88,7 @@ function parseFlags(): { config: BenchConfig; json?: string; markdown?: string; 
   if (values.help) {
     console.log(
       "deno task bench [--quick] [--rounds N] [--json FILE] [--markdown FILE]\n" +
-        "  [--only bulk,connrate,http,latency,concurrency,hol,udp,startup] [--bulk-mib N]\n" +
+        "  [--only bulk,download,upload,connrate,http,latency,concurrency,hol,udp,startup] [--bulk-mib N]\n" +
         "  [--connrate-seconds S] [--connections N] [--udp-rates R1,R2,...] [--startup-runs N]\n" +
         "  [--rtt 0,20ms,80ms]  round trips between the tools and the API server (default 0,20ms)",
     );
@@ -115,8 +115,19 @@ function parseFlags(): { config: BenchConfig; json?: string; markdown?: string; 
     config,
     json: values.json,
     markdown: values.markdown,
-    only: values.only?.split(","),
+    only: values.only?.split(",").map(scenarioName),
   };
+}
+
+/** A scenario's name as `--only` gives it; anything else is an error naming it. */
+function scenarioName(text: string): string {
+  const name = text.trim();
+  if (!scenarios.some((s) => s.name === name)) {
+    throw new Error(
+      `--only: no scenario ${JSON.stringify(text)} (${scenarios.map((s) => s.name).join(", ")})`,
+    );
+  }
+  return name;
 }
 
 /** `0`, `20ms`, `20` (ms) or `0.02s`: a round trip in milliseconds. */
@@ -224,8 +235,18 @@ async function runStartups(
   }
 }
 
+/** The command line, or one line naming what is wrong with it and exit 2. */
+function flagsOrExit(): ReturnType<typeof parseFlags> {
+  try {
+    return parseFlags();
+  } catch (error) {
+    console.error(`bench: ${error instanceof Error ? error.message : error}`);
+    Deno.exit(2);
+  }
+}
+
 async function main(): Promise<void> {
-  const { config, json, markdown, only } = parseFlags();
+  const { config, json, markdown, only } = flagsOrExit();
   const chosen = scenarios.filter((s) => !only || only.includes(s.name));
   const started = new Date();
   console.error(
@@ -381,6 +402,8 @@ function combinedSummary(runs: RttRun[]): Record<string, number | null> {
       startup_vs_krelay: s.startup_vs_krelay,
       newconn_p50_vs_kubectl: s.newconn_p50_vs_kubectl,
       throughput_vs_kubectl: s.throughput_vs_kubectl,
+      throughput_down_vs_kubectl: s.throughput_down_vs_kubectl,
+      throughput_up_vs_kubectl: s.throughput_up_vs_kubectl,
       latency_p50_vs_kubectl: s.latency_p50_vs_kubectl,
       http_fresh_conn_p50_vs_kubectl: s.http_fresh_conn_p50_vs_kubectl,
       client_rss_idle_mb: s.client_rss_idle_mb,

@@ -64,6 +64,8 @@ Deno.test("figures, summary and table from raw rounds", () => {
       concurrency: {
         relay: [{ errors: 0, seconds: 2, rss_mb: 90 }, null],
       },
+      download: { relay: [{ mbps: 90 }], kubectl: [{ mbps: 120 }], krelay: [{ mbps: 100 }] },
+      upload: { relay: [{ mbps: 150 }], kubectl: [{ mbps: 100 }] },
       latency: { relay: [{ p50_us: 400, p99_us: 900 }], kubectl: [{ p50_us: 800, p99_us: 2000 }] },
       startup: {
         relay: [{ first_echo_ms: 900, samples_ms: [800, 900, 950] }, { first_echo_ms: 1100 }],
@@ -79,6 +81,10 @@ Deno.test("figures, summary and table from raw rounds", () => {
   assertEquals(summary.throughput_vs_kubectl, 2.5);
   assertEquals(summary.throughput_vs_direct, 0.5);
   assertEquals(summary.throughput_vs_krelay, 2);
+  // One way, each direction on its own.
+  assertEquals(summary.throughput_down_vs_kubectl, 0.75);
+  assertEquals(summary.throughput_down_vs_krelay, 0.9);
+  assertEquals(summary.throughput_up_vs_kubectl, 1.5);
   // krelay skipped (or not run) in a scenario: no ratio, not a zero.
   assertEquals(summary.latency_p50_vs_krelay, null);
   assertEquals(summary.latency_p50_vs_kubectl, 0.5);

@@ -13,7 +13,7 @@ interface EchoServer {
   stop(): Promise<void>;
 }
 
-const SERVICE_COUNT = 7;
+const SERVICE_COUNT = 8;
 
 async function startEchoServer(podName: string): Promise<EchoServer> {
   const flags = [
@@ -24,6 +24,7 @@ async function startEchoServer(podName: string): Promise<EchoServer> {
     "source-port",
     "flood-port",
     "http-port",
+    "sink-port",
   ]
     .flatMap((flag) => [`--${flag}`, "0"]);
   const child = new Deno.Command(Deno.execPath(), {
@@ -109,6 +110,39 @@ async function sendAndCollect(port: number, data: Uint8Array): Promise<Uint8Arra
   }
 }
 
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let offset = 0; offset < bytes.length;) offset += await conn.write(bytes.subarray(offset));
+}
+
+function closeQuietly(conn: Deno.Conn): void {
+  try {
+    conn.close();
+  } catch { /* closed by readLine's deadline */ }
+}
+
+/** One line, without its newline; fails if the peer closes first or none comes within 10 s. */
+async function readLine(conn: Deno.Conn): Promise<string> {
+  const buffer = new Uint8Array(256);
+  let filled = 0;
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    conn.close();
+  }, 10_000);
+  try {
+    while (!buffer.subarray(0, filled).includes(0x0a)) {
+      const n = await conn.read(buffer.subarray(filled));
+      if (n === null) throw new Error("closed before a whole line");
+      filled += n;
+    }
+  } catch (error) {
+    throw timedOut ? new Error("no whole line within 10 s") : error;
+  } finally {
+    clearTimeout(timer);
+  }
+  return new TextDecoder().decode(buffer.subarray(0, buffer.indexOf(0x0a)));
+}
+
 function randomBytes(length: number): Uint8Array {
   const bytes = new Uint8Array(length);
   for (let offset = 0; offset < length; offset += 65_536) {
@@ -121,7 +155,16 @@ Deno.test("echo: logs one line per listener and exits cleanly on SIGTERM", async
   await withEchoServer((server) => {
     assertEquals(
       [...server.ports.keys()].sort(),
-      ["echo/tcp", "echo/udp", "flood/udp", "greeting/tcp", "hash/tcp", "http/tcp", "source/tcp"],
+      [
+        "echo/tcp",
+        "echo/udp",
+        "flood/udp",
+        "greeting/tcp",
+        "hash/tcp",
+        "http/tcp",
+        "sink/tcp",
+        "source/tcp",
+      ],
     );
   });
 });
@@ -166,6 +209,34 @@ Deno.test("echo: source port sends exactly the requested bytes of the i mod 251 
       const received = await readToEnd(conn);
       assertEquals(received.length, size, `size ${size}`);
       assert(received.every((byte, i) => byte === patternByte(i)), `pattern for ${size}`);
+    }
+  });
+});
+
+Deno.test("echo: sink port answers the byte count once that many bytes arrived, without a FIN", async () => {
+  await withEchoServer(async (server) => {
+    for (const size of [0, 1, 40, 3 * 1024 * 1024 + 17]) {
+      const conn = await Deno.connect({ hostname: LOOPBACK, port: server.port("sink/tcp") });
+      try {
+        // The count and the first bytes in one write, as a quick client sends them.
+        const request = new TextEncoder().encode(`${size}\n`);
+        const body = randomBytes(size);
+        const first = new Uint8Array(request.length + Math.min(size, 100));
+        first.set(request);
+        first.set(body.subarray(0, 100), request.length);
+        await writeAll(conn, first);
+        await writeAll(conn, body.subarray(100));
+        assertEquals(await readLine(conn), `${size}`, `size ${size}`);
+      } finally {
+        closeQuietly(conn);
+      }
+    }
+    const bad = await Deno.connect({ hostname: LOOPBACK, port: server.port("sink/tcp") });
+    try {
+      await writeAll(bad, new TextEncoder().encode("lots\n"));
+      assertEquals(await readLine(bad), "error: expected a byte count line");
+    } finally {
+      closeQuietly(bad);
     }
   });
 });

@@ -8,7 +8,7 @@
  * Prints one line of JSON (the scenario's result, with its own CPU seconds as `cpu_s`) on
  * stdout and exits 0; a failure that
  * prevents any measurement exits 1 with the reason on stderr. Targets are the echo image's
- * ports: pure echo (TCP 9000), source (TCP 9002), UDP echo (9000).
+ * ports: pure echo (TCP 9000), source (TCP 9002), counting sink (TCP 9005), UDP echo (9000).
  */
 import process from "node:process";
 import { maxRateWithoutLoss, percentile } from "./stats.ts";
@@ -16,6 +16,8 @@ import { maxRateWithoutLoss, percentile } from "./stats.ts";
 /** What to run, against which address. */
 export type LoadRequest =
   | { scenario: "bulk"; host: string; port: number; bytes: number }
+  | { scenario: "download"; host: string; port: number; bytes: number }
+  | { scenario: "upload"; host: string; port: number; bytes: number }
   | { scenario: "connrate"; host: string; port: number; seconds: number; concurrency: number }
   | { scenario: "latency"; host: string; port: number; count: number; size: number }
   | { scenario: "concurrency"; host: string; port: number; connections: number; bytes: number }
@@ -71,6 +73,44 @@ async function bulk(r: Extract<LoadRequest, { scenario: "bulk" }>) {
   const seconds = (performance.now() - start) / 1000;
   conn.close();
   if (!ok) throw new Error("the echo ended before every byte came back");
+  return { bytes: r.bytes, seconds, mbps: r.bytes / MB / seconds };
+}
+
+/** Downloads `bytes` from the source port on one connection; MB/s. */
+async function downloadOnce(r: Extract<LoadRequest, { scenario: "download" }>) {
+  const conn = await connect(r.host, r.port);
+  const start = performance.now();
+  await writeAll(conn, new TextEncoder().encode(`${r.bytes}\n`));
+  const ok = await readExactly(conn, r.bytes, new Uint8Array(CHUNK));
+  const seconds = (performance.now() - start) / 1000;
+  conn.close();
+  if (!ok) throw new Error("the source ended before every byte arrived");
+  return { bytes: r.bytes, seconds, mbps: r.bytes / MB / seconds };
+}
+
+/**
+ * Uploads `bytes` to the counting sink on one connection, timed until the sink says it has
+ * them all (a write returning says only that a buffer on the way took them); MB/s.
+ */
+async function uploadOnce(r: Extract<LoadRequest, { scenario: "upload" }>) {
+  const conn = await connect(r.host, r.port);
+  const chunk = new Uint8Array(CHUNK).fill(0x5a);
+  const start = performance.now();
+  await writeAll(conn, new TextEncoder().encode(`${r.bytes}\n`));
+  for (let sent = 0; sent < r.bytes; sent += chunk.length) {
+    await writeAll(conn, chunk.subarray(0, Math.min(chunk.length, r.bytes - sent)));
+  }
+  const answer = new Uint8Array(64);
+  let got = 0;
+  while (!answer.subarray(0, got).includes(0x0a)) {
+    const n = await conn.read(answer.subarray(got));
+    if (n === null) break;
+    got += n;
+  }
+  const seconds = (performance.now() - start) / 1000;
+  conn.close();
+  const line = new TextDecoder().decode(answer.subarray(0, got)).trim();
+  if (line !== String(r.bytes)) throw new Error(`the sink answered ${JSON.stringify(line)}`);
   return { bytes: r.bytes, seconds, mbps: r.bytes / MB / seconds };
 }
 
@@ -369,6 +409,8 @@ async function main(): Promise<void> {
   const request = JSON.parse(Deno.args[0]) as LoadRequest;
   const run = {
     bulk,
+    download: downloadOnce,
+    upload: uploadOnce,
     connrate,
     latency,
     concurrency,

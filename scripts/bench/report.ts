@@ -53,8 +53,14 @@ export function computeFigures(scenarios: Scenario[], raw: RawResults): Figures 
 
 /** The summary (relay/kubectl, relay/krelay and relay/direct ratios; relay's own figures). */
 export interface Summary {
+  /** Bulk both ways at once (an echo), relay over kubectl. */
   throughput_vs_kubectl: number | null;
   throughput_vs_direct: number | null;
+  /** Bulk one way, from the pod and to it, relay over kubectl and krelay. */
+  throughput_down_vs_kubectl: number | null;
+  throughput_up_vs_kubectl: number | null;
+  throughput_down_vs_krelay: number | null;
+  throughput_up_vs_krelay: number | null;
   connrate_vs_kubectl: number | null;
   latency_p50_vs_kubectl: number | null;
   hol_fraction: number | null;
@@ -102,6 +108,10 @@ export function summarize(figures: Figures): Summary {
   return {
     throughput_vs_kubectl: vs("bulk", "mbps", "kubectl"),
     throughput_vs_direct: vs("bulk", "mbps", "direct"),
+    throughput_down_vs_kubectl: vs("download", "mbps", "kubectl"),
+    throughput_up_vs_kubectl: vs("upload", "mbps", "kubectl"),
+    throughput_down_vs_krelay: vs("download", "mbps", "krelay"),
+    throughput_up_vs_krelay: vs("upload", "mbps", "krelay"),
     connrate_vs_kubectl: vs("connrate", "per_second", "kubectl"),
     latency_p50_vs_kubectl: vs("latency", "p50_us", "kubectl"),
     hol_fraction: relay("hol", "hol_fraction", 3),

@@ -89,7 +89,17 @@ export interface Figure {
 
 /** One scenario. */
 export interface Scenario {
-  name: "bulk" | "connrate" | "http" | "latency" | "concurrency" | "hol" | "udp" | "startup";
+  name:
+    | "bulk"
+    | "download"
+    | "upload"
+    | "connrate"
+    | "http"
+    | "latency"
+    | "concurrency"
+    | "hol"
+    | "udp"
+    | "startup";
   title: string;
   tools: ToolName[];
   ports: PortSpec[];
@@ -112,12 +122,31 @@ export interface Scenario {
 const TCP_ECHO = 9000;
 const TCP_SOURCE = 9002;
 const TCP_HTTP = 9004;
+const TCP_SINK = 9005;
+
+/** A one-way transfer of the bulk size on one connection: from the source, or to the sink. */
+function oneWay(name: "download" | "upload", title: string, port: number): Scenario {
+  return {
+    name,
+    title,
+    tools: ["relay", "kubectl", "krelay", "direct"],
+    ports: [port],
+    cpuPer: (r) => Number(r.bytes) / (1 << 30),
+    figures: [fig("mbps", "throughput", "MB/s", "median", true), ...cpuFigures("s/GiB")],
+    request: (ep, c) => ({
+      scenario: name,
+      host: ep.host,
+      port: ep.ports[port],
+      bytes: c.bulkBytes,
+    }),
+  };
+}
 
 /** The scenarios in the order they run. */
 export const scenarios: Scenario[] = [
   {
     name: "bulk",
-    title: "Bulk throughput, one connection, each way",
+    title: "Bulk both ways at once, one connection (an echo)",
     tools: ["relay", "kubectl", "krelay", "direct"],
     ports: [TCP_ECHO],
     measureRss: true,
@@ -139,6 +168,8 @@ export const scenarios: Scenario[] = [
       bytes: c.bulkBytes,
     }),
   },
+  oneWay("download", "Bulk one way, one connection: from the pod", TCP_SOURCE),
+  oneWay("upload", "Bulk one way, one connection: to the pod", TCP_SINK),
   {
     name: "connrate",
     title: "New connections (open, 100 B echo, close)",
