@@ -468,6 +468,45 @@ Deno.test("session: a fast reader grows its window; stalled, it buffers at most 
   await close();
 });
 
+/** Each chunk read from `duplex` arrives `ms` late, as over a distant path; order is kept. */
+function arrivingLate(duplex: Duplex, ms: number): Duplex {
+  const late = new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, controller) {
+      setTimeout(() => {
+        try {
+          controller.enqueue(chunk);
+        } catch { /* the reading end has gone: the chunk is lost, as on a closed path */ }
+      }, ms);
+    },
+    flush: () => new Promise((resolve) => setTimeout(resolve, ms + 1)),
+  });
+  return { readable: duplex.readable.pipeThrough(late), writable: duplex.writable };
+}
+
+Deno.test("session: on a tunnel with an 80 ms round trip, a fast reader's window still grows", async () => {
+  const WINDOW = 64 * 1024;
+  const handler: OpenHandler = () =>
+    Promise.resolve({ readable: patternSource(64 * MiB), writable: new WritableStream() });
+  const [a, b] = duplexPair();
+  const options = { streamWindow: WINDOW, maxStreamWindow: 8 * MiB };
+  const [client, agent] = await Promise.all([
+    connectTunnel(arrivingLate(a, 40), { token: TOKEN, ...options }),
+    acceptTunnel(arrivingLate(b, 40), { tokenDigest: TOKEN_DIGEST, onOpen: handler, ...options }),
+  ]);
+  // Each end measures the round trip right after the handshake; this ping follows its own.
+  assert(await client.ping() >= 80);
+  const stream = await client.open({ protocol: "tcp", host: "h", port: 1 }) as MuxStream;
+  const reader = stream.readable.getReader();
+  let read = 0;
+  while (read < 2 * MiB) read += (await reader.read()).value!.length;
+  // One window per round trip would have taken 2.6 s for this; a grown window takes far less.
+  assert(stream.receiveWindow > WINDOW, `window did not grow from ${WINDOW} at 80 ms`);
+  stream.reset("done");
+  client.close();
+  agent.close();
+  await Promise.all([client.closed, agent.closed]);
+});
+
 Deno.test("session: fast streams share one growth budget, and give it back when they end", async () => {
   const WINDOW = 64 * 1024;
   const MAX = 4 * MiB;

@@ -10,13 +10,13 @@
 export const DEFAULT_STREAM_WINDOW = 64 * 1024;
 
 /** Most a stream's receive window grows to while its reader keeps up. */
-export const DEFAULT_MAX_STREAM_WINDOW = 8 * 1024 * 1024;
+export const DEFAULT_MAX_STREAM_WINDOW = 32 * 1024 * 1024;
 
 /**
  * Growth all of a session's streams may share beyond their initial windows: room for two
  * streams at the full per-stream maximum.
  */
-export const DEFAULT_SESSION_GROWTH = 16 * 1024 * 1024;
+export const DEFAULT_SESSION_GROWTH = 32 * 1024 * 1024;
 
 /**
  * The quiet spell after which a stream gives back its grown credit, so streams that once

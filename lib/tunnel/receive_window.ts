@@ -20,6 +20,18 @@ const UDP_GRANT_EVERY = UDP_SHARED_WINDOW / 2;
  */
 const GROW_WITHIN_MS = 50;
 
+/**
+ * On a tunnel whose round trip is longer, a window taken within this many round trips grows
+ * too: a stream held back by credit takes one window per round trip, so with a fixed time
+ * alone a stream to a distant cluster never grew past its first window.
+ */
+const GROW_WITHIN_ROUND_TRIPS = 4;
+
+/** How quickly a reader must take a whole window for it to grow, on a tunnel of `roundTripMs`. */
+export function growWithinMs(roundTripMs: number): number {
+  return Math.max(GROW_WITHIN_MS, GROW_WITHIN_ROUND_TRIPS * roundTripMs);
+}
+
 /** Tunables for one stream, shared by a session's streams. */
 export interface StreamLimits {
   /** Bytes we let the peer have in flight toward us at first (TCP). */
@@ -34,6 +46,8 @@ export interface StreamLimits {
   growth: GrowthBudget;
   /** The session's open UDP streams, counted together (see UDP_SHARED_WINDOW). */
   udpStreams: { open: number };
+  /** The tunnel's round trip, once the session has measured it (0 until then). */
+  roundTrip: { ms: number };
 }
 
 /**
@@ -76,7 +90,7 @@ export class ReceiveWindow {
     this.#readSinceGrowth += increment;
     if (this.#readSinceGrowth >= this.#size) {
       const now = performance.now();
-      if (now - this.#epochStart < GROW_WITHIN_MS) {
+      if (now - this.#epochStart < growWithinMs(this.limits.roundTrip.ms)) {
         const budget = this.limits.growth;
         const growth = Math.min(
           this.#size,

@@ -143,6 +143,7 @@ export class Session implements Tunnel {
       udpQueue: init.options.udpQueue ?? DEFAULT_UDP_QUEUE,
       growth: { left: init.options.maxSessionGrowth ?? DEFAULT_SESSION_GROWTH },
       udpStreams: { open: 0 },
+      roundTrip: { ms: 0 },
     };
     this.nextId = init.options.firstStreamId ?? (init.role === "client" ? 1 : 2);
     this.peerParity = init.role === "client" ? 0 : 1;
@@ -166,6 +167,11 @@ export class Session implements Tunnel {
       this.shutdown(`protocol error: ${describeError(e)}`);
     }
     this.readLoop();
+    // How fast a stream must take its window to grow it depends on the round trip.
+    this.handshake.then(() => this.ping()).then(
+      (ms) => this.limits.roundTrip.ms = ms,
+      () => {},
+    );
   }
 
   get streamCount(): number {
