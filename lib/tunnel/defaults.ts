@@ -9,12 +9,15 @@
  */
 export const DEFAULT_STREAM_WINDOW = 64 * 1024;
 
-/** Most a stream's receive window grows to while its reader keeps up. */
+/**
+ * Most a stream's receive window grows to while its reader keeps up: one window a round trip
+ * is a stream's most, and a distant cluster's round trip includes the queues on its path.
+ */
 export const DEFAULT_MAX_STREAM_WINDOW = 32 * 1024 * 1024;
 
 /**
- * Growth all of a session's streams may share beyond their initial windows: room for two
- * streams at the full per-stream maximum.
+ * Growth all of a session's streams may share beyond their initial windows: room for one
+ * stream at the full per-stream maximum, or several busy ones below it.
  */
 export const DEFAULT_SESSION_GROWTH = 32 * 1024 * 1024;
 
