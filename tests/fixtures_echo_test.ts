@@ -1,6 +1,7 @@
 /** The echo server fixture, run as a child process on free loopback ports. */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { closeQuietly, writeAll } from "./fixtures/echo/io.ts";
 import { patternByte } from "./fixtures/echo/pattern.ts";
 
 const LOOPBACK = "127.0.0.1";
@@ -108,16 +109,6 @@ async function sendAndCollect(port: number, data: Uint8Array): Promise<Uint8Arra
       // Already closed by the readable reaching its end.
     }
   }
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let offset = 0; offset < bytes.length;) offset += await conn.write(bytes.subarray(offset));
-}
-
-function closeQuietly(conn: Deno.Conn): void {
-  try {
-    conn.close();
-  } catch { /* closed by readLine's deadline */ }
 }
 
 /** One line, without its newline; fails if the peer closes first or none comes within 10 s. */
