@@ -28,7 +28,7 @@ const GROW_WITHIN_MS = 50;
 const GROW_WITHIN_ROUND_TRIPS = 4;
 
 /** How quickly a reader must take a whole window for it to grow, on a tunnel of `roundTripMs`. */
-export function growWithinMs(roundTripMs: number): number {
+function growWithinMs(roundTripMs: number): number {
   return Math.max(GROW_WITHIN_MS, GROW_WITHIN_ROUND_TRIPS * roundTripMs);
 }
 
