@@ -74,8 +74,12 @@ Deno.test("handshake: the client's first stream and its bytes go out behind HELL
   const stream = await tunnel.open(REQUEST, { early: true });
   const writer = stream.writable.getWriter();
   await writer.write(new TextEncoder().encode("ping"));
-  await agent.until("HELLO, OPEN and DATA reach the agent", () => agent.frames.length >= 3);
-  assertEquals(agent.types(), [FrameType.HELLO, FrameType.OPEN, FrameType.DATA]);
+  await agent.until(
+    "HELLO, OPEN, its head start and DATA reach the agent",
+    () => agent.frames.length >= 4,
+  );
+  // The head start's WINDOW goes out behind the OPEN naming its stream, not ahead of it.
+  assertEquals(agent.types(), [FrameType.HELLO, FrameType.OPEN, FrameType.WINDOW, FrameType.DATA]);
   assertEquals(tunnel.peerVersion, "", "no version before the answer");
   assert(!answered, "the handshake settled before the agent answered");
 

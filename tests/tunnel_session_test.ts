@@ -23,6 +23,7 @@ async function tunnelPair(
     streamWindow?: number;
     maxStreamWindow?: number;
     maxSessionGrowth?: number;
+    streamHeadStart?: number;
     udpQueue?: number;
     idleCreditMs?: number;
   } = {},
@@ -440,7 +441,10 @@ Deno.test("session: a stalled reader on one stream does not stop another", async
   ]);
   assertEquals(seen, 64 * MiB);
   assert(a.buffered > 0, "stream A received nothing");
-  assert(a.buffered <= WINDOW, `stream A buffered ${a.buffered} bytes, window ${WINDOW}`);
+  assert(
+    a.buffered <= a.receiveWindow,
+    `stream A buffered ${a.buffered} bytes, window ${a.receiveWindow}`,
+  );
   a.reset("done");
   await close();
 });
@@ -453,6 +457,7 @@ Deno.test("session: a fast reader grows its window; stalled, it buffers at most 
   const { client, close } = await tunnelPair(handler, {
     streamWindow: WINDOW,
     maxStreamWindow: MAX,
+    streamHeadStart: 0,
   });
   const a = await client.open({ protocol: "tcp", host: "h", port: 1 }) as MuxStream;
   assertEquals(a.receiveWindow, WINDOW);
@@ -483,12 +488,52 @@ function arrivingLate(duplex: Duplex, ms: number): Duplex {
   return { readable: duplex.readable.pipeThrough(late), writable: duplex.writable };
 }
 
+Deno.test("session: a new stream's peer may send a head start before any credit comes back, each way, and a later stream gets a share of what budget is left", async () => {
+  const WINDOW = 64 * 1024;
+  const GROWTH = 8 * MiB;
+  // The far end offers far more than a window and never takes what it is sent.
+  const handler: OpenHandler = () =>
+    Promise.resolve({
+      readable: patternSource(64 * MiB),
+      writable: new WritableStream({ write: () => new Promise(() => {}) }),
+    });
+  const { client, close } = await tunnelPair(handler, {
+    streamWindow: WINDOW,
+    maxStreamWindow: 32 * MiB,
+    maxSessionGrowth: GROWTH,
+    streamHeadStart: 4 * MiB,
+  });
+  const a = await client.open({ protocol: "tcp", host: "h", port: 1 }) as MuxStream;
+  const writer = a.writable.getWriter();
+  let written = 0;
+  const writing = (async () => {
+    for (;;) {
+      await writer.write(new Uint8Array(64 * 1024));
+      written += 64 * 1024;
+    }
+  })().catch(() => {});
+  // Nobody reads either way, so no credit goes back: what moved is what the head starts let.
+  await plateau("the unread stream's buffer", () => a.buffered);
+  await plateau("what the client could send", () => written);
+  assertEquals(a.receiveWindow, WINDOW + GROWTH / 4, "the head start is a quarter of the budget");
+  assert(a.buffered > WINDOW, `the agent sent only ${a.buffered} bytes`);
+  assert(a.buffered <= a.receiveWindow, `buffered ${a.buffered}, window ${a.receiveWindow}`);
+  assert(written > WINDOW, `the client could send only ${written} bytes`);
+  assert(written <= WINDOW + GROWTH / 4 + 64 * 1024, `the client sent ${written} bytes`);
+  const b = await client.open({ protocol: "tcp", host: "h", port: 2 }) as MuxStream;
+  assertEquals(b.receiveWindow, WINDOW + (GROWTH - GROWTH / 4) / 4, "what budget is left");
+  a.reset("done");
+  b.reset("done");
+  await writing;
+  await close();
+});
+
 Deno.test("session: on a tunnel with an 80 ms round trip, a fast reader's window still grows", async () => {
   const WINDOW = 64 * 1024;
   const handler: OpenHandler = () =>
     Promise.resolve({ readable: patternSource(64 * MiB), writable: new WritableStream() });
   const [a, b] = duplexPair();
-  const options = { streamWindow: WINDOW, maxStreamWindow: 8 * MiB };
+  const options = { streamWindow: WINDOW, maxStreamWindow: 8 * MiB, streamHeadStart: 0 };
   const [client, agent] = await Promise.all([
     connectTunnel(arrivingLate(a, 40), { token: TOKEN, ...options }),
     acceptTunnel(arrivingLate(b, 40), { tokenDigest: TOKEN_DIGEST, onOpen: handler, ...options }),

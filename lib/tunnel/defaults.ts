@@ -16,6 +16,13 @@ export const DEFAULT_STREAM_WINDOW = 64 * 1024;
 export const DEFAULT_MAX_STREAM_WINDOW = 32 * 1024 * 1024;
 
 /**
+ * Growth a new stream is granted at once, from the session's budget: what a transfer can carry
+ * in its first round trip, so a fetch of a few MiB from a distant cluster takes about as many
+ * round trips as on a connection with no windows of its own.
+ */
+export const DEFAULT_STREAM_HEAD_START = 4 * 1024 * 1024;
+
+/**
  * Growth all of a session's streams may share beyond their initial windows: room for one
  * stream at the full per-stream maximum, or several busy ones below it.
  */

@@ -32,10 +32,18 @@ function growWithinMs(roundTripMs: number): number {
   return Math.max(GROW_WITHIN_MS, GROW_WITHIN_ROUND_TRIPS * roundTripMs);
 }
 
+/**
+ * A new stream's head start takes at most this share of the growth budget left, so the streams
+ * that open after it still find some.
+ */
+const HEAD_START_SHARE = 1 / 4;
+
 /** Tunables for one stream, shared by a session's streams. */
 export interface StreamLimits {
   /** Bytes we let the peer have in flight toward us at first (TCP). */
   receiveWindow: number;
+  /** Growth a new stream is granted at once, from the session's budget (TCP). */
+  headStart: number;
   /** Most a stream's receive window may grow to while its reader keeps up (TCP). */
   maxReceiveWindow: number;
   /** Bytes the peer lets us have in flight toward it (TCP). */
@@ -75,6 +83,25 @@ export class ReceiveWindow {
   /** Bytes the peer may have in flight toward us now. */
   get size(): number {
     return this.#size;
+  }
+
+  /**
+   * The stream just opened: the credit to grant the peer at once beyond the initial window,
+   * taken from the session's growth budget (0 for none). A transfer then starts near speed
+   * instead of doubling its way up from the initial window one round trip at a time.
+   */
+  headStart(): number {
+    if (this.udp) return 0;
+    const budget = this.limits.growth;
+    const growth = Math.floor(Math.min(
+      this.limits.headStart,
+      this.limits.maxReceiveWindow - this.#size,
+      budget.left * HEAD_START_SHARE,
+    ));
+    if (growth <= 0) return 0;
+    budget.left -= growth;
+    this.#size += growth;
+    return growth;
   }
 
   /**

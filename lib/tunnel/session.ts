@@ -16,6 +16,7 @@ import {
   DEFAULT_MAX_STREAM_WINDOW,
   DEFAULT_MAX_STREAMS,
   DEFAULT_SESSION_GROWTH,
+  DEFAULT_STREAM_HEAD_START,
   DEFAULT_UDP_QUEUE,
   MAX_STREAM_ID,
 } from "./defaults.ts";
@@ -139,6 +140,7 @@ export class Session implements Tunnel {
         init.receiveWindow,
         init.options.maxStreamWindow ?? DEFAULT_MAX_STREAM_WINDOW,
       ),
+      headStart: init.options.streamHeadStart ?? DEFAULT_STREAM_HEAD_START,
       sendWindow: init.sendWindow,
       udpQueue: init.options.udpQueue ?? DEFAULT_UDP_QUEUE,
       growth: { left: init.options.maxSessionGrowth ?? DEFAULT_SESSION_GROWTH },
@@ -206,6 +208,7 @@ export class Session implements Tunnel {
         reject(new OpenError("error", e instanceof Error ? e.message : String(e)));
         return;
       }
+      stream.grantHeadStart();
       if (options.early) resolve(stream);
     });
   }
@@ -420,6 +423,7 @@ export class Session implements Tunnel {
         }
         this.writer.send({ type: FrameType.OPEN_RESULT, streamId: id, result: "ok", message: "" });
         stream.markOpened();
+        stream.grantHeadStart();
         const { tracking } = duplex;
         void splice(stream, duplex, tracking?.counts).then(() => tracking?.end());
       },

@@ -220,9 +220,7 @@ export class MuxStream implements TunnelStream {
     const excess = this.sendCredit - this.initialCredit;
     if (excess <= 0) return;
     this.sendCredit -= excess;
-    const payload = new Uint8Array(4);
-    new DataView(payload.buffer).setUint32(0, excess);
-    this.host.writer.sendRaw(FrameType.WINDOW_RETURN, this.id, payload);
+    this.host.writer.sendRaw(FrameType.WINDOW_RETURN, this.id, u32(excess));
   }
 
   /** The peer granted `increment` more bytes. */
@@ -308,14 +306,21 @@ export class MuxStream implements TunnelStream {
     this.maybeDone();
   }
 
+  /**
+   * The stream is known to both ends (our OPEN is sent, or we accepted the peer's): grant the
+   * peer its head start beyond the initial window (see ReceiveWindow.headStart).
+   */
+  grantHeadStart(): void {
+    if (this.done || this.remoteFin) return;
+    const increment = this.window.headStart();
+    if (increment > 0) this.host.writer.sendInOrder(FrameType.WINDOW, this.id, u32(increment));
+  }
+
   /** Our reader took `n` bytes: give the peer credit in batches of a quarter window. */
   private consumed(n: number): void {
     if (this.remoteFin) return;
     const increment = this.window.taken(n);
-    if (increment === 0) return;
-    const payload = new Uint8Array(4);
-    new DataView(payload.buffer).setUint32(0, increment);
-    this.host.writer.sendRaw(FrameType.WINDOW, this.id, payload);
+    if (increment > 0) this.host.writer.sendRaw(FrameType.WINDOW, this.id, u32(increment));
   }
 
   private onReadCancel(): void {
@@ -411,6 +416,13 @@ export class MuxStream implements TunnelStream {
 }
 
 const EMPTY = new Uint8Array(0);
+
+/** A credit frame's payload: `n` as a big-endian u32. */
+function u32(n: number): Uint8Array {
+  const payload = new Uint8Array(4);
+  new DataView(payload.buffer).setUint32(0, n);
+  return payload;
+}
 
 /** The bytes of `pieces`, end to end. */
 function joinPieces(pieces: Uint8Array[]): Uint8Array {

@@ -119,10 +119,15 @@ export interface TunnelOptions {
   maxStreams?: number;
   /** Opens the peer may have in progress at once (default 1024); further ones are refused. */
   maxDials?: number;
-  /** Most a stream's window grows to while its reader keeps up (default 8 MiB). */
+  /** Most a stream's window grows to while its reader keeps up (default 32 MiB). */
   maxStreamWindow?: number;
-  /** Most all streams' windows grow beyond their initial size, together (default 16 MiB). */
+  /** Most all streams' windows grow beyond their initial size, together (default 32 MiB). */
   maxSessionGrowth?: number;
+  /**
+   * Growth a new stream is granted at once, at most a quarter of the session's budget left
+   * (default 4 MiB; 0: none).
+   */
+  streamHeadStart?: number;
   /** Send a ping after this much silence (ms); 0 turns keep-alive off. */
   keepAliveMs?: number;
   /**

@@ -115,6 +115,21 @@ export class FrameWriter {
     }
     (urgent ? this.urgent : this.queue).push({ type, streamId, payload, copied });
     this.queued += HEADER_SIZE + payload.length;
+    this.flushSoon();
+  }
+
+  /**
+   * Queues a frame behind those already queued, even one that would otherwise go ahead (a
+   * WINDOW): a stream's first grant must not reach the peer before the OPEN naming the stream.
+   */
+  sendInOrder(type: number, streamId: number, payload: Uint8Array): void {
+    if (this.failure !== null) return;
+    this.queue.push({ type, streamId, payload });
+    this.queued += HEADER_SIZE + payload.length;
+    this.flushSoon();
+  }
+
+  private flushSoon(): void {
     if (!this.flushing) {
       this.flushing = true;
       // Let the current task queue more frames before the first batch is cut.
