@@ -88,7 +88,7 @@ function parseFlags(): { config: BenchConfig; json?: string; markdown?: string; 
   if (values.help) {
     console.log(
       "deno task bench [--quick] [--rounds N] [--json FILE] [--markdown FILE]\n" +
-        "  [--only bulk,download,upload,connrate,http,latency,concurrency,hol,udp,startup] [--bulk-mib N]\n" +
+        "  [--only bulk,download,upload,connrate,http,fetch,latency,concurrency,hol,udp,startup] [--bulk-mib N]\n" +
         "  [--connrate-seconds S] [--connections N] [--udp-rates R1,R2,...] [--startup-runs N]\n" +
         "  [--rtt 0,20ms,80ms]  round trips between the tools and the API server (default 0,20ms)",
     );
@@ -406,6 +406,7 @@ function combinedSummary(runs: RttRun[]): Record<string, number | null> {
       throughput_up_vs_kubectl: s.throughput_up_vs_kubectl,
       latency_p50_vs_kubectl: s.latency_p50_vs_kubectl,
       http_fresh_conn_p50_vs_kubectl: s.http_fresh_conn_p50_vs_kubectl,
+      fetch_p50_vs_kubectl: s.fetch_p50_vs_kubectl,
       client_rss_idle_mb: s.client_rss_idle_mb,
       client_rss_peak_mb: s.client_rss_mb,
       client_rss_after_mb: s.client_rss_after_mb,

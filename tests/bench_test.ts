@@ -66,6 +66,7 @@ Deno.test("figures, summary and table from raw rounds", () => {
       },
       download: { relay: [{ mbps: 90 }], kubectl: [{ mbps: 120 }], krelay: [{ mbps: 100 }] },
       upload: { relay: [{ mbps: 150 }], kubectl: [{ mbps: 100 }] },
+      fetch: { relay: [{ p50_ms: 30, p99_ms: 60 }], kubectl: [{ p50_ms: 75, p99_ms: 90 }] },
       latency: { relay: [{ p50_us: 400, p99_us: 900 }], kubectl: [{ p50_us: 800, p99_us: 2000 }] },
       startup: {
         relay: [{ first_echo_ms: 900, samples_ms: [800, 900, 950] }, { first_echo_ms: 1100 }],
@@ -85,6 +86,8 @@ Deno.test("figures, summary and table from raw rounds", () => {
   assertEquals(summary.throughput_down_vs_kubectl, 0.75);
   assertEquals(summary.throughput_down_vs_krelay, 0.9);
   assertEquals(summary.throughput_up_vs_kubectl, 1.5);
+  // A fresh connection's few MiB, lower is better.
+  assertEquals(summary.fetch_p50_vs_kubectl, 0.4);
   // krelay skipped (or not run) in a scenario: no ratio, not a zero.
   assertEquals(summary.latency_p50_vs_krelay, null);
   assertEquals(summary.latency_p50_vs_kubectl, 0.5);

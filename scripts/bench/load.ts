@@ -23,6 +23,7 @@ export type LoadRequest =
   | { scenario: "concurrency"; host: string; port: number; connections: number; bytes: number }
   | { scenario: "hol"; host: string; port: number; bytes: number; pauseMs: number }
   | { scenario: "http"; host: string; port: number; count: number }
+  | { scenario: "fetch"; host: string; port: number; count: number; bytes: number }
   | {
     scenario: "udp";
     host: string;
@@ -200,6 +201,27 @@ async function http(r: Extract<LoadRequest, { scenario: "http" }>) {
   }
   return {
     requests: samples.length,
+    errors,
+    p50_ms: percentile(samples, 50),
+    p99_ms: percentile(samples, 99),
+  };
+}
+
+/**
+ * Downloads of a few MiB, a fresh connection each (a page's assets, a log, a dump): each timed
+ * from connect to its last byte, so a window that starts small and grows shows here.
+ */
+async function fetchFresh(r: Extract<LoadRequest, { scenario: "fetch" }>) {
+  const samples: number[] = [];
+  let errors = 0;
+  for (let i = 0; i < r.count; i++) {
+    const t0 = performance.now();
+    const { got } = await download(r.host, r.port, r.bytes, 30_000).catch(() => ({ got: 0 }));
+    if (got < r.bytes) errors++;
+    else samples.push(performance.now() - t0);
+  }
+  return {
+    fetches: samples.length,
     errors,
     p50_ms: percentile(samples, 50),
     p99_ms: percentile(samples, 99),
@@ -413,6 +435,7 @@ async function main(): Promise<void> {
     concurrency,
     hol,
     http,
+    fetch: fetchFresh,
     udp,
   }[request.scenario] as (r: LoadRequest) => Promise<unknown>;
   const result = await run(request) as Record<string, unknown>;

@@ -89,6 +89,8 @@ export interface Summary {
   newconn_p50_vs_kubectl: number | null;
   /** A fresh-connection HTTP request's p50, relay over kubectl. */
   http_fresh_conn_p50_vs_kubectl: number | null;
+  /** A fresh connection's download of a few MiB, p50 from connect to the last byte. */
+  fetch_p50_vs_kubectl: number | null;
   /** relay's RSS once forwarding, before any load (bulk scenario). */
   client_rss_idle_mb: number | null;
   /** relay's RSS rssSettleSeconds after 1,000 connections (concurrency scenario). */
@@ -130,6 +132,7 @@ export function summarize(figures: Figures): Summary {
     startup_vs_krelay: vs("startup", "first_echo_ms", "krelay"),
     newconn_p50_vs_kubectl: vs("connrate", "p50_ms", "kubectl"),
     http_fresh_conn_p50_vs_kubectl: vs("http", "p50_ms", "kubectl"),
+    fetch_p50_vs_kubectl: vs("fetch", "p50_ms", "kubectl"),
     client_rss_idle_mb: relay("bulk", "rss_idle_mb", 1),
     client_rss_after_mb: relay("concurrency", "rss_after_mb", 1),
   };

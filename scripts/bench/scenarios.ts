@@ -24,6 +24,9 @@ export interface BenchConfig {
   startupRuns: number;
   /** Fresh-connection HTTP requests per round. */
   httpRequests: number;
+  /** Fresh-connection downloads per round, and the size of each. */
+  fetchCount: number;
+  fetchBytes: number;
   /** Round trips between the tools and the API server to run every scenario at (ms). */
   rtts: number[];
   /**
@@ -48,6 +51,8 @@ export const defaultConfig: BenchConfig = {
   udpStepSeconds: 2,
   startupRuns: 3,
   httpRequests: 500,
+  fetchCount: 30,
+  fetchBytes: 4 << 20,
   rtts: [0, 20],
   rssSettleSeconds: 20,
 };
@@ -67,6 +72,8 @@ export const quickConfig: BenchConfig = {
   udpStepSeconds: 1,
   startupRuns: 1,
   httpRequests: 100,
+  fetchCount: 5,
+  fetchBytes: 4 << 20,
   rtts: [0, 20],
   rssSettleSeconds: 5,
 };
@@ -95,6 +102,7 @@ export interface Scenario {
     | "upload"
     | "connrate"
     | "http"
+    | "fetch"
     | "latency"
     | "concurrency"
     | "hol"
@@ -206,6 +214,24 @@ export const scenarios: Scenario[] = [
       host: ep.host,
       port: ep.ports[TCP_HTTP],
       count: c.httpRequests,
+    }),
+  },
+  {
+    name: "fetch",
+    title: "A few MiB from the pod, a fresh connection each (a page's assets, a log, a dump)",
+    tools: ["relay", "kubectl", "krelay", "direct"],
+    ports: [TCP_SOURCE],
+    figures: [
+      fig("p50_ms", "p50", "ms", "median", false),
+      fig("p99_ms", "p99", "ms", "median", false),
+      fig("errors", "errors", "", "sum", false),
+    ],
+    request: (ep, c) => ({
+      scenario: "fetch",
+      host: ep.host,
+      port: ep.ports[TCP_SOURCE],
+      count: c.fetchCount,
+      bytes: c.fetchBytes,
     }),
   },
   {
