@@ -528,6 +528,51 @@ Deno.test("session: a new stream's peer may send a head start before any credit 
   await close();
 });
 
+Deno.test("session: a stream that gave its credit back gets a new head start when its peer sends again", async () => {
+  const WINDOW = 64 * 1024;
+  // The far end sends 1 MiB, waits until told, then offers far more than a window.
+  let resume!: () => void;
+  const again = new Promise<void>((resolve) => resume = resolve);
+  const handler: OpenHandler = () => {
+    let sent = 0;
+    const source = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (sent === MiB) await again;
+        controller.enqueue(new Uint8Array(64 * 1024));
+        sent += 64 * 1024;
+      },
+    }, { highWaterMark: 0 });
+    return Promise.resolve({ readable: source, writable: new WritableStream() });
+  };
+  const { client, close } = await tunnelPair(handler, {
+    streamWindow: WINDOW,
+    maxSessionGrowth: 8 * MiB,
+    streamHeadStart: 4 * MiB,
+    idleCreditMs: 100,
+  });
+  const stream = await client.open({ protocol: "tcp", host: "h", port: 1 }) as MuxStream;
+  const reader = stream.readable.getReader();
+  for (let read = 0; read < MiB;) read += (await reader.read()).value!.length;
+  // Quiet: the far end gives its credit back, and the window shrinks to about the initial one
+  // (plus what was read and not yet granted back, under a quarter window).
+  const grown = stream.receiveWindow;
+  assert(grown > 2 * MiB, `the window was only ${grown}`);
+  const deadline = Date.now() + 5_000;
+  while (stream.receiveWindow > WINDOW + MiB && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  const shrunk = stream.receiveWindow;
+  assert(shrunk <= WINDOW + MiB, `the credit never came back: still ${shrunk}`);
+  // It sends again, and nobody reads: only a new head start lets more than that arrive.
+  resume();
+  await plateau("the unread stream's buffer", () => stream.buffered);
+  assert(stream.buffered > shrunk, `only ${stream.buffered} bytes arrived, window ${shrunk}`);
+  assert(stream.receiveWindow >= shrunk + MiB, `the window grew only to ${stream.receiveWindow}`);
+  reader.releaseLock();
+  stream.reset("done");
+  await close();
+});
+
 Deno.test("session: on a tunnel with an 80 ms round trip, a fast reader's window still grows", async () => {
   const WINDOW = 64 * 1024;
   const handler: OpenHandler = () =>

@@ -75,6 +75,8 @@ export class ReceiveWindow {
   /** Bytes read since #epochStart: how fast the reader takes a window decides growth. */
   #readSinceGrowth = 0;
   #epochStart = performance.now();
+  /** The peer gave its grown credit back: its next data earns the stream a new head start. */
+  #headStartDue = false;
 
   constructor(private readonly limits: StreamLimits, private readonly udp: boolean) {
     this.#size = udp ? Math.min(limits.receiveWindow, UDP_WINDOW) : limits.receiveWindow;
@@ -147,6 +149,18 @@ export class ReceiveWindow {
     // Growth starts over, measured from now, should the stream get busy again.
     this.#readSinceGrowth = 0;
     this.#epochStart = performance.now();
+    this.#headStartDue = true;
+  }
+
+  /**
+   * Data arrived: the credit to grant at once if it is the first since the peer gave its grown
+   * credit back (a kept-alive connection's next answer), so that answer does not start over
+   * from the initial window either (0 otherwise).
+   */
+  resumed(): number {
+    if (!this.#headStartDue) return 0;
+    this.#headStartDue = false;
+    return this.headStart();
   }
 
   /** The stream ended: its growth goes back to the session's budget (TCP). */

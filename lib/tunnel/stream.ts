@@ -173,6 +173,9 @@ export class MuxStream implements TunnelStream {
       }
     } else if (this.queuedBytes + payload.length > this.window.size) {
       return false;
+    } else {
+      const headStart = this.window.resumed();
+      if (headStart > 0) this.host.writer.sendRaw(FrameType.WINDOW, this.id, u32(headStart));
     }
     if (this.reader) {
       this.deliver(payload);
