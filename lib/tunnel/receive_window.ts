@@ -88,8 +88,8 @@ export class ReceiveWindow {
   }
 
   /**
-   * The stream just opened: the credit to grant the peer at once beyond the initial window,
-   * taken from the session's growth budget (0 for none). A transfer then starts near speed
+   * The stream just opened (or got busy again, see resumed): the credit to grant the peer at
+   * once beyond the current window, taken from the session's growth budget (0 for none). A transfer then starts near speed
    * instead of doubling its way up from the initial window one round trip at a time.
    */
   headStart(): number {
