@@ -90,6 +90,11 @@ export async function ensureCerts(): Promise<void> {
   }));
 }
 
+function randomSerial(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(15));
+  return "0x" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 async function makeLeaf(leaf: LeafSpec): Promise<void> {
   const key = certFile(leaf.name, "key");
   const csr = `${PATHS.certs}/${leaf.name}.csr`;
@@ -116,7 +121,10 @@ async function makeLeaf(leaf: LeafSpec): Promise<void> {
     certFile("ca", "crt"),
     "-CAkey",
     certFile("ca", "key"),
-    "-CAcreateserial",
+    // A serial of its own: leaves are signed in parallel, and a shared
+    // -CAcreateserial file is read by one openssl while another rewrites it.
+    "-set_serial",
+    randomSerial(),
     "-days",
     "3650",
     "-sha256",
