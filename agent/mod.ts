@@ -12,6 +12,7 @@ import {
   isTokenDigest,
 } from "../lib/contract.ts";
 import { describeError } from "../lib/errors.ts";
+import { BufferPool } from "../lib/net/buffer_pool.ts";
 import { trimWhenQuiet } from "../lib/net/memory_return.ts";
 import { VERSION } from "../lib/version.ts";
 import { type AgentConfig, startAgent } from "./server.ts";
@@ -54,6 +55,7 @@ export async function runAgent(options: AgentOptions = {}): Promise<number> {
     );
     return 2;
   }
+  const buffers = new BufferPool();
   let agent;
   try {
     agent = startAgent(
@@ -66,6 +68,7 @@ export async function runAgent(options: AgentOptions = {}): Promise<number> {
         allow: options.allow,
         log,
         listener: options.listener,
+        buffers,
       } satisfies AgentConfig,
     );
   } catch (e) {
@@ -85,7 +88,7 @@ export async function runAgent(options: AgentOptions = {}): Promise<number> {
   out(`relay agent ${VERSION} listening on 127.0.0.1:${agent.port}`);
   // What a burst of connections left in the heap goes back to the node once they are done.
   const running = new AbortController();
-  trimWhenQuiet(running.signal);
+  trimWhenQuiet(running.signal, { release: () => buffers.dropSpares() });
   try {
     return await agent.finished;
   } finally {

@@ -38,6 +38,8 @@ export interface AgentConfig extends Partial<AgentSettings> {
   iptables?: IptablesRunner;
   /** The port, already bound on 127.0.0.1 (early_listener.ts); else `port` is bound. */
   listener?: Deno.TcpListener;
+  /** The pool its sockets and tunnels read into (default: a new one). */
+  buffers?: BufferPool;
 }
 
 /** A started agent. */
@@ -69,7 +71,7 @@ export function startAgent(config: AgentConfig): AgentHandle {
   });
   const port = (listener.addr as Deno.NetAddr).port;
   // One pool for the agent's sockets and tunnels: what one reads, another releases.
-  const buffers = new BufferPool();
+  const buffers = config.buffers ?? new BufferPool();
   // Steal and mirror change the pod's netfilter rules; they are made on first use and
   // removed before the agent exits, and a dead agent's are swept away at start.
   let redirects: PortRedirects | undefined;

@@ -33,3 +33,15 @@ Deno.test("buffer pool: spares beyond `keep` that went unused for a trim interva
   pool.giveBack(new ArrayBuffer(10));
   assertEquals(pool.spares, 5);
 });
+
+Deno.test("buffer pool: a quiet process drops the spares beyond `keep` without another read", () => {
+  const pool = new BufferPool(1024, 4, 1024, () => 0);
+  const taken = Array.from({ length: 100 }, () => pool.take());
+  for (const buffer of taken) pool.giveBack(buffer.buffer);
+  assertEquals(pool.spares, 100);
+  pool.dropSpares();
+  assertEquals(pool.spares, 4);
+  // The pool still lends and keeps what it is given.
+  pool.giveBack(pool.take().buffer);
+  assertEquals(pool.spares, 4);
+});

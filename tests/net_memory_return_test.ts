@@ -5,10 +5,17 @@ import { processCpuSeconds, QuietTrimmer, trimWhenQuiet } from "../lib/net/memor
 function harness(trimsAfterBusy = 3) {
   let cpu = 0;
   let trims = 0;
+  const events: string[] = [];
   const trimmer = new QuietTrimmer({
     trim: () => {
       trims++;
+      events.push("trim");
       cpu += 0.05; // a trim's own CPU, more than a quiet tick allows
+    },
+    release: () => events.push("release"),
+    collect: () => {
+      events.push("collect");
+      cpu += 0.05;
     },
     cpuSeconds: () => cpu,
     tickMs: 2_000,
@@ -23,6 +30,7 @@ function harness(trimsAfterBusy = 3) {
     get trims() {
       return trims;
     },
+    events,
   };
 }
 
@@ -44,6 +52,18 @@ Deno.test("memory return: after a busy tick, the next quiet ones trim, as many a
     false,
   ]);
   assertEquals(t.trims, 3);
+});
+
+Deno.test("memory return: the first trim after busy ticks releases spares and collects first", () => {
+  const t = harness(3);
+  t.tick(1.5);
+  t.tick();
+  t.tick();
+  assertEquals(t.events, ["release", "collect", "trim", "trim"]);
+  // Busy again: the next quiet spell starts the same way.
+  t.tick(1.5);
+  t.tick();
+  assertEquals(t.events.slice(4), ["release", "collect", "trim"]);
 });
 
 Deno.test("memory return: no trim while traffic keeps the process busy", () => {
@@ -70,12 +90,12 @@ Deno.test("memory return: a busy tick between trims starts the count again", () 
 Deno.test("memory return: the timer stops with its signal", async () => {
   // The test's sanitizers fail it if the interval outlives the signal.
   const running = new AbortController();
-  trimWhenQuiet(running.signal, 5);
+  trimWhenQuiet(running.signal, { tickMs: 5 });
   await new Promise((resolve) => setTimeout(resolve, 30));
   running.abort();
   const stopped = new AbortController();
   stopped.abort();
-  trimWhenQuiet(stopped.signal, 5);
+  trimWhenQuiet(stopped.signal, { tickMs: 5 });
 });
 
 Deno.test("memory return: this process's CPU seconds come from /proc and only grow", {

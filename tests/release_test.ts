@@ -32,7 +32,7 @@ Deno.test("--dry-run prints one deno compile command per target, with every flag
     const out = `dist/build/${target.denoTarget}/${binaryName(target)}`;
     assertEquals(
       lines[i],
-      "deno compile --unstable-net --v8-flags=--initial-old-space-size=64 --allow-all " +
+      "deno compile --unstable-net --v8-flags=--initial-old-space-size=64,--expose-gc --allow-all " +
         "--frozen-lockfile --config deno.json " +
         `--include deno.json --include lib/kube/tls_warm_up_worker.ts --target ${target.denoTarget} --output ${out} main.ts`,
     );

@@ -75,6 +75,16 @@ export class BufferPool {
     this.#unused = this.#spare.length;
   }
 
+  /**
+   * Drops the spares beyond `keep` now, for a process gone quiet: #trim runs only when the
+   * pool is used, and after a burst a quiet process may not read again for many seconds.
+   */
+  dropSpares(): void {
+    if (this.#spare.length > this.keep) this.#spare.length = this.keep;
+    this.#unused = this.#spare.length;
+    this.#lastTrim = this.now();
+  }
+
   /** Marks `chunk` (a view of a taken buffer) as lent: its buffer returns on release. */
   lend(chunk: Uint8Array): Uint8Array {
     this.#lent.add(chunk);

@@ -12,6 +12,16 @@
 export interface QuietTrimOptions {
   /** Returns the heap's free memory to the system. */
   trim: () => void;
+  /**
+   * Lets go of what the process keeps for reuse (a buffer pool's spares), on the first quiet
+   * tick after busy ones, before the collection.
+   */
+  release?: () => void;
+  /**
+   * Runs a full garbage collection, before the first trim after busy ticks: an idle V8 may
+   * not collect for many seconds, and until it does the burst's buffers are not free to trim.
+   */
+  collect?: () => void;
   /** CPU seconds the process has used so far. */
   cpuSeconds: () => number;
   /** How often to look, in ms. */
@@ -31,7 +41,9 @@ const DEFAULT_TRIMS_AFTER_BUSY = 15;
 
 /** The decision, tick by tick; {@link trimWhenQuiet} runs it on a timer. */
 export class QuietTrimmer {
-  readonly #options: Required<QuietTrimOptions>;
+  readonly #options: Required<Omit<QuietTrimOptions, "release" | "collect">>;
+  readonly #release: (() => void) | undefined;
+  readonly #collect: (() => void) | undefined;
   #lastCpu: number;
   /** Quiet ticks still to trim on; none until the process has been busy. */
   #trimsLeft = 0;
@@ -43,6 +55,8 @@ export class QuietTrimmer {
       trimsAfterBusy: DEFAULT_TRIMS_AFTER_BUSY,
       ...options,
     };
+    this.#release = options.release;
+    this.#collect = options.collect;
     this.#lastCpu = options.cpuSeconds();
   }
 
@@ -57,19 +71,28 @@ export class QuietTrimmer {
       return false;
     }
     if (this.#trimsLeft === 0) return false;
+    if (this.#trimsLeft === trimsAfterBusy) {
+      this.#release?.();
+      this.#collect?.();
+    }
     this.#trimsLeft--;
     trim();
-    // The trim's own CPU does not make the next tick busy.
+    // The trim's own CPU (and the collection's) does not make the next tick busy.
     this.#lastCpu = cpuSeconds();
     return true;
   }
 }
 
 /**
- * Trims the C heap on quiet ticks after busy ones until `signal` aborts. Does nothing where
- * there is no glibc to ask (macOS, Windows, a process without FFI permission).
+ * Trims the C heap on quiet ticks after busy ones until `signal` aborts, first calling
+ * `release` (see QuietTrimOptions). Does nothing where there is no glibc to ask (macOS,
+ * Windows, a process without FFI permission).
  */
-export function trimWhenQuiet(signal: AbortSignal, tickMs = DEFAULT_TICK_MS): void {
+export function trimWhenQuiet(
+  signal: AbortSignal,
+  options: { release?: () => void; tickMs?: number } = {},
+): void {
+  const tickMs = options.tickMs ?? DEFAULT_TICK_MS;
   if (Deno.build.os !== "linux" || signal.aborted) return;
   let trim: (() => void) | null | undefined;
   let trimmer: QuietTrimmer;
@@ -81,6 +104,8 @@ export function trimWhenQuiet(signal: AbortSignal, tickMs = DEFAULT_TICK_MS): vo
         if (trim === null) throw new Error("malloc_trim cannot be called here");
         trim();
       },
+      release: options.release,
+      collect: v8Collect(),
       cpuSeconds: processCpuSeconds,
       tickMs,
     });
@@ -97,6 +122,17 @@ export function trimWhenQuiet(signal: AbortSignal, tickMs = DEFAULT_TICK_MS): vo
   }, tickMs);
   Deno.unrefTimer(timer);
   signal.addEventListener("abort", () => clearInterval(timer), { once: true });
+}
+
+/**
+ * V8's full collection where the runtime exposes it (RELAY_V8_FLAGS has `--expose-gc`). The
+ * last-resort flavour frees dead ArrayBuffers and gives the heap's empty pages back before it
+ * returns; a regular one left both for V8 to do seconds later (docs/MEASUREMENTS.md).
+ */
+function v8Collect(): (() => void) | undefined {
+  const gc = (globalThis as { gc?: unknown }).gc;
+  if (typeof gc !== "function") return undefined;
+  return () => gc({ type: "major", execution: "sync", flavor: "last-resort" });
 }
 
 /** glibc's malloc_trim(0), or null where it cannot be called. */

@@ -238,7 +238,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
       status,
     };
     // What a burst of connections left in the heap goes back to the system once they are done.
-    trimWhenQuiet(stop.signal);
+    trimWhenQuiet(stop.signal, { release: () => buffers.dropSpares() });
     await Promise.all(entries.map((entry) => entry.serve(context)));
   } catch (error) {
     // Whatever was in progress when the user stopped relay failed because of the stop.

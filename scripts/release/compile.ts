@@ -20,9 +20,10 @@ export interface CompileOptions {
  * after a quiet spell (the heap shrunk to its live objects) set off mark-compacts that never let
  * up; a larger start only lets garbage wait longer, which raises peak memory
  * (docs/MEASUREMENTS.md, "V8's initial old generation"). Set at startup only:
- * `v8.setFlagsFromString` is too late.
+ * `v8.setFlagsFromString` is too late. `gc()` lets a process gone quiet after a burst collect
+ * before it hands memory back (lib/net/memory_return.ts).
  */
-export const RELAY_V8_FLAGS = "--initial-old-space-size=64";
+export const RELAY_V8_FLAGS = "--initial-old-space-size=64,--expose-gc";
 
 /**
  * The runtime flags relay runs with: compiled into the release binary, and passed by every
