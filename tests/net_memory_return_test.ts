@@ -109,19 +109,24 @@ Deno.test("memory return: this process's CPU seconds come from /proc and only gr
   assert(before >= 0 && after > before, `CPU seconds went from ${before} to ${after}`);
 });
 
-Deno.test("memory return: glibc gives freed buffers back to the system on a trim", {
-  ignore: Deno.build.os !== "linux",
-}, async () => {
-  const probe = new URL("./fixtures/heap_trim_probe.ts", import.meta.url).pathname;
+/** Runs a probe from tests/fixtures with `v8Flags` and returns the JSON it prints. */
+async function runProbe(fixture: string, v8Flags: string) {
+  const probe = new URL(`./fixtures/${fixture}`, import.meta.url).pathname;
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", "--v8-flags=--expose-gc", probe],
+    args: ["run", "--allow-all", `--v8-flags=${v8Flags}`, probe],
     stdout: "piped",
     stderr: "piped",
     signal: AbortSignal.timeout(30_000),
   }).output();
   const text = new TextDecoder();
   assertEquals(out.code, 0, text.decode(out.stderr));
-  const { trimmed, before, after } = JSON.parse(text.decode(out.stdout));
+  return JSON.parse(text.decode(out.stdout));
+}
+
+Deno.test("memory return: glibc gives freed buffers back to the system on a trim", {
+  ignore: Deno.build.os !== "linux",
+}, async () => {
+  const { trimmed, before, after } = await runProbe("heap_trim_probe.ts", "--expose-gc");
   assert(trimmed, "malloc_trim could not be called");
   // 190 MB were freed: without the trim the RSS stays where it was.
   assert(before - after > 100, `RSS went from ${before} MB to ${after} MB`);
@@ -130,16 +135,7 @@ Deno.test("memory return: glibc gives freed buffers back to the system on a trim
 Deno.test("memory return: a process gone quiet gives back its spares without anyone collecting", {
   ignore: Deno.build.os !== "linux",
 }, async () => {
-  const probe = new URL("./fixtures/quiet_return_probe.ts", import.meta.url).pathname;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", `--v8-flags=${RELAY_V8_FLAGS}`, probe],
-    stdout: "piped",
-    stderr: "piped",
-    signal: AbortSignal.timeout(30_000),
-  }).output();
-  const text = new TextDecoder();
-  assertEquals(out.code, 0, text.decode(out.stderr));
-  const { before, after, spares } = JSON.parse(text.decode(out.stdout));
+  const { before, after, spares } = await runProbe("quiet_return_probe.ts", RELAY_V8_FLAGS);
   assertEquals(spares, 0, "the first quiet tick did not release the spares");
   // 190 MB were let go: without the collection V8 may keep them for many seconds.
   assert(before - after > 100, `RSS went from ${before} MB to ${after} MB`);
