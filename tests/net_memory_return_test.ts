@@ -3,7 +3,7 @@ import { processCpuSeconds, QuietTrimmer, trimWhenQuiet } from "../lib/net/memor
 import { RELAY_V8_FLAGS } from "../scripts/release/compile.ts";
 
 /** A trimmer on a CPU clock the test moves: `work(s)` spends s seconds of CPU before a tick. */
-function harness(trimsAfterBusy = 3) {
+function harness(trimsAfterBusy = 3, startsBusy = false) {
   let cpu = 0;
   let trims = 0;
   const events: string[] = [];
@@ -22,6 +22,7 @@ function harness(trimsAfterBusy = 3) {
     tickMs: 2_000,
     quietShare: 0.02,
     trimsAfterBusy,
+    startsBusy,
   });
   return {
     tick: (spent = 0) => {
@@ -67,6 +68,12 @@ Deno.test("memory return: the first trim after busy ticks releases spares and co
   assertEquals(t.events.slice(4), ["release", "collect", "trim"]);
 });
 
+Deno.test("memory return: a trimmer that starts busy gives back start-up's leavings when quiet", () => {
+  const t = harness(2, true);
+  assertEquals([t.tick(), t.tick(), t.tick()], [true, true, false]);
+  assertEquals(t.events, ["release", "collect", "trim", "trim"]);
+});
+
 Deno.test("memory return: no trim while traffic keeps the process busy", () => {
   const t = harness(3);
   for (let i = 0; i < 20; i++) assertEquals(t.tick(0.5), false);
@@ -110,10 +117,10 @@ Deno.test("memory return: this process's CPU seconds come from /proc and only gr
 });
 
 /** Runs a probe from tests/fixtures with `v8Flags` and returns the JSON it prints. */
-async function runProbe(fixture: string, v8Flags: string) {
+async function runProbe(fixture: string, v8Flags: string, ...args: string[]) {
   const probe = new URL(`./fixtures/${fixture}`, import.meta.url).pathname;
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", `--v8-flags=${v8Flags}`, probe],
+    args: ["run", "--allow-all", `--v8-flags=${v8Flags}`, probe, ...args],
     stdout: "piped",
     stderr: "piped",
     signal: AbortSignal.timeout(30_000),
@@ -138,5 +145,17 @@ Deno.test("memory return: a process gone quiet gives back its spares without any
   const { before, after, spares } = await runProbe("quiet_return_probe.ts", RELAY_V8_FLAGS);
   assertEquals(spares, 0, "the first quiet tick did not release the spares");
   // 190 MB were let go: without the collection V8 may keep them for many seconds.
+  assert(before - after > 100, `RSS went from ${before} MB to ${after} MB`);
+});
+
+Deno.test("memory return: a process quiet from its start gives back what start-up left", {
+  ignore: Deno.build.os !== "linux",
+}, async () => {
+  const { before, after, spares } = await runProbe(
+    "quiet_return_probe.ts",
+    RELAY_V8_FLAGS,
+    "start-up",
+  );
+  assertEquals(spares, 0, "the first quiet tick did not release the spares");
   assert(before - after > 100, `RSS went from ${before} MB to ${after} MB`);
 });

@@ -33,6 +33,11 @@ export interface QuietTrimOptions {
    * following seconds, and each trim returns what was freed since the one before.
    */
   trimsAfterBusy?: number;
+  /**
+   * Counts the time before the first tick as busy, so that the first quiet spell also gives
+   * back what starting up left behind.
+   */
+  startsBusy?: boolean;
 }
 
 const DEFAULT_TICK_MS = 2_000;
@@ -53,11 +58,13 @@ export class QuietTrimmer {
       tickMs: DEFAULT_TICK_MS,
       quietShare: DEFAULT_QUIET_SHARE,
       trimsAfterBusy: DEFAULT_TRIMS_AFTER_BUSY,
+      startsBusy: false,
       ...options,
     };
     this.#release = options.release;
     this.#collect = options.collect;
     this.#lastCpu = options.cpuSeconds();
+    if (this.#options.startsBusy) this.#trimsLeft = this.#options.trimsAfterBusy;
   }
 
   /** One look: called every tickMs. Says whether it trimmed. */
@@ -85,12 +92,13 @@ export class QuietTrimmer {
 
 /**
  * Trims the C heap on quiet ticks after busy ones until `signal` aborts, first calling
- * `release` (see QuietTrimOptions). Does nothing where there is no glibc to ask (macOS,
- * Windows, a process without FFI permission).
+ * `release` and, with `startsBusy`, counting what came before as busy (see QuietTrimOptions).
+ * Does nothing where there is no glibc to ask (macOS, Windows, a process without FFI
+ * permission).
  */
 export function trimWhenQuiet(
   signal: AbortSignal,
-  options: { release?: () => void; tickMs?: number } = {},
+  options: Pick<QuietTrimOptions, "release" | "tickMs" | "startsBusy"> = {},
 ): void {
   const tickMs = options.tickMs ?? DEFAULT_TICK_MS;
   if (Deno.build.os !== "linux" || signal.aborted) return;
@@ -108,6 +116,7 @@ export function trimWhenQuiet(
       collect: v8Collect(),
       cpuSeconds: processCpuSeconds,
       tickMs,
+      startsBusy: options.startsBusy,
     });
   } catch {
     return; // no /proc: nothing to time quiet by

@@ -237,8 +237,9 @@ export async function runSession(options: SessionOptions): Promise<void> {
       via: agent.ephemeral ? `pod/${agent.podName}` : undefined,
       status,
     };
-    // What a burst of connections left in the heap goes back to the system once they are done.
-    trimWhenQuiet(stop.signal, { release: () => buffers.dropSpares() });
+    // What a burst of connections left in the heap goes back to the system once they are done,
+    // and what starting up left (its API calls, TLS, the CLI's parsing) once the tunnel is up.
+    trimWhenQuiet(stop.signal, { release: () => buffers.dropSpares(), startsBusy: true });
     await Promise.all(entries.map((entry) => entry.serve(context)));
   } catch (error) {
     // Whatever was in progress when the user stopped relay failed because of the stop.
