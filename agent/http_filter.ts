@@ -30,21 +30,34 @@ export interface CompiledFilter {
   path?: RegExp;
 }
 
-/** Compiles `filter`'s regular expressions; throws SyntaxError naming a bad one. */
+/**
+ * Compiles `filter`'s regular expressions; throws SyntaxError naming a bad one. Both ignore
+ * case, as mirrord's do, so a mirrord config steals the same requests here.
+ */
 export function compileFilter(filter: HttpFilter): CompiledFilter {
   return {
-    ...(filter.header ? { header: new RegExp(filter.header) } : {}),
-    ...(filter.path ? { path: new RegExp(filter.path) } : {}),
+    ...(filter.header ? { header: new RegExp(filter.header, "i") } : {}),
+    ...(filter.path ? { path: new RegExp(filter.path, "i") } : {}),
   };
 }
 
-/** Whether a request head (its target and header lines) matches `filter`. */
+/**
+ * Whether a request head (its target and header lines) matches `filter`. A header is matched
+ * as `name: value`, one space after the colon, whatever spacing the client sent.
+ */
 export function matches(filter: CompiledFilter, target: string, headers: string[]): boolean {
   if (filter.path) {
     const path = target.replace(/^[a-z][a-z0-9+.-]*:\/\/[^/]*/i, "") || "/";
     if (filter.path.test(path)) return true;
   }
-  return filter.header !== undefined && headers.some((line) => filter.header!.test(line));
+  return filter.header !== undefined &&
+    headers.some((line) => filter.header!.test(normalHeader(line)));
+}
+
+function normalHeader(line: string): string {
+  const colon = line.indexOf(":");
+  if (colon < 0) return line;
+  return `${line.slice(0, colon).trim()}: ${line.slice(colon + 1).trim()}`;
 }
 
 /** Reads a ByteChannel with lookahead: whole heads, exact lengths, lines. */

@@ -166,3 +166,12 @@ Deno.test("filters match the path (an absolute URI's too) and header lines as Na
   ok(matches(filter, "/", ["Host: web", "X-Team: payments"]));
   ok(!matches(compileFilter({ path: "^/x" }), "/", ["X-Team: payments"]));
 });
+
+Deno.test("filters ignore case and the spacing around a header's colon, as mirrord's do", () => {
+  const filter = compileFilter({ header: "^x-dev: me$" });
+  ok(matches(filter, "/", ["X-Dev: me"]));
+  ok(matches(filter, "/", ["x-dev:me"]));
+  ok(matches(filter, "/", ["x-dev:   me  "]));
+  ok(!matches(filter, "/", ["x-dev: meme"]));
+  ok(matches(compileFilter({ path: "^/api" }), "/API/v1", []));
+});
