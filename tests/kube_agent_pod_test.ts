@@ -152,6 +152,21 @@ Deno.test("agentJobManifest: a patch that shares the node's network or the pod w
   agentJobManifest({ ...base, patch: { spec: { containers: [agent] } } });
 });
 
+Deno.test("agentJobManifest: a patch that leaves a field relay reads with the wrong type is refused by name", () => {
+  const cases: [Record<string, unknown>, string][] = [
+    [{ spec: { containers: "x" } }, 'spec.containers must be a list, not "x"'],
+    [{ spec: { containers: [null] } }, "spec.containers[0] must be an object, not null"],
+    [{ spec: { containers: [{ image: "y" }] } }, "spec.containers[0].name must be a string"],
+    [{ spec: { initContainers: {} } }, "spec.initContainers must be a list, not {}"],
+    [{ spec: 1 }, "spec must be an object, not 1"],
+    [{ metadata: { labels: [] } }, "metadata.labels must be an object, not []"],
+    [{ metadata: "m" }, 'metadata must be an object, not "m"'],
+  ];
+  for (const [patch, message] of cases) {
+    assertThrows(() => agentJobManifest({ ...base, patch }), UsageError, message);
+  }
+});
+
 Deno.test("mergePatch follows RFC 7386", () => {
   assertEquals(mergePatch({ a: "b", c: { d: "e", f: "g" } }, { a: "z", c: { f: null } }), {
     a: "z",

@@ -102,6 +102,7 @@ export function agentJobManifest(opts: {
     metadata?: Record<string, unknown> & { namespace?: string; generateName?: string };
     spec?: V1PodTemplateSpec["spec"];
   };
+  if (opts.patch) checkPatchShape(patched);
   checkPatchKeptAgent(patched.spec, opts.tokenDigest, args);
 
   const { namespace, generateName, ...templateMetadata } = patched.metadata ?? {};
@@ -143,6 +144,32 @@ export function agentArgs(opts: {
   if (opts.allow === "any") args.push("--allow", "any");
   else for (const rule of opts.allow ?? []) args.push("--allow", formatDestinationRule(rule));
   return args;
+}
+
+/** The fields relay reads after a patch must still have their types. */
+function checkPatchShape(patched: { metadata?: unknown; spec?: unknown }): void {
+  const isObject = (value: unknown): value is Record<string, unknown> =>
+    typeof value === "object" && value !== null && !Array.isArray(value);
+  const shown = (value: unknown) => JSON.stringify(value) ?? String(value);
+  const need = (ok: boolean, field: string, what: string, value: unknown) => {
+    if (!ok) throw new UsageError(`--patch: ${field} must be ${what}, not ${shown(value)}`);
+  };
+  need(isObject(patched.metadata), "metadata", "an object", patched.metadata);
+  const { labels } = patched.metadata as Record<string, unknown>;
+  need(labels === undefined || isObject(labels), "metadata.labels", "an object", labels);
+  need(isObject(patched.spec), "spec", "an object", patched.spec);
+  const spec = patched.spec as Record<string, unknown>;
+  for (const key of ["containers", "initContainers"]) {
+    const list = spec[key];
+    if (key === "initContainers" && list === undefined) continue;
+    need(Array.isArray(list), `spec.${key}`, "a list", list);
+    for (const [i, container] of (list as unknown[]).entries()) {
+      need(isObject(container), `spec.${key}[${i}]`, "an object", container);
+      const { name, env } = container as Record<string, unknown>;
+      need(typeof name === "string", `spec.${key}[${i}].name`, "a string", name);
+      need(env === undefined || Array.isArray(env), `spec.${key}[${i}].env`, "a list", env);
+    }
+  }
 }
 
 function checkPatchKeptAgent(
