@@ -14,7 +14,9 @@ import type { Kube } from "../kube/config.ts";
 import { pickTargetPod } from "../kube/resolve.ts";
 import { startTargetedAgent } from "../kube/targeted_agent.ts";
 import type { DestinationRule } from "../contract.ts";
-import type { Plan } from "../plan.ts";
+import { UsageError } from "../errors.ts";
+import { KubeError } from "../kube/errors.ts";
+import type { Plan, TargetRef } from "../plan.ts";
 import { needsRedirect } from "../reverse/redirect.ts";
 
 /** One way of placing the agent. */
@@ -73,7 +75,7 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
     start: async (signal, allow, hooks) => {
       // The first agent goes where resolve() looked; a replacement (the pod went away in a
       // rollout, say) goes to a Ready pod picked anew.
-      const pod = picked ?? await pickTargetPod(kube, target);
+      const pod = picked ?? await pickReplacement(kube, target);
       picked = undefined;
       hooks?.progress?.("creating", `${pod.metadata?.namespace}/${pod.metadata?.name}`);
       return startTargetedAgent(kube, {
@@ -89,4 +91,23 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
       });
     },
   };
+}
+
+/**
+ * A pod for an agent replacing one that is gone. The target was there at start, so its absence
+ * now is something that happened at run time (exit 1), not a bad argument (exit 2).
+ */
+async function pickReplacement(kube: Kube, target: TargetRef): Promise<V1Pod> {
+  try {
+    return await pickTargetPod(kube, target);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    const gone = target.kind === "pod"
+      ? " (a pod that is gone is not followed; --target deploy/NAME follows a workload's pods)"
+      : "";
+    throw new KubeError(
+      `--target ${target.kind}/${target.name} went away while relay ran: ${error.message}${gone}`,
+      { cause: error },
+    );
+  }
 }

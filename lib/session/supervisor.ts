@@ -109,9 +109,9 @@ export class AgentSupervisor {
 
   async #replace(old: AgentPod, why: string): Promise<AgentPod> {
     try {
-      this.options.log(
-        `agent pod ${old.namespace}/${old.podName} ${why}; starting a new agent`,
-      );
+      // An ephemeral agent's pod is the user's target, not relay's own.
+      const pod = old.ephemeral ? "target pod" : "agent pod";
+      this.options.log(`${pod} ${old.namespace}/${old.podName} ${why}; starting a new agent`);
       // Its Job may still exist (a deleted pod, an exited process): remove it with the pod.
       old.stop().catch(() => {});
       let next: AgentPod;

@@ -278,6 +278,38 @@ Deno.test({
 
 Deno.test({
   name:
+    "story: the target pod deleted while relay runs ends relay with exit 1 and one line naming it",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("target-gone");
+    await createEchoWorkloads(ns.name, ["pod"]);
+    const local = localServer("unused");
+    try {
+      await using relay = await startRelay(
+        ["-n", ns.name, "--target", "pod/echo-pod", "-R", `9506:${local.port}`],
+      );
+      await kubectl(["-n", ns.name, "delete", "pod", "echo-pod", "--wait=false"]);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const code = await Promise.race([
+        relay.exited,
+        new Promise<string>((resolve) =>
+          timer = setTimeout(() => resolve("still running"), 60_000)
+        ),
+      ]).finally(() => clearTimeout(timer));
+      assertEquals(code, 1, relay.stderr());
+      const errors = relay.stderr().split("\n").filter((l) => l.startsWith("error:"));
+      assertEquals(errors.length, 1, relay.stderr());
+      assertMatch(errors[0], /--target pod\/echo-pod went away while relay ran/);
+    } finally {
+      local.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
     "story: a user bound only to manifests/rbac.yaml's relay-targeted Role uses --target and -R",
   sanitizeResources: false,
   sanitizeOps: false,
