@@ -34,6 +34,10 @@ interface Reverse {
   lastRefusalReport: number;
   /** Its counters, once it listens. */
   route?: RouteStats;
+  /** Where its ready line said it listens: the pod of the agent holding it. */
+  place?: string;
+  /** A listen on its way: the tunnel closing and a new one arriving both ask for one. */
+  pending?: Promise<void>;
 }
 
 /** The reverse forwards of `plan`; their ports listen in the --target pod. */
@@ -52,18 +56,39 @@ export function reverseEntry(plan: Plan, logger: Logger): SessionEntry {
   let context: ServeContext | undefined;
   let pod: V1Pod | undefined;
 
-  /** Asks a live tunnel to listen for `reverse`; rejects with the agent's OpenError. */
-  const listen = async (reverse: Reverse): Promise<void> => {
-    for (const tunnel of tunnels) {
-      if (tunnel.closeReason !== null) continue;
+  /**
+   * Asks a live tunnel to listen for `reverse`, once at a time; rejects with the agent's
+   * OpenError. Taken again by a new agent in another pod (a rollout), it says so as it did
+   * the first time.
+   */
+  const listen = (reverse: Reverse): Promise<void> =>
+    reverse.pending ??= (async () => {
+      if (reverse.holder && reverse.holder.closeReason === null) return;
+      const tunnel = [...tunnels].find((t) => t.closeReason === null);
+      if (!tunnel) throw new Error("no tunnel to the agent is up");
       reverse.mode = await tunnel.listen(
         { protocol: "tcp", host: "::", port: reverse.spec.remotePort },
         { mode: plan.incoming, ...(reverse.filter ? { filter: reverse.filter } : {}) },
       );
       reverse.holder = tunnel;
-      return;
-    }
-    throw new Error("no tunnel to the agent is up");
+      if (reverse.route && context && context.via !== reverse.place) announce(reverse, context);
+    })().finally(() => reverse.pending = undefined);
+
+  /** The ready line and event for `reverse` where it now listens. */
+  const announce = (reverse: Reverse, serving: ServeContext) => {
+    const place = serving.via ?? "the agent's pod";
+    const facts = {
+      place,
+      remotePort: reverse.spec.remotePort,
+      localAddress: LOCAL_HOSTS[0],
+      localPort: reverse.spec.localPort,
+      mode: reverse.mode,
+      ...(reverse.filter ? { filter: reverse.filter } : {}),
+    };
+    logger.readyReverse(facts);
+    if (reverse.route) serving.status.retire(reverse.route);
+    reverse.route = serving.status.ready(reverseRoute(facts));
+    reverse.place = serving.via;
   };
 
   /** A tunnel that held listeners closed: the agent closed them; ask another tunnel. */
@@ -100,7 +125,6 @@ export function reverseEntry(plan: Plan, logger: Logger): SessionEntry {
       for (const reverse of reverses.values()) {
         // serve() takes each port the first time and reports its failure itself.
         if (reverse.mode === undefined) continue;
-        if (reverse.holder && reverse.holder.closeReason === null) continue;
         listen(reverse).catch((error) =>
           logger.error(`${reverse.spec.source}: cannot listen in the pod: ${describeError(error)}`)
         );
@@ -119,16 +143,7 @@ export function reverseEntry(plan: Plan, logger: Logger): SessionEntry {
           }
           throw error;
         }
-        const facts = {
-          place,
-          remotePort: reverse.spec.remotePort,
-          localAddress: LOCAL_HOSTS[0],
-          localPort: reverse.spec.localPort,
-          mode: reverse.mode,
-          ...(reverse.filter ? { filter: reverse.filter } : {}),
-        };
-        logger.readyReverse(facts);
-        reverse.route = serving.status.ready(reverseRoute(facts));
+        announce(reverse, serving);
       }
       await new Promise<void>((resolve) => {
         if (serving.signal.aborted) return resolve();

@@ -48,8 +48,8 @@ export interface ServeContext {
   readonly stopped: boolean;
   /** The session's buffer pool: sockets spliced with streams read into it. */
   buffers: BufferPool;
-  /** Where connections leave from when not relay's own agent pod: `pod/web-7f9c`. */
-  via?: string;
+  /** Where connections leave from when not relay's own agent pod, now: `pod/web-7f9c`. */
+  readonly via?: string;
   /** Aborted when the session stops. */
   signal: AbortSignal;
   /** Routes, their counters and the session's events: entries count what they carry here. */
@@ -234,7 +234,11 @@ export async function runSession(options: SessionOptions): Promise<void> {
       },
       buffers,
       signal: stop.signal,
-      via: agent.ephemeral ? `pod/${agent.podName}` : undefined,
+      // The agent's pod may change (a rollout of a --target workload).
+      get via() {
+        const current = supervisor.current ?? agent;
+        return current.ephemeral ? `pod/${current.podName}` : undefined;
+      },
       status,
     };
     // What a burst of connections left in the heap goes back to the system once they are done,

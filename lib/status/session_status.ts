@@ -118,6 +118,12 @@ export class SessionStatus {
     return route;
   }
 
+  /** A route that is no more, replaced by another (a -R taken again in a new pod). */
+  retire(route: RouteStats): void {
+    const at = this.routes.indexOf(route);
+    if (at >= 0) this.routes.splice(at, 1);
+  }
+
   /**
    * A TCP connection on `route` from `peer`, to be spliced with the local side first (`a`),
    * or second when `localFirst` is false (a reverse forward's, spliced by the tunnel).

@@ -482,6 +482,42 @@ Deno.test({
 
 Deno.test({
   name:
+    "story: a rollout of the --target workload under a running relay moves -R to a new pod: announced there once, callers there reach the local server, no error",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("target-moves");
+    const echo = await createEchoWorkloads(ns.name, ["pod", "deploy"]);
+    const local = localServer("moved with it");
+    try {
+      await using relay = await startRelay(
+        ["-n", ns.name, "--target", "deploy/echo", "-R", `9512:${local.port}`],
+      );
+      await kubectl(["rollout", "restart", "-n", ns.name, "deploy/echo"]);
+      const moved = await waitFor("a ready line naming a pod of the new ReplicaSet", () => {
+        const pods = relay.readyLines.map((l) => l.match(/^Listening on pod\/([^:]+):9512 /)?.[1]);
+        return pods.length > 1 ? pods : undefined;
+      }, { timeoutMs: 90_000 });
+      assertEquals(moved.length, 2, relay.readyLines.join("\n"));
+      assert(moved[1] && moved[1] !== echo.pods.deploy, `moved to ${moved[1]}`);
+      const through = await firstLineFrom(
+        ns.name,
+        "echo-pod",
+        `${await podIP(ns.name, moved[1])}:9512`,
+      );
+      assertEquals(through.line, "moved with it", through.stderr);
+      const errors = relay.stderr().split("\n").filter((l) => l.startsWith("error:"));
+      assertEquals(errors, [], relay.stderr());
+      assertEquals(await relay.stop(), 0, relay.stderr());
+    } finally {
+      local.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
     "story: without any one permission of the relay-targeted Role, relay --target fails naming it and adds nothing to the pod",
   sanitizeResources: false,
   sanitizeOps: false,
