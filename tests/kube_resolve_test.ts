@@ -216,3 +216,25 @@ Deno.test("selectorString renders matchLabels and every operator", () => {
     "app=web,tier in (a,b),x notin (c),y,!z",
   );
 });
+
+Deno.test("resolveTarget: a pod/ target followed by name fails at once when deleted or made again elsewhere", async () => {
+  const web = pod("web-0", "198.18.1.5");
+  const api = stubApi({ "pod/web-0": web });
+  let watched: V1Pod[] | undefined;
+  const asked: string[] = [];
+  const follow = (namespace: string, selector: string, by?: "label" | "field") => {
+    asked.push(`${namespace} ${by} ${selector}`);
+    return Promise.resolve({ pods: () => watched });
+  };
+  const [p] = await resolveTarget(api, { kind: "pod", name: "web-0" }, [{ remote: 8080 }], follow);
+  assertEquals(p.allows, { protocol: "tcp", host: "198.18.1.5", port: 8080 });
+  assertEquals(asked, ["default field metadata.name=web-0"]);
+  // Not yet watching: the IP it had.
+  assertEquals(await p.destination(), { host: "198.18.1.5", port: 8080 });
+  watched = [web];
+  assertEquals(await p.destination(), { host: "198.18.1.5", port: 8080 });
+  watched = [];
+  await assertRejects(() => p.destination(), KubeError, "pod/web-0 in namespace default is gone");
+  watched = [pod("web-0", "198.18.1.77")];
+  await assertRejects(() => p.destination(), KubeError, "made again with another IP");
+});

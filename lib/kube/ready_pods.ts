@@ -16,8 +16,15 @@ export interface PodFollower {
   pods(): V1Pod[] | undefined;
 }
 
-/** Makes a follower for a namespace and selector; resolves once it has listed and is watching. */
-export type FollowPods = (namespace: string, selector: string) => Promise<PodFollower>;
+/**
+ * Makes a follower for a namespace and selector (a label selector, or with `by` "field" a
+ * field selector such as `metadata.name=web-0`); resolves once it has listed and is watching.
+ */
+export type FollowPods = (
+  namespace: string,
+  selector: string,
+  by?: "label" | "field",
+) => Promise<PodFollower>;
 
 /** What {@link followPods} needs: the client's watch and core API, and when to stop. */
 export interface FollowPodsOptions {
@@ -39,18 +46,27 @@ export function followPods(options: FollowPodsOptions): FollowPods {
   const watch = options.watch;
   // Several ports of one target, or two targets with one selector, share one watch.
   const followers = new Map<string, Promise<PodFollower>>();
-  return (namespace, selector) => {
-    const id = `${namespace}\n${selector}`;
+  return (namespace, selector, by = "label") => {
+    const id = `${namespace}\n${by}\n${selector}`;
     let follower = followers.get(id);
     if (!follower) {
-      follower = follow(namespace, selector);
+      follower = follow(
+        namespace,
+        by === "label" ? { labelSelector: selector } : {
+          fieldSelector: selector,
+        },
+      );
       followers.set(id, follower);
       follower.catch(() => followers.delete(id));
     }
     return follower;
   };
 
-  function follow(namespace: string, selector: string): Promise<PodFollower> {
+  function follow(
+    namespace: string,
+    selectors: { labelSelector?: string; fieldSelector?: string },
+  ): Promise<PodFollower> {
+    const selector = selectors.labelSelector ?? selectors.fieldSelector;
     return new Promise((resolve, reject) => {
       const pods = new Map<string, V1Pod>();
       let current = false;
@@ -71,8 +87,8 @@ export function followPods(options: FollowPodsOptions): FollowPods {
       void runListWatch<V1Pod>({
         watch,
         path: `/api/v1/namespaces/${encodeURIComponent(namespace)}/pods`,
-        labelSelector: selector,
-        list: () => options.core.listNamespacedPod({ namespace, labelSelector: selector }),
+        ...selectors,
+        list: () => options.core.listNamespacedPod({ namespace, ...selectors }),
         onReplace: (items) => {
           pods.clear();
           for (const pod of items) pods.set(key(pod), pod);

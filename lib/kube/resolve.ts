@@ -106,6 +106,15 @@ export async function resolveTarget(
 
   if (target.kind === "pod") {
     const pod = await readPod(api, namespace, target.name);
+    // Followed by name, in the background (the first connection needs no watch), so that a
+    // connection to a pod that was deleted fails at once, saying so, rather than timing out.
+    let follower: PodFollower | undefined;
+    follow?.(namespace, `metadata.name=${target.name}`, "field").then(
+      (following) => follower = following,
+      () => {}, // without a watch, connections go to the IP the pod had
+    );
+    // The agent may open only the IP the pod has now (one still Pending: any, as it gets one).
+    const allowedIP = pod.status?.podIP;
     return ports.map((spec) => {
       const containerPort = pickContainerPort(pod.spec, spec, object);
       const port = containerPort?.containerPort ?? (spec.remote as number);
@@ -118,11 +127,12 @@ export async function resolveTarget(
         namespace,
         spec,
         protocol,
-        // A pod's IP is fixed once it has one; one still Pending gets it later.
-        allows: { protocol, host: pod.status?.podIP ?? "*", port },
+        allows: { protocol, host: allowedIP ?? "*", port },
         destination: async () => {
-          // A pod's IP is fixed once assigned; ask again only while it has none.
-          if (!current.status?.podIP) current = await readPod(api, namespace, target.name);
+          const watched = follower?.pods();
+          if (watched) current = livePod(watched, object, namespace, allowedIP);
+          // Unwatched, a pod's IP is fixed once assigned: ask again only while it has none.
+          else if (!current.status?.podIP) current = await readPod(api, namespace, target.name);
           if (!current.status?.podIP) {
             throw new KubeError(
               `${object} in namespace ${namespace} has no IP yet (phase ${
@@ -165,6 +175,29 @@ export async function resolveTarget(
     });
   }
   throw new UsageError(`unknown target kind "${target.kind}"`);
+}
+
+/**
+ * The followed pod of a `pod/NAME` target, or why a connection cannot go to it: deleted, or made
+ * again under its name with an IP the agent was not allowed (a StatefulSet's pod, say).
+ */
+function livePod(
+  watched: V1Pod[],
+  object: string,
+  namespace: string,
+  allowedIP: string | undefined,
+): V1Pod {
+  const pod = watched[0];
+  const where = `${object} in namespace ${namespace}`;
+  if (!pod) throw new KubeError(`${where} is gone (deleted)`);
+  const ip = pod.status?.podIP;
+  if (allowedIP && ip && ip !== allowedIP) {
+    throw new KubeError(
+      `${where} was made again with another IP (${allowedIP}, now ${ip}); this relay's agent ` +
+        `may open only the first: restart relay to forward to the new pod`,
+    );
+  }
+  return pod;
 }
 
 /**
