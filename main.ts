@@ -116,7 +116,7 @@ async function forward(plan: Plan): Promise<number> {
     if (plan.proxy && proxy) {
       const proxyBound = proxy.bindProxy(plan.proxy, plan.options.addresses);
       proxyListeners = proxyBound;
-      entries.push(proxy.proxyEntry(plan.proxy, proxyBound, plan.options.agentNamespace, logger));
+      entries.push(proxy.proxyEntry(plan.proxy, proxyBound, logger));
     }
     await runSession({ plan, logger, signal: stop.signal, entries, status });
     return 0;

@@ -353,7 +353,8 @@ Deno.test("-f: krelay's targets file, with per-line -n, comments and blank lines
       source: "targets.txt:5",
     },
     {
-      target: { kind: "host", name: "redis.example" },
+      // A host/ name is relative to its line's namespace, as the others are.
+      target: { kind: "host", name: "redis.example", namespace: "default" },
       ports: [{ remote: 6379 }],
       source: "targets.txt:6",
     },

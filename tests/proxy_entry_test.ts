@@ -20,7 +20,8 @@ import { TcpListener } from "../lib/listen/tcp.ts";
 import { createLogger } from "../lib/log.ts";
 import { BufferPool, connDuplex } from "../lib/net/mod.ts";
 import type { ProxyCredentials } from "../lib/plan.ts";
-import { proxyEntry, qualifier } from "../lib/proxy/entry.ts";
+import { proxyEntry } from "../lib/proxy/entry.ts";
+import { qualifier } from "../lib/kube/short_names.ts";
 import type { PrepareContext, ServeContext } from "../lib/session/run.ts";
 import { SessionStatus } from "../lib/status/session_status.ts";
 import { connectTunnel, type Tunnel } from "../lib/tunnel/mod.ts";
@@ -138,10 +139,14 @@ async function startProxy(options: {
   const entry = proxyEntry(
     { port: 0, auth: options.auth },
     [listener],
-    options.agentNamespace,
     logger,
   );
-  await entry.prepare({ kube: { namespace: "shop" } } as unknown as PrepareContext);
+  await entry.prepare(
+    {
+      kube: { namespace: "shop" },
+      agentNamespace: options.agentNamespace ?? "shop",
+    } as unknown as PrepareContext,
+  );
   assertEquals(entry.destinations?.(), "any");
   const stop = new AbortController();
   const status = new SessionStatus();

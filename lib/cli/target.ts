@@ -91,7 +91,8 @@ export function parseTargetRef(text: string, namespace?: string): TargetRef {
   validateName(kind, name, text);
   if (kind === "ip") name = stripBrackets(name);
   const ref: TargetRef = { kind, name };
-  if (namespace !== undefined && kind !== "host" && kind !== "ip") ref.namespace = namespace;
+  // A host/ short name is a Service's in that namespace, as `web` is from a pod there.
+  if (namespace !== undefined && kind !== "ip") ref.namespace = namespace;
   return ref;
 }
 

@@ -36,8 +36,8 @@ interface Route {
 export function forwardEntry(plan: Plan, listeners: ListenerSet, logger: Logger): SessionEntry {
   let routes: Route[] = [];
   return {
-    prepare: async ({ kube, follow }) => {
-      routes = await resolveRoutes(kube, plan, listeners, follow);
+    prepare: async ({ kube, follow, agentNamespace }) => {
+      routes = await resolveRoutes(kube, plan, listeners, follow, agentNamespace);
     },
     destinations: () => routes.map((route) => route.forward.allows),
     serve: (context) => serve(routes, context, logger),
@@ -50,6 +50,7 @@ async function resolveRoutes(
   plan: Plan,
   listeners: ListenerSet,
   follow: FollowPods,
+  agentNamespace: string,
 ): Promise<Route[]> {
   const routes: Route[] = [];
   const bindOptions = {
@@ -63,6 +64,7 @@ async function resolveRoutes(
       forward.target,
       bindings.map((b) => b.port),
       follow,
+      agentNamespace,
     );
     bindings.forEach((binding, i) => {
       const target = resolved[i];

@@ -11,6 +11,7 @@ import type { Protocol } from "../net/types.ts";
 import { apiError, KubeError, UsageError } from "./errors.ts";
 import { pickReadyPod, selectorString } from "./pods.ts";
 import type { FollowPods, PodFollower } from "./ready_pods.ts";
+import { qualifier } from "./short_names.ts";
 import {
   describePorts,
   namedContainerPort,
@@ -70,6 +71,8 @@ export async function resolveTarget(
   ports: readonly PortSpec[],
   /** Follows a selector's pods by watch; without it every new connection lists them. */
   follow?: FollowPods,
+  /** Where the agent runs: a host/ short name for another namespace is completed for it. */
+  agentNamespace: string = api.namespace,
 ): Promise<ResolvedForward[]> {
   const namespace = target.namespace ?? api.namespace;
   const object = `${target.kind}/${target.name}`;
@@ -82,7 +85,10 @@ export async function resolveTarget(
           `${object}: port "${spec.remote}" is a name, which only a Service or pod can define; give a number`,
         );
       }
-      const destination = { host: target.name, port: spec.remote };
+      const host = target.kind === "host"
+        ? qualifier(namespace, agentNamespace)(target.name)
+        : target.name;
+      const destination = { host, port: spec.remote };
       const protocol = spec.protocol ?? "tcp";
       return {
         label: label(spec),

@@ -8,7 +8,8 @@ import { describeError, UsageError } from "../errors.ts";
 import { bindEach } from "../listen/bind.ts";
 import { TcpListener } from "../listen/tcp.ts";
 import type { Logger } from "../log.ts";
-import { formatHostPort, isIP } from "../net/address.ts";
+import { formatHostPort } from "../net/address.ts";
+import { qualifier } from "../kube/short_names.ts";
 import { closeQuietly, ConnChannel, writeAll } from "../net/socket.ts";
 import { splice, type SpliceCounts } from "../net/splice.ts";
 import { proxyRoute } from "../status/routes.ts";
@@ -66,19 +67,6 @@ export function bindProxy(spec: ProxySpec, addresses: readonly string[]): TcpLis
   });
 }
 
-/**
- * Short names are relative to `namespace` (`-n`): the agent's resolver searches its own
- * namespace first, so when the agent runs in another one (--agent-namespace) a one-label name
- * gets `.NAMESPACE.svc`, which the cluster's `svc.<domain>` search domain completes.
- */
-export function qualifier(namespace: string, agentNamespace: string): (host: string) => string {
-  if (namespace === agentNamespace) return (host) => host;
-  return (host) =>
-    host.includes(".") || isIP(host) || host.toLowerCase() === "localhost"
-      ? host
-      : `${host}.${namespace}.svc`;
-}
-
 /** What every client connection is served with. */
 interface Proxy {
   spec: ProxySpec;
@@ -92,15 +80,14 @@ interface Proxy {
 export function proxyEntry(
   spec: ProxySpec,
   listeners: TcpListener[],
-  agentNamespace: string | undefined,
   logger: Logger,
 ): SessionEntry {
   let namespace = "";
   let qualify = (host: string) => host;
   return {
-    prepare: ({ kube }) => {
+    prepare: ({ kube, agentNamespace }) => {
       namespace = kube.namespace;
-      qualify = qualifier(namespace, agentNamespace ?? kube.namespace);
+      qualify = qualifier(namespace, agentNamespace);
       return Promise.resolve();
     },
     // What a client asks for is known only when it asks: the agent's policy is `any` (still

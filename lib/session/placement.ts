@@ -21,6 +21,8 @@ import { needsRedirect } from "../reverse/redirect.ts";
 
 /** One way of placing the agent. */
 export interface Placement {
+  /** The namespace the agent runs in. */
+  readonly namespace: string;
   /** The target pod, resolved before anything is created (undefined: relay's own pod). */
   resolve(): Promise<V1Pod | undefined>;
   /** Fails naming every permission the placement needs and the user lacks. */
@@ -49,8 +51,9 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
   const udpIdleTimeout = `${plan.udpIdleTimeoutMs}ms`;
   const target = plan.agentTarget;
   if (!target) {
-    const namespace = run.agentNamespace ?? kube.namespace;
+    const namespace = run.agentNamespace ?? sharedNamespace(plan) ?? kube.namespace;
     return {
+      namespace,
       resolve: () => Promise.resolve(undefined),
       checkAccess: () => checkAccess(kube, namespace, AGENT_PERMISSIONS),
       start: (signal, allow, hooks) =>
@@ -70,6 +73,7 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
   }
   let picked: V1Pod | undefined;
   return {
+    namespace: target.namespace ?? kube.namespace,
     resolve: async () => picked = await pickTargetPod(kube, target),
     checkAccess: () => checkAccess(kube, target.namespace ?? kube.namespace, TARGET_PERMISSIONS),
     start: async (signal, allow, hooks) => {
@@ -91,6 +95,18 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
       });
     },
   };
+}
+
+/**
+ * The namespace every forward names, if they all name one: the agent's by default ("the
+ * target's"), so that a targets file whose lines all say `-n team` runs it in team.
+ */
+function sharedNamespace(plan: Plan): string | undefined {
+  const named = new Set(
+    plan.forwards.map((forward) => forward.target.namespace).filter((ns) => ns !== undefined),
+  );
+  const [only] = named;
+  return named.size === 1 ? only : undefined;
 }
 
 /**

@@ -38,6 +38,8 @@ export interface PrepareContext {
   target?: V1Pod;
   /** Follows the Ready pods of workload and headless-Service targets until the run ends. */
   follow: FollowPods;
+  /** The namespace the agent runs in, whose names its resolver completes. */
+  agentNamespace: string;
 }
 
 /** What an entry point serves with once the tunnels are up. */
@@ -195,7 +197,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
     // check ports against it; a bad target is told first, as it would be alone.
     const target = await placement.resolve();
     const [prepared, access] = await Promise.allSettled([
-      prepareAll(entries, { kube, follow, target }),
+      prepareAll(entries, { kube, follow, target, agentNamespace: placement.namespace }),
       placement.checkAccess(),
     ]);
     if (prepared.status === "rejected") throw prepared.reason;
