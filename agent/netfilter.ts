@@ -22,6 +22,8 @@ export type IptablesRunner = (family: Family, args: string[]) => Promise<string>
 export type Family = "ipv4" | "ipv6";
 
 const CHAIN = /^-N (RELAY-(\d+)-(IN|OUT))$/;
+/** A redirect in an agent's chain: the agent's port, then the redirected port. */
+const REDIRECT_RULE = /^-A RELAY-(\d+)-IN .*--dport (\d+) /;
 
 /** Runs `iptables`/`ip6tables` from PATH, waiting for the xtables lock. */
 export const runIptables: IptablesRunner = async (family, args) => {
@@ -54,6 +56,8 @@ export interface PortRedirectsOptions {
   /** The families to write rules for (IPv6 only where the pod has it). */
   families: Family[];
   run?: IptablesRunner;
+  /** Who listens on a port in the pod: tells a live agent's rules from a dead one's. */
+  listening?: (port: number) => Promise<string[]>;
 }
 
 /** One agent's redirects: created on first use, each removable, all removed at the end. */
@@ -68,7 +72,11 @@ export class PortRedirects {
   #queue: Promise<unknown> = Promise.resolve();
 
   constructor(options: PortRedirectsOptions) {
-    this.#o = { ...options, run: options.run ?? runIptables };
+    this.#o = {
+      ...options,
+      run: options.run ?? runIptables,
+      listening: options.listening ?? listenersOn,
+    };
     this.#in = `RELAY-${options.agentPort}-IN`;
     this.#out = `RELAY-${options.agentPort}-OUT`;
   }
@@ -84,6 +92,7 @@ export class PortRedirects {
         );
       }
       try {
+        await this.#refuseTaken(port);
         await (this.#chains ??= this.#createChains());
       } catch (error) {
         this.#chains = undefined;
@@ -123,6 +132,34 @@ export class PortRedirects {
         await removeChains(this.#o.run, family, this.#o.agentPort);
       }
     });
+  }
+
+  /**
+   * Refuses a port another live agent in the pod redirects (another relay session's steal or
+   * mirror): with two sets of rules, the first would silently get nothing. A dead agent's
+   * rules are removed instead.
+   */
+  async #refuseTaken(port: number): Promise<void> {
+    for (const family of this.#o.families) {
+      const holders = new Set<number>();
+      for (const line of (await this.#o.run(family, ["-t", "nat", "-S"])).split("\n")) {
+        const rule = REDIRECT_RULE.exec(line.trim());
+        if (rule && Number(rule[2]) === port && Number(rule[1]) !== this.#o.agentPort) {
+          holders.add(Number(rule[1]));
+        }
+      }
+      for (const holder of holders) {
+        if ((await this.#o.listening(holder)).length === 0) {
+          await removeChains(this.#o.run, family, holder);
+          continue;
+        }
+        throw new OpenError(
+          "forbidden",
+          `another relay session already steals or mirrors port ${port} of this pod (its ` +
+            `agent listens on ${holder}); stop that one first`,
+        );
+      }
+    }
   }
 
   #rules(port: number, toPort: number): string[][] {

@@ -70,6 +70,42 @@ Deno.test("without NET_ADMIN the redirect is refused as forbidden, naming the ca
   );
 });
 
+Deno.test("a port another live session's agent redirects is refused; a dead agent's rules are removed", async () => {
+  const table = "-N RELAY-20001-IN\n-N RELAY-20001-OUT\n" +
+    "-A RELAY-20001-IN -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 31000\n" +
+    "-A RELAY-20001-IN -p tcp -m tcp --dport 8080 -j REDIRECT --to-ports 31001\n";
+  const setUp = (alive: boolean) => {
+    const calls: string[] = [];
+    const run: IptablesRunner = (_family, args) => {
+      calls.push(args.join(" "));
+      return Promise.resolve(args.includes("-S") ? table : "");
+    };
+    const redirects = new PortRedirects({
+      agentPort: 4646,
+      agentGid: 64646,
+      families: ["ipv4"],
+      run,
+      listening: (port) => Promise.resolve(alive && port === 20001 ? ["0.0.0.0"] : []),
+    });
+    return { calls, redirects };
+  };
+  const live = setUp(true);
+  await rejects(
+    live.redirects.add(80, 32000),
+    (e: unknown) =>
+      e instanceof OpenError && e.code === "forbidden" &&
+      /another relay session already steals or mirrors port 80/.test(e.message),
+  );
+  ok(!live.calls.some((c) => c.includes(" -A ") || c.includes("-X")), live.calls.join("\n"));
+  // Another port of the same pod is free to take.
+  await live.redirects.add(443, 32001);
+
+  const dead = setUp(false);
+  await dead.redirects.add(80, 32000);
+  ok(dead.calls.includes("-t nat -X RELAY-20001-IN"), dead.calls.join("\n"));
+  ok(dead.calls.some((c) => c.startsWith("-t nat -A RELAY-4646-IN")), dead.calls.join("\n"));
+});
+
 Deno.test("the sweep removes the chains of agents nobody listens for, and only those", async () => {
   const calls: string[] = [];
   const run: IptablesRunner = (_family, args) => {

@@ -139,6 +139,8 @@ export async function runSession(options: SessionOptions): Promise<void> {
   // An agent in someone else's pod is told the session is over, so it exits at once.
   const closePool = () =>
     poolClosed ??= (async () => {
+      // Tunnels closing from here on close because the run ends (a failure too), not lost.
+      status.stopping = true;
       if (supervisor.current?.ephemeral) await pool?.endSession("relay stopped");
       pool?.close();
     })();

@@ -415,6 +415,38 @@ Deno.test({
 
 Deno.test({
   name:
+    "story: a second relay stealing a port another relay steals in the same pod exits 2 with one line saying so; the first keeps the port",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    await ensureCluster();
+    await using ns = await createTestNamespace("steal-twice");
+    const echo = await createEchoWorkloads(ns.name, ["pod", "deploy"]);
+    const targetIP = await podIP(ns.name, "echo-pod");
+    const first = recordingServer("the first session");
+    try {
+      await using relay = await startRelay(
+        ["-n", ns.name, "--target", "pod/echo-pod", "-R", `8080:${first.port}`, "--steal"],
+      );
+      const second = await runCommand(
+        relayCommand(["-n", ns.name, "--target", "pod/echo-pod", "-R", "8080:1", "--steal"]),
+        { env: { KUBECONFIG }, signal: AbortSignal.timeout(60_000) },
+      );
+      assertEquals(second.code, 2, second.stderr);
+      const lines = second.stderr.trim().split("\n").filter((l) => !l.startsWith("stopped the"));
+      assertEquals(lines.length, 1, second.stderr);
+      assertMatch(lines[0], /another relay session already steals or mirrors port 8080/);
+      const stolen = await ask(ns.name, echo.pods.deploy, `${targetIP}:8080`);
+      assertEquals(stolen.line, "the first session", stolen.stderr);
+      assertEquals(await relay.stop(), 0, relay.stderr());
+    } finally {
+      first.close();
+    }
+  },
+});
+
+Deno.test({
+  name:
     "story: in a namespace whose Pod Security level forbids NET_ADMIN, --steal fails with one line naming the reason and leaves nothing behind",
   sanitizeResources: false,
   sanitizeOps: false,
