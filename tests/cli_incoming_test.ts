@@ -82,6 +82,22 @@ Deno.test("-f reads a mirrord JSON config: target with its namespace, incoming s
   deepStrictEqual(p.forwards, []);
 });
 
+Deno.test("-n wins over the config's target.namespace, as mirrord's flag does", async () => {
+  const p = await plan("-n", "dev", "-f", "mirrord.json", "-R", "80:8080");
+  deepStrictEqual(p.agentTarget, { kind: "deploy", name: "web", namespace: "dev" });
+});
+
+Deno.test("a mirrord config must be the only -f; --target once", async () => {
+  await refused(
+    ["-f", "mirrord.json", "-f", "mirrord.yaml", "-R", "80"],
+    /^-f mirrord.json is a mirrord config, which must be the only -f \(given: mirrord.json, mirrord.yaml\)$/,
+  );
+  await refused(
+    ["--target", "pod/a", "--target", "deploy/b", "-R", "80"],
+    /^--target given 2 times \(pod\/a, deploy\/b\): relay joins one pod$/,
+  );
+});
+
 Deno.test("-f reads a mirrord YAML config; keys port-forward does not use get one warning", async () => {
   const p = await plan("-f", "mirrord.yaml", "-R", "80:8080");
   strictEqual(p.incoming, "mirror");

@@ -10,8 +10,8 @@ const FILES: Record<string, string> = {
     "// so is this a comment",
     "",
     "-n kube-system svc/kube-dns 10053:53@udp",
-    "svc/nginx 8080:80",
-    "  host/redis.example 6379   ",
+    "svc/nginx 8080:80 # a comment may end a line",
+    "  host/redis.example 6379   // so may this",
   ].join("\n"),
   "empty.txt": "# nothing here\n\n// nor here\n",
   "noports.txt": "svc/nginx\n",
@@ -362,6 +362,16 @@ Deno.test("-f: krelay's targets file, with per-line -n, comments and blank lines
   const stdin = await plan("-f", "-");
   deepStrictEqual(stdin.forwards[0].source, "stdin:1");
   deepStrictEqual(stdin.forwards[0].target, { kind: "svc", name: "from-stdin" });
+});
+
+Deno.test("-f: several targets files add up, in order", async () => {
+  const p = await plan("-n", "default", "-f", "targets.txt", "-f", "-");
+  deepStrictEqual(p.forwards.map((f) => f.source), [
+    "targets.txt:4",
+    "targets.txt:5",
+    "targets.txt:6",
+    "stdin:1",
+  ]);
 });
 
 Deno.test("-L: mirrord's [local:]host:port[@udp], repeatable and mixed with targets", async () => {

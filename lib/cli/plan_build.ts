@@ -41,10 +41,10 @@ export const DEFAULTS = {
 export type CommandOptions = {
   namespace?: string;
   address?: string[];
-  file?: string;
+  file?: string[];
   portForward?: string[];
   reversePortForward?: string[];
-  target?: string;
+  target?: string[];
   steal?: true;
   mirror?: true;
   httpHeaderFilter?: string;
@@ -84,22 +84,39 @@ export async function toPlan(
   const forwards: ForwardSpec[] = [];
   if (words.length > 0) forwards.push(...parseForwardArgs(words, { namespace, source: "argv" }));
   let mirrord: MirrordConfig | undefined;
-  if (opts.file !== undefined) {
-    const text = await readNamed(opts.file, "-f", io);
-    const name = opts.file === "-" ? "stdin" : opts.file;
-    mirrord = readMirrordConfig(text, name);
-    if (!mirrord) forwards.push(...parseTargetsFile(text, { name, namespace }));
+  let mirrordFile: string | undefined;
+  // Targets files add up, as kubectl's -f files do; a mirrord config is the run's whole config.
+  for (const file of opts.file ?? []) {
+    const text = await readNamed(file, "-f", io);
+    const name = file === "-" ? "stdin" : file;
+    const config = readMirrordConfig(text, name);
+    if (config && opts.file!.length > 1) {
+      throw new UsageError(
+        `-f ${file} is a mirrord config, which must be the only -f (given: ${
+          opts.file!.join(", ")
+        })`,
+      );
+    }
+    if (config) [mirrord, mirrordFile] = [config, file];
+    else forwards.push(...parseTargetsFile(text, { name, namespace }));
   }
   forwards.push(...(opts.portForward ?? []).map(parseLocalForward));
   const reverses = (opts.reversePortForward ?? []).map(parseReverseForward);
-  // The flag wins over the config file, as with mirrord.
-  const targetText = opts.target ?? mirrord?.target;
+  if ((opts.target?.length ?? 0) > 1) {
+    throw new UsageError(
+      `--target given ${opts.target!.length} times (${
+        opts.target!.join(", ")
+      }): relay joins one pod`,
+    );
+  }
+  // The flags win over the config file, as with mirrord.
+  const targetText = opts.target?.[0] ?? mirrord?.target;
   const agentTarget = targetText === undefined ? undefined : parseAgentTarget(
     targetText,
-    opts.target === undefined ? mirrord?.namespace ?? namespace : namespace,
+    opts.target === undefined ? namespace ?? mirrord?.namespace : namespace,
   );
   const filter = pickHttpFilter(opts, mirrord);
-  const { incoming, incomingSource } = pickIncoming(opts, mirrord, opts.file, reverses, filter);
+  const { incoming, incomingSource } = pickIncoming(opts, mirrord, mirrordFile, reverses, filter);
   if (forwards.length === 0 && reverses.length === 0 && !proxy) {
     throw new UsageError(
       "nothing to forward: give TARGET PORT..., -f FILE, -L or -R (see relay --help)",

@@ -54,7 +54,8 @@ export function createProgram(
     )
     .option(
       "-f, --file <path>",
-      "read targets from a file, one a line ('-' for stdin), or a mirrord config (target, feature.network.incoming)",
+      "read targets from a file, one a line ('-' for stdin), repeatable; or a mirrord config (target, feature.network.incoming)",
+      collect,
     )
     .option(
       "-L, --port-forward <spec>",
@@ -69,6 +70,7 @@ export function createProgram(
     .option(
       "--target <target>",
       "pod or workload whose network the agent joins; -L and targets then leave from it",
+      collect,
     )
     .option(
       "--steal",

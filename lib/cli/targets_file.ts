@@ -1,7 +1,7 @@
 /**
  * krelay's targets file (`-f FILE`, `-f -` for stdin): one target a line, in the command
- * line's syntax, optionally with `-n NAMESPACE`; blank lines and lines starting with `#`
- * or `//` are ignored.
+ * line's syntax, optionally with `-n NAMESPACE`; blank lines are ignored, and so is what
+ * follows `#` or `//` at the start of a line or after a space.
  */
 import { UsageError } from "../errors.ts";
 import type { ForwardSpec } from "../plan.ts";
@@ -20,8 +20,9 @@ export interface TargetsFileOptions {
 export function parseTargetsFile(text: string, options: TargetsFileOptions): ForwardSpec[] {
   const forwards: ForwardSpec[] = [];
   for (const [index, raw] of text.split(/\r?\n/).entries()) {
-    const line = raw.trim();
-    if (line === "" || line.startsWith("#") || line.startsWith("//")) continue;
+    // Neither a target nor a port holds "#" or "//" after a space.
+    const line = raw.replace(/(^|\s)(#|\/\/).*$/, "").trim();
+    if (line === "") continue;
     const source = `${options.name}:${index + 1}`;
     try {
       const { namespace, words } = splitNamespace(line.split(/\s+/), options.namespace);
