@@ -32,6 +32,10 @@ const FILES: Record<string, string> = {
   "filter-mirror.yaml":
     "feature:\n  network:\n    incoming:\n      mode: mirror\n      http_filter:\n        path_filter: ^/api\n",
   "bad-mode.json": '{"feature": {"network": {"incoming": "borrow"}}}',
+  "network-true.json":
+    '{"target": "pod/echo", "feature": {"env": true, "fs": "read", "network": true}}',
+  "network-false.json": '{"target": "pod/echo", "feature": {"network": false}}',
+  "broken.json": "{broken\n",
   "not-mirrord.yaml": "server:\n  port: 80\n",
   "targets.txt": "svc/web 8080:80\n# comment\n-n other deploy/api 9000\n",
   "one-colon.txt": "svc/web 9090:\n",
@@ -80,6 +84,17 @@ Deno.test("-f reads a mirrord JSON config: target with its namespace, incoming s
   strictEqual(p.incoming, "steal");
   strictEqual(p.incomingSource, "feature.network.incoming in mirrord.json");
   deepStrictEqual(p.forwards, []);
+});
+
+Deno.test("feature.network: true is mirrord's defaults, false turns incoming off", async () => {
+  const on = await plan("-f", "network-true.json", "-R", "80:8080");
+  strictEqual(on.incoming, "auto");
+  strictEqual(on.agentTarget?.name, "echo");
+  strictEqual((await plan("-f", "network-false.json", "-R", "80:8080")).incoming, "listen");
+});
+
+Deno.test("a config file that does not parse says where, exit 2", async () => {
+  await refused(["-f", "broken.json", "-R", "80"], /^-f broken.json: cannot parse it: .*line 2/);
 });
 
 Deno.test("-n wins over the config's target.namespace, as mirrord's flag does", async () => {

@@ -78,8 +78,12 @@ export function readMirrordConfig(text: string, name: string): MirrordConfig | u
   }
   const config: MirrordConfig = { warnings: [] };
   readTarget(parsed.target, name, config);
-  const network = child(child(parsed.feature, "feature", name)?.network, "feature.network", name);
-  readIncoming(network?.incoming, name, config);
+  const feature = child(parsed.feature, "feature", name);
+  // As in mirrord, `network: true` is every network default and `false` turns incoming off.
+  if (feature?.network === false) config.incoming = "listen";
+  else if (feature?.network !== true) {
+    readIncoming(child(feature?.network, "feature.network", name)?.incoming, name, config);
+  }
   return config;
 }
 
@@ -90,14 +94,23 @@ function parseMapping(text: string, name: string): Record<string, unknown> | und
     () => parseToml(text),
   ];
   if (/\.toml$/i.test(name)) attempts.reverse();
+  let firstError: unknown;
   for (const attempt of attempts) {
     let value: unknown;
     try {
       value = attempt();
-    } catch {
+    } catch (error) {
+      firstError ??= error;
       continue;
     }
     if (isMapping(value)) return value;
+  }
+  // A file named as a config that parses as nothing: its first parser's error says where.
+  if (CONFIG_NAME.test(name) && firstError !== undefined) {
+    const why = firstError instanceof Error
+      ? firstError.message.split("\n")[0].replace(/:\s*$/, "")
+      : firstError;
+    throw new UsageError(`-f ${name}: cannot parse it: ${why}`);
   }
   return undefined;
 }
