@@ -269,7 +269,14 @@ export async function filterConnection(
       const [, method, target] = REQUEST_LINE.exec(head.first) ?? [];
       if (!method) throw new Error("not an HTTP/1.x request line");
       const local = matches(filter, target, head.headers);
-      const dest = local ? (toClient ??= await connectClient()) : (toApp ??= await connectApp());
+      let dest: Destination;
+      try {
+        dest = local ? (toClient ??= await connectClient()) : (toApp ??= await connectApp());
+      } catch (error) {
+        // The caller speaks HTTP: it gets an answer saying why, as from any proxy.
+        await badGateway(callerChannel, local ? "relay's local port" : "the app", error);
+        throw error;
+      }
       await dest.channel.write(headBytes);
       await copyBody(head, fromCaller, dest.channel, false);
       const response = await relayResponse(dest, callerChannel, method);
@@ -290,6 +297,22 @@ export async function filterConnection(
   } finally {
     endAll();
     closeQuietly(caller);
+  }
+}
+
+/** Answers the caller 502 and closes, when its request's destination cannot be reached. */
+async function badGateway(caller: ByteChannel, who: string, error: unknown): Promise<void> {
+  const body = new TextEncoder().encode(
+    `relay: ${who} did not answer: ${error instanceof Error ? error.message : error}\n`,
+  );
+  const head = "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n" +
+    `Content-Length: ${body.length}\r\nConnection: close\r\n\r\n`;
+  try {
+    await caller.write(new TextEncoder().encode(head));
+    await caller.write(body);
+    await caller.closeWrite();
+  } catch {
+    // the caller went away: nobody to tell
   }
 }
 

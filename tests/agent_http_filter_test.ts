@@ -175,3 +175,20 @@ Deno.test("filters ignore case and the spacing around a header's colon, as mirro
   ok(!matches(filter, "/", ["x-dev: meme"]));
   ok(matches(compileFilter({ path: "^/api" }), "/API/v1", []));
 });
+
+Deno.test("a matching request whose local port does not answer gets 502 saying so, as from a proxy", async () => {
+  await using app = namedServer("app");
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const closedPort = probe.addr.port;
+  probe.close();
+  await withFilteredPort({ path: "^/api" }, app.addr.port, closedPort, async (port) => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+    await conn.write(enc.encode("GET /api/x HTTP/1.1\r\nHost: web\r\n\r\n"));
+    let text = "";
+    const buf = new Uint8Array(4096);
+    for (let n; (n = await conn.read(buf)) !== null;) text += dec.decode(buf.subarray(0, n));
+    conn.close();
+    ok(text.startsWith("HTTP/1.1 502 Bad Gateway\r\n"), text);
+    ok(/relay: relay's local port did not answer/.test(text), text);
+  });
+});
