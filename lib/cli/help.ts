@@ -62,6 +62,10 @@ Examples:
   # Reverse: connections to port 9000 of a pod of deploy/web come to local 9000, 80 to 8080
   relay --target deploy/web -R 9000 -R 80:8080
 
+  # The app's own port 80: mirrored by default; stolen, or only the requests a filter matches
+  relay --target svc/web -R 80:8080 --steal
+  relay --target svc/web -R 80:8080 --http-header-filter '^x-dev: me$'
+
   # A SOCKS5 and HTTP proxy into the cluster on 127.0.0.1:1080 (see relay proxy --help)
   relay proxy -n shop
   curl --socks5-hostname 127.0.0.1:1080 http://payments:8080/
@@ -72,6 +76,9 @@ Examples:
 
   # As a kubectl plugin (install the binary as kubectl-relay)
   kubectl relay service/my-service 8080:80
+
+  # Shell completion (bash needs the bash-completion package); fish: relay completion fish | source
+  source <(relay completion bash)
 
 Exit status: 0 when stopped by a signal, 1 on a runtime failure, 2 on bad input.
 `;
