@@ -147,7 +147,8 @@ const BAD: [argv: string[], message: string | RegExp][] = [
   [["-l", "localhost,nope", "svc/x", "80"], /invalid --address "nope"/],
   // -L
   [["-L", "8080"], /invalid -L "8080": the port is missing, expected \[local:\]host:port/],
-  [["-L", "8080:web"], /invalid -L "8080:web": "8080" is not a valid hostname or IP address/],
+  [["-L", "8080:web"], /invalid -L "8080:web": the port is missing after "web"/],
+  [["-L", "foo:bar:baz"], /invalid -L "foo:bar:baz": the local port "foo" is not a number/],
   [["-L", "8080:web:0"], /invalid -L "8080:web:0": port "0" is not a number 1–65535/],
   [["-L", "8080:web:http"], /port "http" is not a number/],
   [["-L", "70000:web:80"], /local port "70000" is not a number 0–65535/],
@@ -172,7 +173,7 @@ const BAD: [argv: string[], message: string | RegExp][] = [
   [["-R", "80@sctp", "--target", "deploy/web"], /invalid -R "80@sctp": unknown protocol "@sctp"/],
   [["-R", "80", "-R", "80:81", "--target", "deploy/web"], /remote port 80\/tcp is reversed twice/],
   [["-R", "80", "--target", "host/x"], /invalid --target "host\/x": expected a pod or workload/],
-  [["-R", "80", "--target", "job/x"], /unknown kind "job"/],
+  [["-R", "80", "--target", "job/x"], /invalid --target "job\/x": expected a pod or workload/],
   // -f
   [["-f", "missing.txt"], /cannot read -f "missing.txt": no such file/],
   [["-f", "dir"], /cannot read -f "dir": is a directory/],

@@ -8,7 +8,7 @@ import { isHostname, isIP, isIPv6 } from "../net/address.ts";
 import { parsePortNumber, splitProtocol } from "./ports.ts";
 
 const L_GRAMMAR = "[local:]host:port[@tcp|@udp]";
-const R_GRAMMAR = "remote[:local][@tcp|@udp]";
+const R_GRAMMAR = "remote[:local][@tcp]";
 
 /** Splits `host:port` where host may be `[v6]`; the port part is returned as text. */
 function splitHostPort(text: string, context: string): { host: string; port: string } {
@@ -48,9 +48,22 @@ export function parseLocalForward(value: string): ForwardSpec {
       rest = after;
     }
   }
+  const parts = body.split(":");
+  if (
+    !body.startsWith("[") && parts.length === 3 && !parts.includes("") && !/^\d+$/.test(parts[0])
+  ) {
+    throw new UsageError(
+      `${context}: the local port "${parts[0]}" is not a number, expected ${L_GRAMMAR}`,
+    );
+  }
   const { host, port } = splitHostPort(rest, context);
   if (host === "") {
     throw new UsageError(`${context}: the host is missing, expected ${L_GRAMMAR}`);
+  }
+  if (/^\d+$/.test(host) && isHostname(port) && !/^\d+$/.test(port)) {
+    throw new UsageError(
+      `${context}: the port is missing after "${port}", expected ${L_GRAMMAR}`,
+    );
   }
   const ip = isIP(host);
   if (!ip && (!isHostname(host) || /^\d+$/.test(host))) {

@@ -4,7 +4,15 @@
  */
 import { UsageError } from "../errors.ts";
 import { formatTarget } from "../log.ts";
-import type { ForwardSpec, Plan, ProxySpec, ReverseSpec, RunOptions, TargetRef } from "../plan.ts";
+import type {
+  ForwardSpec,
+  Plan,
+  PortSpec,
+  ProxySpec,
+  ReverseSpec,
+  RunOptions,
+  TargetRef,
+} from "../plan.ts";
 import { DEFAULT_AGENT_IMAGE } from "../version.ts";
 import { parseAddresses } from "./addresses.ts";
 import { parseDuration } from "./duration.ts";
@@ -292,13 +300,26 @@ async function readPatch(
 }
 
 function parseAgentTarget(text: string, namespace: string | undefined): TargetRef {
-  const target = parseTargetRef(text, namespace);
-  if (target.kind === "host" || target.kind === "ip") {
-    throw new UsageError(
+  const refuse = () =>
+    new UsageError(
       `invalid --target "${text}": expected a pod or workload (pod/, deploy/, sts/, ds/, rs/, svc/)`,
     );
+  let target: TargetRef;
+  try {
+    target = parseTargetRef(text, namespace);
+  } catch (error) {
+    // The forward's list of kinds names host/ and ip/, which --target cannot take.
+    if (error instanceof UsageError && /unknown kind/.test(error.message)) throw refuse();
+    throw error;
   }
+  if (target.kind === "host" || target.kind === "ip") throw refuse();
   return target;
+}
+
+/** A port as written: `8080:80`, `:9000`, `53@udp`. */
+function formatPortSpec(port: PortSpec): string {
+  const local = port.localPort === undefined ? "" : `${port.localPort || ""}:`;
+  return `${local}${port.remote}${port.protocol ? `@${port.protocol}` : ""}`;
 }
 
 /** The value of a flag given under either of its two names (relay's and krelay's), if any. */
@@ -342,7 +363,9 @@ function nonEmpty(value: string, flag: string): string {
 
 /** Two forwards on one local port and protocol could never both bind. */
 function checkLocalPortsDistinct(forwards: readonly ForwardSpec[]): void {
-  const owners = new Map<string, ForwardSpec>();
+  const owners = new Map<string, { forward: ForwardSpec; port: PortSpec }>();
+  const name = ({ forward, port }: { forward: ForwardSpec; port: PortSpec }) =>
+    `${formatTarget(forward.target)} ${formatPortSpec(port)} (${forward.source})`;
   for (const forward of forwards) {
     for (const port of forward.ports) {
       const local = port.localPort ?? (typeof port.remote === "number" ? port.remote : undefined);
@@ -358,11 +381,10 @@ function checkLocalPortsDistinct(forwards: readonly ForwardSpec[]): void {
         const owner = owners.get(key);
         if (owner) {
           throw new UsageError(
-            `local port ${key} is used twice: by ${formatTarget(owner.target)} (${owner.source}) ` +
-              `and ${formatTarget(forward.target)} (${forward.source})`,
+            `local port ${key} is used twice: by ${name(owner)} and ${name({ forward, port })}`,
           );
         }
-        owners.set(key, forward);
+        owners.set(key, { forward, port });
       }
     }
   }

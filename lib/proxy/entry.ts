@@ -322,7 +322,7 @@ async function associate(
       clientPort: request.destination.port,
       open: (destination) => proxy.context.open(requestTo(destination, proxy, "udp")),
       onError: (line) => {
-        if (!proxy.context.stopped) proxy.logger.error(`proxy: ${client} UDP ${line}`);
+        if (!proxy.context.stopped) proxy.logger.error(`proxy: ${client}: ${line}`);
       },
       buffers: proxy.context.buffers,
       counts,
