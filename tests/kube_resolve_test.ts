@@ -238,3 +238,25 @@ Deno.test("resolveTarget: a pod/ target followed by name fails at once when dele
   watched = [pod("web-0", "198.18.1.77")];
   await assertRejects(() => p.destination(), KubeError, "made again with another IP");
 });
+
+Deno.test("resolveTarget: a named port resolves to the number a local port defaults to; an ended pod is refused", async () => {
+  const web = pod("web-0", "198.18.1.5");
+  const service: V1Service = {
+    spec: {
+      clusterIP: "10.96.0.9",
+      selector: { app: "web" },
+      ports: [{ name: "http", port: 80, targetPort: "http" as unknown as number }],
+    },
+  };
+  const api = stubApi({ "pod/web-0": web, "svc/web": service });
+  const [p] = await resolveTarget(api, { kind: "pod", name: "web-0" }, [{ remote: "http" }]);
+  assertEquals(p.resolvedPort, 8080);
+  const [s] = await resolveTarget(api, { kind: "svc", name: "web" }, [{ remote: "http" }]);
+  assertEquals(s.resolvedPort, 80);
+  web.status!.phase = "Succeeded";
+  await assertRejects(
+    () => resolveTarget(api, { kind: "pod", name: "web-0" }, [{ remote: 8080 }]),
+    KubeError,
+    "pod/web-0 in namespace default has ended (phase Succeeded)",
+  );
+});

@@ -77,7 +77,10 @@ async function resolveRoutes(
       for (const listener of other.splice(0)) listener.close();
       const mine = want === "tcp" ? binding.tcp : binding.udp;
       if (mine.length === 0) {
-        const remote = typeof binding.port.remote === "number" ? binding.port.remote : 0;
+        // A named port listens on its resolved number, as with kubectl.
+        const remote = typeof binding.port.remote === "number"
+          ? binding.port.remote
+          : target.resolvedPort ?? 0;
         bindPort(binding, binding.localPort ?? binding.port.localPort ?? remote, want, bindOptions);
       }
       routes.push({ binding, forward: target });

@@ -49,6 +49,11 @@ export interface ResolvedForward {
   namespace: string;
   /** The port mapping as written. */
   spec: PortSpec;
+  /**
+   * The remote port as a number when resolution knows it (a named port's Service or container
+   * port): what the local port defaults to, as with kubectl.
+   */
+  resolvedPort?: number;
   protocol: Protocol;
   /** Where a new connection goes, decided now; rejects when no pod is Ready. */
   destination(): Promise<Destination>;
@@ -112,6 +117,13 @@ export async function resolveTarget(
 
   if (target.kind === "pod") {
     const pod = await readPod(api, namespace, target.name);
+    const phase = pod.status?.phase;
+    if (phase === "Succeeded" || phase === "Failed") {
+      // Its IP may already be another pod's; kubectl refuses it too.
+      throw new KubeError(
+        `${object} in namespace ${namespace} has ended (phase ${phase}): nothing to forward to`,
+      );
+    }
     // Followed by name, in the background (the first connection needs no watch), so that a
     // connection to a pod that was deleted fails at once, saying so, rather than timing out.
     let follower: PodFollower | undefined;
@@ -132,6 +144,7 @@ export async function resolveTarget(
         label: label(spec),
         namespace,
         spec,
+        resolvedPort: port,
         protocol,
         allows: { protocol, host: allowedIP ?? "*", port },
         destination: async () => {
@@ -167,6 +180,7 @@ export async function resolveTarget(
         label: label(spec),
         namespace,
         spec,
+        ...(port ? { resolvedPort: port } : {}),
         protocol,
         allows: { protocol, host: "*", port },
         destination: async () => {
@@ -257,6 +271,8 @@ function resolveServicePort(
 ): ResolvedForward {
   const label = `${object}:${spec.remote}`;
   const servicePort = pickServicePort(service, spec, object);
+  const resolvedPort = servicePort?.port ??
+    (typeof spec.remote === "number" ? spec.remote : undefined);
   const protocol = servicePort
     ? protocolOf(servicePort.protocol, object, spec)
     : spec.protocol ?? "tcp";
@@ -270,6 +286,7 @@ function resolveServicePort(
       label,
       namespace,
       spec,
+      resolvedPort,
       protocol,
       allows,
       destination: () => Promise.resolve({ host, port }),
@@ -285,6 +302,7 @@ function resolveServicePort(
       label,
       namespace,
       spec,
+      resolvedPort,
       protocol,
       allows: { protocol, ...destination },
       destination: () => Promise.resolve(destination),
@@ -303,6 +321,7 @@ function resolveServicePort(
     label,
     namespace,
     spec,
+    resolvedPort,
     protocol,
     // A named targetPort is numbered by each pod: any port of the Service's pods.
     allows: { protocol, host: "*", port: numbered ? Number(targetPort) : 0 },
