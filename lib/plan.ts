@@ -33,6 +33,8 @@ export interface ForwardSpec {
   ports: PortSpec[];
   /** Where this spec came from, for error messages: `argv`, `-L 8080:web:80`, `targets.txt:3`. */
   source: string;
+  /** Local addresses for this forward alone (a targets file line's `-l`), else `--address`'s. */
+  addresses?: string[];
 }
 
 /** Options that shape every forward in one run. */

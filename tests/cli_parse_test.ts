@@ -21,6 +21,10 @@ const FILES: Record<string, string> = {
   "only-n.txt": "-n foo\n",
   "bad-n.txt": "-n Bad_NS pod/echo 9000\n",
   "badkind.txt": "job/x 80\n",
+  "addresses.txt": "-l 127.0.0.2 ip/198.18.3.4 5000\n" +
+    "--address=::1,127.0.0.1 -n team host/web 80\nsvc/db 5432\n",
+  "noaddress.txt": "ip/198.18.3.4 5000 -l\n",
+  "badflag2.txt": "--addressx 127.0.0.1 ip/198.18.3.4 5000\n",
   "patch.yaml": "metadata:\n  generateName: foo-\nspec:\n  nodeSelector:\n    disk: ssd\n",
   "list.yaml": "- a\n- b\n",
   "broken.yaml": "spec: [1, 2\n",
@@ -182,9 +186,11 @@ const BAD: [argv: string[], message: string | RegExp][] = [
   [["-f", "badport.txt"], /badport.txt:3: invalid port "8080:"/],
   [["-f", "badflag.txt"], /badflag.txt:1: unknown flag "--context"/],
   [["-f", "dangling-n.txt"], /dangling-n.txt:1: "-n" needs a namespace/],
-  [["-f", "only-n.txt"], /only-n.txt:1: no target after "-n foo"/],
+  [["-f", "only-n.txt"], /only-n.txt:1: no target on the line, only its flags/],
   [["-f", "bad-n.txt"], /bad-n.txt:1: invalid -n "Bad_NS": expected a namespace name/],
   [["-f", "badkind.txt"], /badkind.txt:1: invalid target "job\/x"/],
+  [["-f", "noaddress.txt"], /noaddress.txt:1: "-l" needs an address/],
+  [["-f", "badflag2.txt"], /badflag2.txt:1: unknown flag "--addressx"/],
   [["-f", "targets.txt", "svc/nginx", "8080:80"], /local port 8080\/tcp is used twice/],
   // patches
   [["--patch", "{spec: [1", "svc/x", "80"], /invalid --patch: not JSON or YAML/],
@@ -363,6 +369,16 @@ Deno.test("-f: krelay's targets file, with per-line -n, comments and blank lines
   const stdin = await plan("-f", "-");
   deepStrictEqual(stdin.forwards[0].source, "stdin:1");
   deepStrictEqual(stdin.forwards[0].target, { kind: "svc", name: "from-stdin" });
+});
+
+Deno.test("-f: a line's -l/--address listens there, as krelay's do", async () => {
+  const p = await plan("-f", "addresses.txt");
+  deepStrictEqual(p.forwards.map((f) => f.addresses), [
+    ["127.0.0.2"],
+    ["::1", "127.0.0.1"],
+    undefined,
+  ]);
+  deepStrictEqual(p.forwards[1].target, { kind: "host", name: "web", namespace: "team" });
 });
 
 Deno.test("-f: several targets files add up, in order", async () => {

@@ -49,7 +49,7 @@ Examples:
   relay --address 0.0.0.0 pod/my-pod 5353:53
   relay -l localhost svc/web 8080:80
 
-  # Targets from a file: one "[-n NAMESPACE] TARGET PORT..." a line, # and // comments
+  # Targets from a file: one "[-n NS] [-l ADDRESS] TARGET PORT..." a line, # and // comments
   relay -f targets.txt
   relay -f - < targets.txt
 

@@ -9,6 +9,7 @@ import { type ResolvedForward, resolveTarget } from "../kube/resolve.ts";
 import {
   bindPort,
   closeBinding,
+  forwardBindOptions,
   type ListenerSet,
   type PortBinding,
   readyFacts,
@@ -81,7 +82,12 @@ async function resolveRoutes(
         const remote = typeof binding.port.remote === "number"
           ? binding.port.remote
           : target.resolvedPort ?? 0;
-        bindPort(binding, binding.localPort ?? binding.port.localPort ?? remote, want, bindOptions);
+        bindPort(
+          binding,
+          binding.localPort ?? binding.port.localPort ?? remote,
+          want,
+          forwardBindOptions(forward, bindOptions),
+        );
       }
       routes.push({ binding, forward: target });
     });

@@ -53,17 +53,18 @@ export function bindForwards(forwards: readonly ForwardSpec[], options: BindOpti
   const closeAll = () => bindings.forEach(closeBinding);
   try {
     for (const forward of forwards) {
+      const forwardOptions = forwardBindOptions(forward, options);
       for (const port of forward.ports) {
         const local = port.localPort ?? (typeof port.remote === "number" ? port.remote : undefined);
         const binding: PortBinding = { forward, port, tcp: [], udp: [], deferred: {} };
         bindings.push(binding);
         if (local === undefined) continue;
         if (port.protocol) {
-          bindPort(binding, local, port.protocol, options);
+          bindPort(binding, local, port.protocol, forwardOptions);
         } else if (typeof port.remote === "number") {
-          bindPort(binding, local, "tcp", options);
+          bindPort(binding, local, "tcp", forwardOptions);
         } else {
-          bindEither(binding, local, options);
+          bindEither(binding, local, forwardOptions);
         }
       }
     }
@@ -72,6 +73,11 @@ export function bindForwards(forwards: readonly ForwardSpec[], options: BindOpti
     throw error;
   }
   return { bindings, close: closeAll };
+}
+
+/** `options` with the forward's own addresses, if it has them (a targets file line's `-l`). */
+export function forwardBindOptions(forward: ForwardSpec, options: BindOptions): BindOptions {
+  return forward.addresses ? { ...options, addresses: forward.addresses } : options;
 }
 
 /**
