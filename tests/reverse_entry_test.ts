@@ -71,13 +71,19 @@ async function setUp() {
 
 const settle = () => new Promise((resolve) => setTimeout(resolve, 50));
 
-Deno.test("reverse: a new agent's tunnels take each -R once, and a new pod is announced", async () => {
-  const t = await setUp();
-  const asked: number[] = [];
+/** Serving on a first tunnel that took the port: the session as the tests find it. */
+async function servingOnFirstTunnel(t: Awaited<ReturnType<typeof setUp>>, asked: number[]) {
   const first = fakeTunnel(asked);
   t.entry.onTunnel!(first.tunnel);
   const serving = t.entry.serve(t.context);
   await settle();
+  return { first, serving };
+}
+
+Deno.test("reverse: a new agent's tunnels take each -R once, and a new pod is announced", async () => {
+  const t = await setUp();
+  const asked: number[] = [];
+  const { first, serving } = await servingOnFirstTunnel(t, asked);
   assertEquals(asked, [7777]);
   assertEquals(t.stdout.length, 1);
 
@@ -99,10 +105,7 @@ Deno.test("reverse: a new agent's tunnels take each -R once, and a new pod is an
 Deno.test("reverse: a tunnel replaced by the same agent takes the port again without a new line", async () => {
   const t = await setUp();
   const asked: number[] = [];
-  const first = fakeTunnel(asked);
-  t.entry.onTunnel!(first.tunnel);
-  const serving = t.entry.serve(t.context);
-  await settle();
+  const { first, serving } = await servingOnFirstTunnel(t, asked);
   first.close();
   t.entry.onTunnel!(fakeTunnel(asked).tunnel);
   await settle();

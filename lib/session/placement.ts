@@ -72,10 +72,11 @@ export function placementFor(kube: Kube, plan: Plan): Placement {
     };
   }
   let picked: V1Pod | undefined;
+  const namespace = target.namespace ?? kube.namespace;
   return {
-    namespace: target.namespace ?? kube.namespace,
+    namespace,
     resolve: async () => picked = await pickTargetPod(kube, target),
-    checkAccess: () => checkAccess(kube, target.namespace ?? kube.namespace, TARGET_PERMISSIONS),
+    checkAccess: () => checkAccess(kube, namespace, TARGET_PERMISSIONS),
     start: async (signal, allow, hooks) => {
       // The first agent goes where resolve() looked; a replacement (the pod went away in a
       // rollout, say) goes to a Ready pod picked anew.
