@@ -1,7 +1,7 @@
 /**
  * krelay's targets file (`-f FILE`, `-f -` for stdin): one target a line, in the command
- * line's syntax, optionally with `-n NAMESPACE` and `-l ADDRESS`; blank lines are ignored, and so is what
- * follows `#` or `//` at the start of a line or after a space.
+ * line's syntax, optionally with `-n NAMESPACE` and `-l ADDRESS`; blank lines are ignored,
+ * and so is what follows `#` or `//` at the start of a line or after a space.
  */
 import { UsageError } from "../errors.ts";
 import type { ForwardSpec } from "../plan.ts";
