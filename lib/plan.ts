@@ -37,12 +37,36 @@ export interface ForwardSpec {
   addresses?: string[];
 }
 
+/**
+ * kubectl's flags over the kubeconfig: another of its clusters or users than the context's,
+ * or single fields of them. File paths as given.
+ */
+export interface KubeOverrides {
+  /** `--cluster`: the kubeconfig cluster to use. */
+  cluster?: string;
+  /** `--user`: the kubeconfig user to use. */
+  user?: string;
+  /** `-s, --server`: the API server's URL. */
+  server?: string;
+  /** `--token`: a bearer token, in place of the user's other ways of getting one. */
+  token?: string;
+  /** `--certificate-authority`: a CA file for the API server's certificate. */
+  certificateAuthority?: string;
+  /** `--client-certificate` and `--client-key`: files. */
+  clientCertificate?: string;
+  clientKey?: string;
+  /** `--tls-server-name`: the name to verify the API server's certificate against. */
+  tlsServerName?: string;
+}
+
 /** Options that shape every forward in one run. */
 export interface RunOptions {
   /** Local addresses to listen on (`--address`), default ["127.0.0.1"]. */
   addresses: string[];
   kubeconfig?: string;
   context?: string;
+  /** kubectl's flags that override the context's cluster and user (`--server`, `--token`, …). */
+  kubeOverrides?: KubeOverrides;
   namespace?: string;
   as?: string;
   asGroups: string[];

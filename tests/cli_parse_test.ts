@@ -217,6 +217,14 @@ const BAD: [argv: string[], message: string | RegExp][] = [
     ["--patch", "{}", "--patch-file", "patch.yaml", "svc/x", "80"],
     /--patch and --patch-file both given/,
   ],
+  // kubectl's flags over the kubeconfig
+  [
+    ["--insecure-skip-tls-verify", "svc/x", "80"],
+    /--insecure-skip-tls-verify is not supported: .*--certificate-authority/,
+  ],
+  [["--server", "10.0.0.1:6443", "svc/x", "80"], /invalid --server "10.0.0.1:6443"/],
+  [["--client-certificate", "c.pem", "svc/x", "80"], /--client-certificate and --client-key/],
+  [["--token", "", "svc/x", "80"], /--token is empty/],
 ];
 
 Deno.test(`${BAD.length} bad inputs are one-line UsageErrors with exit code 2`, async (t) => {
@@ -501,6 +509,41 @@ Deno.test("kubectl's flags", async () => {
   strictEqual((await plan("-n=shop", "svc/x", "80")).options.namespace, "shop");
   deepStrictEqual((await plan("-l=::1", "svc/x", "80")).options.addresses, ["::1"]);
 });
+Deno.test("kubectl's flags over the kubeconfig: --cluster, --user, -s, --token and TLS files", async () => {
+  const p = await plan(
+    "--cluster=c2",
+    "--user",
+    "u2",
+    "-s=https://10.0.0.1:6443",
+    "--token",
+    "t0k",
+    "--certificate-authority",
+    "ca.pem",
+    "--client-certificate",
+    "c.pem",
+    "--client-key",
+    "k.pem",
+    "--tls-server-name",
+    "api.example",
+    "svc/x",
+    "80",
+  );
+  deepStrictEqual(p.options.kubeOverrides, {
+    cluster: "c2",
+    user: "u2",
+    server: "https://10.0.0.1:6443",
+    token: "t0k",
+    certificateAuthority: "ca.pem",
+    clientCertificate: "c.pem",
+    clientKey: "k.pem",
+    tlsServerName: "api.example",
+  });
+  strictEqual((await plan("svc/x", "80")).options.kubeOverrides, undefined);
+  // relay proxy takes them too.
+  const proxy = await plan("proxy", "--server", "https://api:6443");
+  strictEqual(proxy.options.kubeOverrides?.server, "https://api:6443");
+});
+
 
 Deno.test("flags may come after targets, as kubectl allows", async () => {
   const p = await plan("svc/x", "80", "-n", "web", "--address", "::1");

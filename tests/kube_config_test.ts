@@ -227,3 +227,72 @@ Deno.test("loadKube: a token file and a client certificate are loaded", opts, as
   assertEquals(rawCert.headers.get("authorization"), null);
   withCert.close();
 });
+
+Deno.test(
+  "loadKube: kubectl's --server, --token and --certificate-authority reach a cluster without a kubeconfig",
+  opts,
+  async () => {
+    const p = await pki();
+    const server = startFakeApiServer(p, () => podList());
+    try {
+      const kube = loadKube({
+        env: (n) => (n === "HOME" ? "/nonexistent-home" : undefined),
+        overrides: { server: server.url, token: "flag-token", certificateAuthority: p.caFile },
+      });
+      await kube.core.listNamespacedPod({ namespace: "default" });
+      assertEquals(server.seen[0].headers.get("authorization"), "Bearer flag-token");
+      assertEquals(kube.namespace, "default");
+      kube.close();
+    } finally {
+      await server.close();
+    }
+  },
+);
+
+Deno.test(
+  "loadKube: --cluster and --user pick other entries; --token replaces the user's plugin",
+  opts,
+  async () => {
+    const p = await pki();
+    const server = startFakeApiServer(p, () => podList());
+    try {
+      const file = await writeTempFile(
+        "config",
+        kubeconfigYaml({
+          server: "https://127.0.0.1:1",
+          caFile: p.caFile,
+          clusterExtra: `- name: c2\n  cluster:\n    server: ${server.url}\n` +
+            `    certificate-authority: ${p.caFile}`,
+          users: {
+            u1: "token: one",
+            u2: "token: two",
+            plugin: "exec:\n  apiVersion: client.authentication.k8s.io/v1\n  command: /nonexistent",
+          },
+          contexts: { a: { user: "plugin" } },
+          current: "a",
+        }),
+      );
+      const other = loadKube({ kubeconfig: file, overrides: { cluster: "c2", user: "u2" } });
+      await other.core.listNamespacedPod({ namespace: "default" });
+      assertEquals(server.seen[0].headers.get("authorization"), "Bearer two");
+      other.close();
+      // The context's user runs a plugin that cannot run; --token is used instead of it.
+      const token = loadKube({ kubeconfig: file, overrides: { cluster: "c2", token: "flag" } });
+      await token.core.listNamespacedPod({ namespace: "default" });
+      assertEquals(server.seen[1].headers.get("authorization"), "Bearer flag");
+      token.close();
+      assertThrows(
+        () => loadKube({ kubeconfig: file, overrides: { cluster: "nope" } }),
+        UsageError,
+        `cluster "nope" not found in the kubeconfig`,
+      );
+      assertThrows(
+        () => loadKube({ kubeconfig: file, overrides: { user: "nobody" } }),
+        UsageError,
+        `user "nobody" not found in the kubeconfig`,
+      );
+    } finally {
+      await server.close();
+    }
+  },
+);

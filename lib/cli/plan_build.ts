@@ -6,6 +6,7 @@ import { UsageError } from "../errors.ts";
 import { formatTarget } from "../log.ts";
 import type {
   ForwardSpec,
+  KubeOverrides,
   Plan,
   PortSpec,
   ProxySpec,
@@ -67,6 +68,15 @@ export type CommandOptions = {
   udpIdleTimeout?: string;
   kubeconfig?: string;
   context?: string;
+  cluster?: string;
+  user?: string;
+  server?: string;
+  token?: string;
+  certificateAuthority?: string;
+  clientCertificate?: string;
+  clientKey?: string;
+  tlsServerName?: string;
+  insecureSkipTlsVerify?: true;
   as?: string;
   asGroup?: string[];
   requestTimeout?: string;
@@ -162,6 +172,8 @@ export async function toPlan(
   }
   if (opts.kubeconfig !== undefined) options.kubeconfig = nonEmpty(opts.kubeconfig, "--kubeconfig");
   if (opts.context !== undefined) options.context = nonEmpty(opts.context, "--context");
+  const overrides = kubeOverrides(opts);
+  if (overrides) options.kubeOverrides = overrides;
   if (namespace !== undefined) options.namespace = namespace;
   if (opts.as !== undefined) options.as = nonEmpty(opts.as, "--as");
   const agentNamespace = pickAgreed(
@@ -335,6 +347,39 @@ function pickAgreed(
     );
   }
   return value ?? aliasValue;
+}
+
+/** kubectl's flags over the kubeconfig, each checked for a value; undefined when none is given. */
+function kubeOverrides(opts: CommandOptions): KubeOverrides | undefined {
+  if (opts.insecureSkipTlsVerify) {
+    throw new UsageError(
+      "--insecure-skip-tls-verify is not supported: relay always checks the API server's " +
+        "certificate; give its CA with --certificate-authority",
+    );
+  }
+  const flags: [keyof KubeOverrides, string | undefined, string][] = [
+    ["cluster", opts.cluster, "--cluster"],
+    ["user", opts.user, "--user"],
+    ["server", opts.server, "--server"],
+    ["token", opts.token, "--token"],
+    ["certificateAuthority", opts.certificateAuthority, "--certificate-authority"],
+    ["clientCertificate", opts.clientCertificate, "--client-certificate"],
+    ["clientKey", opts.clientKey, "--client-key"],
+    ["tlsServerName", opts.tlsServerName, "--tls-server-name"],
+  ];
+  const overrides: KubeOverrides = {};
+  for (const [field, value, flag] of flags) {
+    if (value !== undefined) overrides[field] = nonEmpty(value, flag);
+  }
+  if (overrides.server !== undefined && !/^https?:\/\/[^/]/.test(overrides.server)) {
+    throw new UsageError(
+      `invalid --server ${JSON.stringify(overrides.server)}: expected https://HOST[:PORT]`,
+    );
+  }
+  if ((overrides.clientCertificate === undefined) !== (overrides.clientKey === undefined)) {
+    throw new UsageError("--client-certificate and --client-key go together: give both");
+  }
+  return Object.keys(overrides).length > 0 ? overrides : undefined;
 }
 
 function pickAgentImage(agentImage?: string, serverImage?: string): string {

@@ -101,6 +101,18 @@ export function createProgram(
     )
     .option("--kubeconfig <path>", "path to the kubeconfig file")
     .option("--context <name>", "kubeconfig context to use")
+    .option("--cluster <name>", "kubeconfig cluster to use (default: the context's)")
+    .option("--user <name>", "kubeconfig user to use (default: the context's)")
+    .option("-s, --server <url>", "the API server's address")
+    .option("--token <token>", "bearer token for the API server")
+    .option("--certificate-authority <path>", "CA certificate file for the API server")
+    .option("--client-certificate <path>", "client certificate file for TLS")
+    .option("--client-key <path>", "client key file for TLS")
+    .option("--tls-server-name <name>", "server name to check the API server's certificate for")
+    .option(
+      "--insecure-skip-tls-verify",
+      "refused: relay always checks the API server's certificate (give --certificate-authority)",
+    )
     .option("--as <user>", "user to impersonate")
     .option("--as-group <group>", "group to impersonate, repeatable", collect)
     .option(
@@ -135,7 +147,7 @@ export function createProgram(
 }
 
 /** Short flags that take a value, which kubectl (pflag) also accepts as `-n=VALUE`. */
-const SHORT_VALUE_FLAGS = new Set(["-n", "-l", "-f", "-L", "-R", "-p", "-o"]);
+const SHORT_VALUE_FLAGS = new Set(["-n", "-l", "-f", "-L", "-R", "-p", "-o", "-s"]);
 
 /**
  * kubectl's spellings commander does not know: `-v=6`, `-v 6` or `--v=6` (relay has one

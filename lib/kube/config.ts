@@ -1,10 +1,12 @@
 /**
  * Loading the kubeconfig and everything derived from it: the API calls relay makes and what a
  * raw WebSocket to the API server needs. This module chooses the context and the namespace
- * (the file is found by kubeconfig_files.ts, credentials made by credentials.ts), adds
- * impersonation, and translates the result into Deno's terms (`Deno.HttpClient`, `Headers`).
+ * (the file is found by kubeconfig_files.ts, credentials made by credentials.ts), applies
+ * kubectl's flags over its cluster and user, adds impersonation, and translates the result
+ * into Deno's terms (`Deno.HttpClient`, `Headers`).
  */
-import type { Cluster } from "@kubernetes/client-node/dist/config_types.js";
+import type { Cluster, User } from "@kubernetes/client-node/dist/config_types.js";
+import type { KubeOverrides } from "../plan.ts";
 import { KubeApi, type Watcher } from "./api.ts";
 import { Credentials, type TlsMaterial } from "./credentials.ts";
 import { KubeError, UsageError } from "./errors.ts";
@@ -27,6 +29,8 @@ export interface LoadKubeOptions {
   kubeconfig?: string;
   /** `--context`; else the kubeconfig's current-context. */
   context?: string;
+  /** kubectl's flags over the context's cluster and user. */
+  overrides?: KubeOverrides;
   /** `-n`; else the context's namespace, else "default". */
   namespace?: string;
   /** `--as`: the user to impersonate. */
@@ -81,7 +85,9 @@ export interface Kube {
  */
 export function loadKube(opts: LoadKubeOptions = {}): Kube {
   const env = opts.env ?? ((name: string) => Deno.env.get(name));
-  const config = loadFiles(opts.kubeconfig, env);
+  const overrides = opts.overrides ?? {};
+  // As with kubectl, --server is enough on a machine without a kubeconfig.
+  const config = loadFiles(opts.kubeconfig, env, { optional: overrides.server !== undefined });
   const { source } = config;
   const find = <T extends { name: string }>(list: T[], name: string) =>
     list.find((entry) => entry.name === name);
@@ -91,25 +97,32 @@ export function loadKube(opts: LoadKubeOptions = {}): Kube {
   }
   const contextName = opts.context ?? config.currentContext;
   const context = contextName ? find(config.contexts, contextName) : undefined;
-  if (!context) {
+  if (!context && overrides.cluster === undefined && overrides.server === undefined) {
     throw new UsageError(
       contextName
         ? `current-context "${contextName}" is not defined in the kubeconfig (${source})`
         : `the kubeconfig (${source}) has no current-context: pass --context`,
     );
   }
-  const cluster = find(config.clusters, context.cluster);
-  if (!cluster) {
+  const named = (kind: "cluster" | "user", flag: string | undefined, ofContext?: string) => {
+    const name = flag ?? ofContext;
+    if (!name) return undefined;
+    const entry = find<{ name: string }>(kind === "cluster" ? config.clusters : config.users, name);
+    if (entry) return entry;
     throw new UsageError(
-      `context "${contextName}" names cluster "${context.cluster}", which the kubeconfig does not define`,
+      flag !== undefined
+        ? `${kind} "${flag}" not found in the kubeconfig (${source})`
+        : `context "${contextName}" names ${kind} "${name}", which the kubeconfig does not define`,
     );
-  }
-  const user = context.user ? find(config.users, context.user) : undefined;
-  if (!user && context.user) {
-    throw new UsageError(
-      `context "${contextName}" names user "${context.user}", which the kubeconfig does not define`,
-    );
-  }
+  };
+  const cluster = withClusterOverrides(
+    named("cluster", overrides.cluster, context?.cluster) as Cluster | undefined,
+    overrides,
+  );
+  const user = withUserOverrides(
+    named("user", overrides.user, context?.user) as User | undefined,
+    overrides,
+  );
   checkServer(cluster);
   const credentials = new Credentials(cluster, user, impersonation(opts));
   const raw = new RawConnections(credentials, cluster);
@@ -119,8 +132,8 @@ export function loadKube(opts: LoadKubeOptions = {}): Kube {
     return conn.proxyUrl ? undefined : conn;
   });
   return {
-    contextName,
-    namespace: opts.namespace || context.namespace || "default",
+    contextName: contextName || cluster.name,
+    namespace: opts.namespace || context?.namespace || "default",
     core: coreApi(api),
     apps: appsApi(api),
     batch: batchApi(api),
@@ -133,6 +146,45 @@ export function loadKube(opts: LoadKubeOptions = {}): Kube {
       spares.close();
       raw.close();
     },
+  };
+}
+
+/** The cluster with kubectl's flags applied; one made of them alone for `--server`. */
+function withClusterOverrides(cluster: Cluster | undefined, o: KubeOverrides): Cluster {
+  const base: Cluster = cluster ?? { name: "--server", server: o.server!, skipTLSVerify: false };
+  return {
+    ...base,
+    ...(o.server !== undefined && { server: o.server }),
+    ...(o.certificateAuthority !== undefined && {
+      caFile: o.certificateAuthority,
+      caData: undefined,
+    }),
+    ...(o.tlsServerName !== undefined && { tlsServerName: o.tlsServerName }),
+  };
+}
+
+/**
+ * The user with kubectl's flags applied: `--token` takes the place of every other way the user
+ * gets a token (a token file, which kubeconfig_files.ts makes an auth provider, an exec or
+ * auth-provider plugin, a password); client certificate files take the place of the user's.
+ */
+function withUserOverrides(user: User | undefined, o: KubeOverrides): User | undefined {
+  if (o.token === undefined && o.clientCertificate === undefined) return user;
+  return {
+    ...(user ?? { name: "flags" }),
+    ...(o.token !== undefined && {
+      token: o.token,
+      exec: undefined,
+      authProvider: undefined,
+      username: undefined,
+      password: undefined,
+    }),
+    ...(o.clientCertificate !== undefined && {
+      certFile: o.clientCertificate,
+      keyFile: o.clientKey,
+      certData: undefined,
+      keyData: undefined,
+    }),
   };
 }
 

@@ -25,10 +25,14 @@ export interface Kubeconfig {
   source: string;
 }
 
-/** Read --kubeconfig, $KUBECONFIG, ~/.kube/config or the pod's service account. */
+/**
+ * Read --kubeconfig, $KUBECONFIG, ~/.kube/config or the pod's service account; with
+ * `optional` (the flags alone say where the cluster is), none at all is an empty kubeconfig.
+ */
 export function loadFiles(
   flag: string | undefined,
   env: (name: string) => string | undefined,
+  { optional = false } = {},
 ): Kubeconfig {
   if (flag) {
     if (!exists(flag)) throw new UsageError(`kubeconfig ${flag} does not exist`);
@@ -50,6 +54,9 @@ export function loadFiles(
   const host = env("KUBERNETES_SERVICE_HOST");
   if (host && exists(`${SERVICE_ACCOUNT}/token`)) {
     return inCluster(host, env("KUBERNETES_SERVICE_PORT") ?? "443");
+  }
+  if (optional) {
+    return { clusters: [], users: [], contexts: [], currentContext: "", source: "none" };
   }
   throw new UsageError(
     "no kubeconfig found: pass --kubeconfig, set KUBECONFIG or create ~/.kube/config",

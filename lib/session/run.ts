@@ -120,6 +120,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
   const kube = loadKube({
     kubeconfig: run.kubeconfig,
     context: run.context,
+    overrides: run.kubeOverrides,
     namespace: run.namespace,
     as: run.as,
     asGroups: run.asGroups,
