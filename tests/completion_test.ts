@@ -5,6 +5,11 @@
 import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
 import { ROOT, run } from "./distribution_helpers.ts";
 import { COMPLETION_SHELLS, isCompletionRequest } from "../lib/completion.ts";
+import { completionQuery, TARGET_KINDS } from "../lib/completion_cluster.ts";
+import { kubeconfigYaml, makeTestPki, startFakeApiServer, writeTempFile } from "./kube_fixtures.ts";
+
+// Deno's HTTP client keeps connections to the fake server alive past a test.
+const opts = { sanitizeResources: false, sanitizeOps: false };
 
 // A stand-in for relay's program: its own commands and options, completed by lib/completion.ts.
 const PROGRAM = `
@@ -14,6 +19,7 @@ const program = new Command().name("relay")
   .option("-n, --namespace <namespace>", "namespace of the target")
   .argument("[target]");
 program.command("agent").description("run the in-cluster end").option("--port <port>", "port");
+program.command("proxy").description("a proxy").option("--proxy-auth <auth>", "credentials");
 program.command("version").description("print relay's version");
 if (isCompletionRequest(Deno.args)) await runCompletion(program, Deno.args);
 `;
@@ -54,26 +60,31 @@ Deno.test("relay completion <shell> prints a script that asks relay for candidat
   });
 });
 
-Deno.test("the bash completion completes subcommands and their options", async () => {
+Deno.test("the bash completion completes subcommands and their options, but not agent, and sources twice", async () => {
   await withRelay(async (bin) => {
     // bash-completion's helper, reduced to what the script uses, so no package is needed.
     const script = `
       _get_comp_words_by_ref() { words=("\${COMP_WORDS[@]}"); cword=$COMP_CWORD;
         cur=\${COMP_WORDS[COMP_CWORD]}; prev=\${COMP_WORDS[COMP_CWORD-1]}; }
       source <(relay completion bash)
+      source <(relay completion bash)
       complete -p relay
       COMP_WORDS=(relay ag); COMP_CWORD=1; __relay_complete 2>/dev/null
+      echo "agent: \${COMPREPLY[*]}"
+      COMP_WORDS=(relay ver); COMP_CWORD=1; __relay_complete 2>/dev/null
       echo "words: \${COMPREPLY[*]}"
-      COMP_WORDS=(relay agent --p); COMP_CWORD=2; __relay_complete 2>/dev/null
+      COMP_WORDS=(relay proxy --pro); COMP_CWORD=2; __relay_complete 2>/dev/null
       echo "options: \${COMPREPLY[*]}"
     `;
     const r = await run("bash", ["-c", script], {
       env: { PATH: `${bin}:${Deno.env.get("PATH")}` },
     });
     assertEquals(r.code, 0, r.stderr);
+    assertEquals(r.stderr, "", "sourcing the script twice is quiet");
     assertStringIncludes(r.stdout, "complete -F __relay_complete relay");
-    assertStringIncludes(r.stdout, "words: agent\n");
-    assertStringIncludes(r.stdout, "options: --port\n");
+    assertStringIncludes(r.stdout, "agent: \n", "the in-pod command is not offered");
+    assertStringIncludes(r.stdout, "words: version\n");
+    assertStringIncludes(r.stdout, "options: --proxy-auth\n");
   });
 });
 
@@ -104,3 +115,75 @@ Deno.test("relay completion <shell> through the real CLI: a script for bash, exi
     throw new Error(`completion tcsh: ${bad.code} ${bad.stderr}`);
   }
 });
+
+Deno.test("completionQuery: which word asks the cluster, and where", () => {
+  assertEquals(completionQuery(["-n", ""]), { wants: "namespaces" });
+  assertEquals(completionQuery(["--namespace=sh"]), { wants: "namespaces" });
+  assertEquals(
+    completionQuery(["--context", "kind", "-n", "shop", "pod/ec"]),
+    { wants: "names", kind: "pod", context: "kind", namespace: "shop" },
+  );
+  assertEquals(completionQuery(["deployment/"]), { wants: "names", kind: "deployment" });
+  assertEquals(completionQuery(["--target", "de"]), {
+    wants: "kinds",
+    kinds: ["pod/", "deploy/"],
+  });
+  assertEquals(completionQuery(["--target=deploy/w"]), { wants: "names", kind: "deploy" });
+  assertEquals(completionQuery([""])?.kinds, TARGET_KINDS);
+  // A flag's value, a port, a flag and host/ names are not the cluster's to offer.
+  for (const words of [["-l", ""], ["pod/x", "80"], ["--st"], ["host/re"], ["--steal", "x:"]]) {
+    assertEquals(completionQuery(words), undefined, words.join(" "));
+  }
+  // A flag's value does not count until typed out.
+  assertEquals(completionQuery(["-n"]), undefined);
+});
+
+Deno.test(
+  "relay complete -- asks the cluster: namespaces after -n, kind/NAME after pod/, kinds without a space",
+  opts,
+  async () => {
+    const p = await makeTestPki();
+    const server = startFakeApiServer(p, (request) => {
+      const path = new URL(request.url).pathname;
+      const items = path === "/api/v1/namespaces"
+        ? ["default", "shop"]
+        : path === "/api/v1/namespaces/shop/pods"
+        ? ["echo-1", "web-2"]
+        : path === "/apis/apps/v1/namespaces/default/deployments"
+        ? ["api"]
+        : undefined;
+      if (!items) return new Response("{}", { status: 404 });
+      return Response.json({ items: items.map((name) => ({ metadata: { name } })) });
+    });
+    try {
+      const kubeconfig = await writeTempFile(
+        "config",
+        kubeconfigYaml({
+          server: server.url,
+          caFile: p.caFile,
+          users: { u: "token: t" },
+          contexts: { a: { user: "u" } },
+          current: "a",
+        }),
+      );
+      const complete = async (...words: string[]) => {
+        const out = await new Deno.Command(Deno.execPath(), {
+          args: ["run", "-A", "--unstable-net", `${ROOT}/main.ts`, "complete", "--", ...words],
+          env: { KUBECONFIG: kubeconfig },
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        return new TextDecoder().decode(out.stdout).trim().split("\n").map((l) => l.split("\t")[0]);
+      };
+      assertEquals(await complete("-n", ""), ["default", "shop", ":4"]);
+      assertEquals(await complete("-n", "shop", "pod/w"), ["pod/web-2", ":4"]);
+      assertEquals(await complete("--target", "deploy/"), ["deploy/api", ":4"]);
+      // Kinds keep the cursor after the slash (cobra's NoSpace, 2).
+      assertEquals(await complete("sv"), ["svc/", ":6"]);
+      // A namespace the API server does not know offers nothing, quietly.
+      assertEquals(await complete("-n", "nope", "pod/"), [":4"]);
+    } finally {
+      await server.close();
+    }
+  },
+);
