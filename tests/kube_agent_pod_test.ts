@@ -10,6 +10,7 @@ import { KubeError } from "../lib/kube/errors.ts";
 import { UsageError } from "../lib/errors.ts";
 import { tokenDigest } from "../lib/contract.ts";
 import type { V1Job, V1Pod } from "@kubernetes/client-node";
+import { DEFAULT_AGENT_IMAGE } from "../lib/version.ts";
 
 const DIGEST = await tokenDigest("the-session-token");
 const base = { namespace: "ns", image: "img:1", sessionId: "s1", tokenDigest: DIGEST };
@@ -324,6 +325,44 @@ Deno.test("startAgentPod: a hopeless image fails at once", async () => {
     "InvalidImageName",
   );
   assertEquals(api.calls.at(-1), "delete job relay-agent-x1 Background");
+});
+
+Deno.test("startAgentPod: an agent that exits on an image the user chose asks whether it is relay's", async () => {
+  const exited = {
+    status: {
+      phase: "Running",
+      containerStatuses: [{
+        name: "agent",
+        state: { terminated: { reason: "Completed", exitCode: 0 } },
+        image: "",
+        imageID: "",
+        ready: false,
+        restartCount: 0,
+      }],
+    },
+  };
+  const error = await assertRejects(
+    () =>
+      startAgentPod(stubApi([exited]), {
+        namespace: "ns",
+        podRunningTimeoutMs: 60_000,
+        image: "ghcr.io/knight42/krelay-server:v0.0.4",
+      }),
+    KubeError,
+  );
+  assertEquals(
+    error.message,
+    "agent pod relay-agent-x1-abc in namespace ns exited (Completed); is " +
+      "ghcr.io/knight42/krelay-server:v0.0.4 relay's agent image? --agent-image (krelay's " +
+      `--server.image) must run \`relay agent\`, as ${DEFAULT_AGENT_IMAGE} does; krelay's ` +
+      "server image cannot",
+  );
+  // relay's own image exiting is not a question of which image.
+  await assertRejects(
+    () => startAgentPod(stubApi([exited]), { namespace: "ns", podRunningTimeoutMs: 60_000 }),
+    KubeError,
+    "exited (Completed)",
+  ).then((e) => assertEquals(e.message.includes("agent image?"), false));
 });
 
 Deno.test("startAgentPod: a pod the kubelet rejects fails at once with the kubelet's reason", async () => {

@@ -117,6 +117,7 @@ export async function startAgentPod(api: AgentPodApi, opts: AgentPodOptions): Pr
   opts.progress?.("creating");
   const running = waitRunning(api, {
     about,
+    image: opts.image ?? DEFAULT_AGENT_IMAGE,
     progress: opts.progress,
     sessionId,
     timeoutMs: opts.podRunningTimeoutMs,
@@ -181,6 +182,7 @@ function createError(error: unknown, namespace: string): Error {
 function waitRunning(api: AgentPodApi, opts: {
   /** Names the Job in messages; its name is filled in once the Job is created. */
   about: { namespace: string; jobName: string };
+  image: string;
   progress?: AgentProgress;
   sessionId: string;
   timeoutMs: number;
@@ -205,7 +207,7 @@ function waitRunning(api: AgentPodApi, opts: {
       if (!pod) return undefined;
       const verdict = runningVerdict(pod);
       if (verdict === "running") return pod;
-      if (verdict) return agentFailed(about, pod, verdict);
+      if (verdict) return agentFailed(about, pod, verdict + imageHint(opts.image, verdict));
       if (pod.spec?.nodeName) tell("scheduled", pod);
       const waiting = pod.status?.containerStatuses?.[0]?.state?.waiting?.reason;
       if (waiting === "ContainerCreating") tell("pulling", pod);
@@ -218,6 +220,16 @@ function waitRunning(api: AgentPodApi, opts: {
       return agentFailed(about, pod, `was not Running after ${seconds}s: ${why}`);
     },
   });
+}
+
+/**
+ * For an agent that exited or could not start on an image the user chose: the likeliest
+ * cause is an image that is not relay's agent (krelay's server image takes other arguments).
+ */
+function imageHint(image: string, verdict: string): string {
+  if (image === DEFAULT_AGENT_IMAGE || !/^(exited|cannot start)/.test(verdict)) return "";
+  return `; is ${image} relay's agent image? --agent-image (krelay's --server.image) must ` +
+    `run \`relay agent\`, as ${DEFAULT_AGENT_IMAGE} does; krelay's server image cannot`;
 }
 
 /**
