@@ -4,14 +4,12 @@
  * whose replies are read and dropped. The caller never waits for the client: the copy is
  * queued up to MIRROR_BACKLOG and given up beyond it, never the caller's own bytes.
  */
+import { MIRROR_BACKLOG, MIRROR_DROPPED } from "../lib/contract.ts";
 import type { BufferPool } from "../lib/net/buffer_pool.ts";
 import { closeQuietly, ConnChannel } from "../lib/net/socket.ts";
 import { splice } from "../lib/net/splice.ts";
 import type { ByteChannel } from "../lib/net/types.ts";
 import type { OpenRequest, Tunnel, TunnelStream } from "../lib/tunnel/types.ts";
-
-/** Bytes of copy a slow or absent client may fall behind by before its copy is dropped. */
-export const MIRROR_BACKLOG = 1024 * 1024;
 
 /**
  * Carries `caller` to the app at `app`, copying its bytes to a new stream on `tunnel` that
@@ -125,7 +123,7 @@ export class MirrorCopy {
           continue;
         }
         if (this.#dropped) {
-          stream.abort("the local side fell behind; mirroring of this connection stopped");
+          stream.abort(MIRROR_DROPPED);
           return;
         }
         if (this.#ended) {

@@ -28,7 +28,7 @@ async function splicedPair() {
   const { peer, far, resets } = fakePeer();
   const spliced = Promise.withResolvers<void>();
   const served = listener.serve((conn) =>
-    splice(new ConnChannel(conn), peer).then(spliced.resolve)
+    splice(new ConnChannel(conn), peer).then(() => spliced.resolve())
   );
   const client = await Deno.connect({ hostname: "127.0.0.1", port: listener.port });
   return {

@@ -3,6 +3,8 @@ import { assert, assertEquals, assertStringIncludes } from "./assert.ts";
 import { assertValidEvent } from "./events_schema.ts";
 import { duplexPair } from "../lib/net/mod.ts";
 import { splice, type SpliceCounts } from "../lib/net/splice.ts";
+import type { ByteChannel } from "../lib/net/types.ts";
+import { MIRROR_DROPPED } from "../lib/contract.ts";
 import { SessionStatus } from "../lib/status/session_status.ts";
 import { writeJsonEvents } from "../lib/status/json_events.ts";
 import { LiveView, size } from "../lib/status/live_view.ts";
@@ -41,6 +43,28 @@ Deno.test("splice: counts every byte each way as it passes", async () => {
   await spliced;
   assertEquals([up, down], [70_000, 1_234]);
   assertEquals(counts, { aToB: 70_000, bToA: 1_234 });
+});
+
+Deno.test("splice: a chunk whose write fails is not counted as delivered", async () => {
+  const chunks = [new Uint8Array(1_000), new Uint8Array(500)];
+  const from: ByteChannel = {
+    read: () => Promise.resolve(chunks.shift() ?? null),
+    write: () => Promise.resolve(),
+    closeWrite() {},
+    abort() {},
+  };
+  let written = 0;
+  let aborted = (_: null) => {};
+  const to: ByteChannel = {
+    read: () => new Promise((resolve) => aborted = resolve),
+    write: () =>
+      written++ === 0 ? Promise.resolve() : Promise.reject(new Error("connection reset")),
+    closeWrite() {},
+    abort: () => aborted(null),
+  };
+  const counts: SpliceCounts = { aToB: 0, bToA: 0 };
+  await splice(from, to, counts);
+  assertEquals(counts, { aToB: 1_000, bToA: 0 });
 });
 
 Deno.test("SessionStatus: a route counts open and closed connections, bytes each way, the last error", () => {
@@ -210,3 +234,26 @@ Deno.test("plain events: a lost tunnel is one line, a burst of them is counted i
     "tunnel to the agent lost (api server gone); reconnecting (and 2 more like it)",
   ]);
 });
+Deno.test("plain events: a mirrored copy the agent dropped is one line, naming the port and the caller", () => {
+  const status = new SessionStatus();
+  const lines: string[] = [];
+  const stop = printNotableEvents(status, (line) => lines.push(line));
+  const route = status.ready({
+    id: "reverse/pod/web-1:80",
+    direction: "reverse",
+    protocol: "tcp",
+    local: "127.0.0.1:8080",
+    target: "pod/web-1:80",
+    mode: "mirror",
+  });
+  status.connection(route, "10.0.0.9", false).end(`stream reset by peer: ${MIRROR_DROPPED}`);
+  status.connection(route, "10.0.0.9", false).end("stream reset by peer: connection reset");
+  stop();
+  assertEquals(lines, [
+    "pod/web-1:80: the copy of a connection from 10.0.0.9 was dropped: the local side fell " +
+    "more than 1 MiB behind (the app still answered it)",
+  ]);
+  assertEquals(route.failed, 2);
+  assertEquals(route.lastError?.message, "stream reset by peer: connection reset");
+});
+

@@ -356,6 +356,29 @@ Deno.test("session: reset aborts both sides, from either end", async () => {
   await close();
 });
 
+Deno.test("session: a handled stream's tracking hears how it ended: the opener's reset reason, or nothing", async () => {
+  const ends: (string | undefined)[] = [];
+  const tracked: OpenHandler = () => {
+    const t = new TransformStream<Uint8Array, Uint8Array>();
+    return Promise.resolve({
+      readable: t.readable,
+      writable: t.writable,
+      tracking: { counts: { aToB: 0, bToA: 0 }, end: (failure?: string) => ends.push(failure) },
+    });
+  };
+  const { client, close } = await tunnelPair(tracked);
+  const clean = await client.open({ protocol: "tcp", host: "h", port: 1 });
+  await clean.writable.close();
+  for await (const _ of clean.readable) { /* the echo's end */ }
+  const dropped = await client.open({ protocol: "tcp", host: "h", port: 2 });
+  dropped.reset("mirror copy given up");
+  await dropped.closed;
+  const deadline = Date.now() + 5000;
+  while (ends.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  assertEquals(ends, [undefined, "stream reset by peer: mirror copy given up"]);
+  await close();
+});
+
 Deno.test("session: open failures arrive as OpenError with their code", async () => {
   const refuse: OpenHandler = (req) =>
     Promise.reject(

@@ -13,26 +13,26 @@ export interface SpliceCounts {
  * Copies `a` into `b` and `b` into `a` until both directions have ended; resolves then, or
  * once either side failed. The end of one direction (EOF, FIN) is passed on as a half-close
  * while the other keeps flowing; a failure on either side aborts both, with the reason, and
- * the promise still resolves: a failed connection is not the caller's failure. `counts`, if
- * given, is kept current chunk by chunk (the status view's byte counters live here).
+ * the promise still resolves, to that reason: a failed connection is not the caller's
+ * failure, but the caller may tell of it. `counts`, if given, is kept current chunk by chunk
+ * (the status view's byte counters live here).
  */
-export function splice(a: Peer, b: Peer, counts?: SpliceCounts): Promise<void> {
+export function splice(a: Peer, b: Peer, counts?: SpliceCounts): Promise<string | undefined> {
   const left = channelOf(a);
   const right = channelOf(b);
-  let failed = false;
+  let failure: string | undefined;
   const fail = (error: unknown) => {
-    if (failed) return;
-    failed = true;
-    const reason = describeError(error, "failed");
-    left.abort(reason);
-    right.abort(reason);
+    if (failure !== undefined) return;
+    failure = describeError(error, "failed");
+    left.abort(failure);
+    right.abort(failure);
   };
   left.onFailure?.(fail);
   right.onFailure?.(fail);
   const copies = counts
     ? [countedCopy(left, right, counts, "aToB"), countedCopy(right, left, counts, "bToA")]
     : [copy(left, right), copy(right, left)];
-  return Promise.all(copies.map((c) => c.catch(fail))).then(() => {});
+  return Promise.all(copies.map((c) => c.catch(fail))).then(() => failure);
 }
 
 async function copy(from: ByteChannel, to: ByteChannel): Promise<void> {
@@ -47,9 +47,11 @@ async function countedCopy(
   way: keyof SpliceCounts,
 ): Promise<void> {
   for (let chunk; (chunk = await from.read()) !== null;) {
-    // Counted before the write: a chunk handed over is a chunk the peer will get or fail on.
-    counts[way] += chunk.byteLength;
+    // Counted once written, so a failed write does not show as delivered; the length is
+    // taken first, since a write may hand the chunk's buffer on.
+    const length = chunk.byteLength;
     await to.write(chunk);
+    counts[way] += length;
   }
   await to.closeWrite();
 }

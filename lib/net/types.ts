@@ -52,8 +52,9 @@ export interface Duplex {
    */
   readonly chunkFreeAfterWrite?: boolean;
   /**
-   * Where whoever splices this duplex counts the bytes (aToB: into it) and says it ended; set
-   * by an OpenHandler whose connections are counted (reverse forwards).
+   * Where whoever splices this duplex counts the bytes (aToB: into it) and says it ended, with
+   * the reason if it failed; set by an OpenHandler whose connections are counted (reverse
+   * forwards).
    */
-  readonly tracking?: { counts: { aToB: number; bToA: number }; end(): void };
+  readonly tracking?: { counts: { aToB: number; bToA: number }; end(failure?: string): void };
 }

@@ -175,7 +175,7 @@ async function deliver(
       // The tunnel splices its stream (a) with this connection (b).
       const tracked = context.status.connection(route, caller, false);
       return Object.assign(duplex, {
-        tracking: { counts: tracked.counts, end: () => tracked.end() },
+        tracking: { counts: tracked.counts, end: (failure?: string) => tracked.end(failure) },
       });
     } catch (error) {
       last = error;

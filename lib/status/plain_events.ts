@@ -1,9 +1,10 @@
 /**
  * Without a terminal (or with `-q`), relay prints its plain lines (kubectl's `Forwarding from`
  * lines, byte for byte) and, on stderr, one line per notable event the logger does not already
- * print: a tunnel lost, an agent replaced. Bursts are rate-limited so a flapping network does
- * not flood a log.
+ * print: a tunnel lost, an agent replaced, a mirrored copy dropped. Bursts are rate-limited so
+ * a flapping network does not flood a log.
  */
+import { MIRROR_BACKLOG, MIRROR_DROPPED } from "../contract.ts";
 import type { RelayEvent } from "./events.ts";
 import type { SessionStatus } from "./session_status.ts";
 
@@ -33,6 +34,13 @@ export function printNotableEvents(
       say("tunnel", `tunnel to the agent lost (${event.reason ?? "closed"}); reconnecting`);
     } else if (event.event === "tunnel" && event.phase === "up" && status.reconnects > 0) {
       say("tunnel-up", `tunnel to the agent is back (${event.tunnels} up)`);
+    } else if (event.event === "connection" && event.error?.endsWith(MIRROR_DROPPED)) {
+      say(
+        "mirror",
+        `${event.route.replace(/^reverse\//, "")}: the copy of a connection from ${event.peer} ` +
+          `was dropped: the local side fell more than ${MIRROR_BACKLOG / 1024 / 1024} MiB behind ` +
+          "(the app still answered it)",
+      );
     }
   });
 }

@@ -425,7 +425,7 @@ export class Session implements Tunnel {
         stream.markOpened();
         stream.grantHeadStart();
         const { tracking } = duplex;
-        void splice(stream, duplex, tracking?.counts).then(() => tracking?.end());
+        void splice(stream, duplex, tracking?.counts).then((failure) => tracking?.end(failure));
       },
       (error) => {
         const code: OpenFailure = error instanceof OpenError ? error.code : "error";
