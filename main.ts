@@ -99,7 +99,8 @@ async function forward(plan: Plan): Promise<number> {
   refuseUnsupported(plan);
   const output = startOutput(plan.options);
   const { logger, status } = output;
-  for (const warning of plan.warnings ?? []) logger.info(`warning: ${warning}`);
+  const warn = (warning: string) => logger.info(`warning: ${warning}`);
+  for (const warning of plan.warnings ?? []) warn(warning);
   let listeners: { close(): void } | undefined;
   let proxyListeners: { close(): void }[] = [];
   const stop = new AbortController();
@@ -108,13 +109,14 @@ async function forward(plan: Plan): Promise<number> {
     const bound = bindForwards(plan.forwards, {
       addresses: plan.options.addresses,
       udp: { idleTimeoutMs: plan.udpIdleTimeoutMs },
+      warn,
     });
     listeners = bound;
     const entries: SessionEntry[] = [];
     if (plan.forwards.length > 0 || !plan.proxy) entries.push(forwardEntry(plan, bound, logger));
     if (reverse) entries.push(reverse.reverseEntry(plan, logger));
     if (plan.proxy && proxy) {
-      const proxyBound = proxy.bindProxy(plan.proxy, plan.options.addresses);
+      const proxyBound = proxy.bindProxy(plan.proxy, plan.options.addresses, warn);
       proxyListeners = proxyBound;
       entries.push(proxy.proxyEntry(plan.proxy, proxyBound, logger));
     }

@@ -61,7 +61,7 @@ export interface KubeOverrides {
 
 /** Options that shape every forward in one run. */
 export interface RunOptions {
-  /** Local addresses to listen on (`--address`), default ["127.0.0.1"]. */
+  /** Local addresses to listen on (`--address`): IP literals and `localhost`, the default. */
   addresses: string[];
   kubeconfig?: string;
   context?: string;

@@ -254,7 +254,7 @@ Deno.test("host/ target with one port forwards to the same local port over tcp",
     source: "argv",
   }]);
   deepStrictEqual(p.reverses, []);
-  deepStrictEqual(p.options.addresses, ["127.0.0.1"]);
+  deepStrictEqual(p.options.addresses, ["localhost"]);
   strictEqual(p.options.tunnels, 2);
   strictEqual(p.options.podRunningTimeoutMs, 60_000);
   strictEqual(p.options.requestTimeoutMs, 0);
@@ -339,13 +339,12 @@ Deno.test("ip/ takes IPv4 and IPv6 literals, brackets optional", async () => {
   });
 });
 
-Deno.test("--address: IPs, localhost as both loopbacks, comma lists, repeated, deduplicated", async () => {
+Deno.test("--address: IPs, localhost kept for the listeners to expand, comma lists, repeated, deduplicated", async () => {
   deepStrictEqual((await plan("--address", "0.0.0.0", "pod/my-pod", "5353:53")).options.addresses, [
     "0.0.0.0",
   ]);
-  deepStrictEqual((await plan("-l", "localhost", "svc/x", "80")).options.addresses, [
-    "127.0.0.1",
-    "::1",
+  deepStrictEqual((await plan("-l", "localhost,localhost", "svc/x", "80")).options.addresses, [
+    "localhost",
   ]);
   deepStrictEqual(
     (await plan("-l", "127.0.0.1,::1", "-l", "[fd00::1]", "-l", "127.0.0.1", "svc/x", "80"))
@@ -509,6 +508,7 @@ Deno.test("kubectl's flags", async () => {
   strictEqual((await plan("-n=shop", "svc/x", "80")).options.namespace, "shop");
   deepStrictEqual((await plan("-l=::1", "svc/x", "80")).options.addresses, ["::1"]);
 });
+
 Deno.test("kubectl's flags over the kubeconfig: --cluster, --user, -s, --token and TLS files", async () => {
   const p = await plan(
     "--cluster=c2",
@@ -543,7 +543,6 @@ Deno.test("kubectl's flags over the kubeconfig: --cluster, --user, -s, --token a
   const proxy = await plan("proxy", "--server", "https://api:6443");
   strictEqual(proxy.options.kubeOverrides?.server, "https://api:6443");
 });
-
 
 Deno.test("flags may come after targets, as kubectl allows", async () => {
   const p = await plan("svc/x", "80", "-n", "web", "--address", "::1");

@@ -20,11 +20,11 @@ async function plan(...argv: string[]): Promise<Plan> {
   return invocation.plan;
 }
 
-Deno.test("relay proxy: port 1080 on 127.0.0.1, no forwards, no credentials", async () => {
+Deno.test("relay proxy: port 1080 on localhost, no forwards, no credentials", async () => {
   const p = await plan("proxy");
   assertEquals(p.proxy, { port: 1080 });
   assertEquals(p.forwards, []);
-  assertEquals(p.options.addresses, ["127.0.0.1"]);
+  assertEquals(p.options.addresses, ["localhost"]);
 });
 
 Deno.test("relay proxy: the session's flags, forwards beside it, a free port", async () => {
@@ -51,7 +51,7 @@ Deno.test("relay proxy: the session's flags, forwards beside it, a free port", a
   assertEquals(p.proxy, { port: 0 });
   assertEquals(p.options.namespace, "shop");
   assertEquals(p.options.agentNamespace, "relay");
-  assertEquals(p.options.addresses, ["127.0.0.1", "::1"]);
+  assertEquals(p.options.addresses, ["localhost"]);
   assertEquals(p.options.patch, { metadata: { labels: { a: "b" } } });
   assertEquals([p.options.tunnels, p.options.verbose], [3, true]);
   assertEquals(p.forwards.map((f) => `${f.target.kind}/${f.target.name}`), [

@@ -132,6 +132,82 @@ Deno.test("--address 0.0.0.0,:: (either order) binds, as kubectl does: a dual-st
   }
 });
 
+Deno.test("--address localhost,0.0.0.0 listens once: 0.0.0.0 takes 127.0.0.1's connections", async () => {
+  const port = freePort();
+  const set = bindForwards([forward("a", { remote: port })], {
+    addresses: ["localhost", "0.0.0.0"],
+    udp: UDP,
+  });
+  try {
+    const hosts = set.bindings[0].tcp.map((l) => l.hostname).sort();
+    deepStrictEqual(hosts, ["0.0.0.0", "::1"]);
+    const served = set.bindings[0].tcp.map((l) => l.serve((conn) => void conn.close()));
+    (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+    set.close();
+    await Promise.all(served);
+  } finally {
+    set.close();
+  }
+});
+
+Deno.test("localhost, the default, listens on 127.0.0.1 and ::1, one ready line each", () => {
+  const set = bindForwards([forward("web", { localPort: 0, remote: 80 })], {
+    addresses: ["localhost"],
+    udp: UDP,
+  });
+  try {
+    const binding = set.bindings[0];
+    deepStrictEqual(
+      readyFacts(binding, "tcp").map(formatReadyLine),
+      [
+        `Forwarding from 127.0.0.1:${binding.localPort} -> svc/web:80`,
+        `Forwarding from [::1]:${binding.localPort} -> svc/web:80`,
+      ],
+    );
+  } finally {
+    set.close();
+  }
+});
+
+Deno.test("localhost: a port another program holds on ::1 is a warning; 127.0.0.1 listens", () => {
+  const other = Deno.listen({ hostname: "::1", port: 0 });
+  const port = other.addr.port;
+  const warnings: string[] = [];
+  try {
+    const set = bindForwards([forward("a", { remote: port })], {
+      addresses: ["localhost"],
+      udp: UDP,
+      warn: (message) => warnings.push(message),
+    });
+    deepStrictEqual(set.bindings[0].tcp.map((l) => [l.hostname, l.port]), [["127.0.0.1", port]]);
+    set.close();
+    deepStrictEqual(warnings, [
+      `localhost: listening on 127.0.0.1:${port} only; cannot listen on [::1]:${port}/tcp: the ` +
+      "address is already in use (choose another local port, or :PORT for a free one)",
+    ]);
+  } finally {
+    other.close();
+  }
+});
+
+Deno.test("localhost: a port held on 127.0.0.1 is an error, as it always was", () => {
+  const other = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    throws(
+      () =>
+        bindForwards([forward("a", { remote: other.addr.port })], {
+          addresses: ["localhost"],
+          udp: UDP,
+        }),
+      (error) => error instanceof UsageError && error.message.includes("127.0.0.1:"),
+    );
+  } finally {
+    other.close();
+  }
+  // ::1 was released with the failure.
+  Deno.listen({ hostname: "::1", port: other.addr.port }).close();
+});
+
 Deno.test("bindForwards leaves nothing bound when one port is busy", () => {
   const free = freePort();
   using busy = Deno.listen({ hostname: "127.0.0.1", port: 0 });

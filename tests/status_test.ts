@@ -194,6 +194,30 @@ Deno.test("live view: shows the agent's progress, then a row per route with its 
   assertEquals(screen(), ["a log line", "another", "third"], "the view is erased on stop");
 });
 
+Deno.test("live view: localhost's two listeners of a port share a row, their counts added", () => {
+  let now = 0;
+  const status = new SessionStatus(() => now);
+  const { terminal, screen } = fakeTerminal();
+  const view = new LiveView(status, terminal, () => now);
+  const v4 = status.ready(ROUTE);
+  const v6 = status.ready({ ...ROUTE, id: "tcp/[::1]:8080", local: "[::1]:8080" });
+  status.ready({ ...ROUTE, id: "tcp/127.0.0.1:9090", local: "127.0.0.1:9090" });
+  status.tunnelUp();
+  status.connection(v4, "127.0.0.1:9").counts.bToA = 1_000;
+  const late = status.connection(v6, "[::1]:9");
+  late.counts.bToA = 2_000;
+  now = 5_000;
+  late.end("refused: nobody there");
+  view.start();
+  const rows = screen().slice(2);
+  assertEquals(rows.length, 2, rows.join("\n"));
+  assertStringIncludes(rows[0], "localhost:8080");
+  assertStringIncludes(rows[0], "3.0 kB");
+  assertStringIncludes(rows[0], "refused: nobody there");
+  assert(rows[1].startsWith("127.0.0.1:9090"), rows[1]);
+  view.stop();
+});
+
 Deno.test("live view: rows are cut to the terminal's width, so the redraw stays in place", () => {
   const status = new SessionStatus();
   const { terminal, screen } = fakeTerminal(40);
@@ -215,25 +239,6 @@ Deno.test("size: bytes as people read them", () => {
   ]);
 });
 
-Deno.test("plain events: a lost tunnel is one line, a burst of them is counted into the next", () => {
-  let now = 0;
-  const status = new SessionStatus();
-  const lines: string[] = [];
-  const stop = printNotableEvents(status, (line) => lines.push(line), () => now);
-  status.tunnelUp();
-  status.tunnelDown("connection reset");
-  status.tunnelDown("connection reset");
-  status.tunnelDown("connection reset");
-  now += PLAIN_EVENT_INTERVAL_MS;
-  status.tunnelDown("api server gone");
-  status.stopping = true;
-  status.tunnelDown("relay is stopping");
-  stop();
-  assertEquals(lines, [
-    "tunnel to the agent lost (connection reset); reconnecting",
-    "tunnel to the agent lost (api server gone); reconnecting (and 2 more like it)",
-  ]);
-});
 Deno.test("plain events: a mirrored copy the agent dropped is one line, naming the port and the caller", () => {
   const status = new SessionStatus();
   const lines: string[] = [];
@@ -257,3 +262,22 @@ Deno.test("plain events: a mirrored copy the agent dropped is one line, naming t
   assertEquals(route.lastError?.message, "stream reset by peer: connection reset");
 });
 
+Deno.test("plain events: a lost tunnel is one line, a burst of them is counted into the next", () => {
+  let now = 0;
+  const status = new SessionStatus();
+  const lines: string[] = [];
+  const stop = printNotableEvents(status, (line) => lines.push(line), () => now);
+  status.tunnelUp();
+  status.tunnelDown("connection reset");
+  status.tunnelDown("connection reset");
+  status.tunnelDown("connection reset");
+  now += PLAIN_EVENT_INTERVAL_MS;
+  status.tunnelDown("api server gone");
+  status.stopping = true;
+  status.tunnelDown("relay is stopping");
+  stop();
+  assertEquals(lines, [
+    "tunnel to the agent lost (connection reset); reconnecting",
+    "tunnel to the agent lost (api server gone); reconnecting (and 2 more like it)",
+  ]);
+});

@@ -45,9 +45,9 @@ Examples:
   relay pod/p 5353:53 sts/s 9000
   relay svc/kube-dns 5353:53@udp ip/198.18.0.7 9000@udp 9000@tcp
 
-  # Listen on every interface, or on both 127.0.0.1 and ::1
+  # Listen on every interface, or on 127.0.0.1 only (the default, localhost, adds ::1)
   relay --address 0.0.0.0 pod/my-pod 5353:53
-  relay -l localhost svc/web 8080:80
+  relay -l 127.0.0.1 svc/web 8080:80
 
   # Targets from a file: one "[-n NS] [-l ADDRESS] TARGET PORT..." a line, # and // comments
   relay -f targets.txt

@@ -49,7 +49,7 @@ export function createProgram(
     .option("-n, --namespace <namespace>", "namespace of the targets (default: the context's)")
     .option(
       "-l, --address <addresses>",
-      "local addresses to listen on, comma-separated or repeated; localhost means 127.0.0.1 and ::1 (default: 127.0.0.1)",
+      "local addresses to listen on, comma-separated or repeated; localhost means 127.0.0.1 and, where it can, ::1 (default: localhost)",
       collect,
     )
     .option(

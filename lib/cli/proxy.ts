@@ -5,7 +5,7 @@
  */
 import { Command, type Option } from "@commander-js/extra-typings";
 import { UsageError } from "../errors.ts";
-import { isLoopback } from "../net/address.ts";
+import { isLoopback, LOCALHOST } from "../net/address.ts";
 import type { Plan, ProxyCredentials, ProxySpec } from "../plan.ts";
 import { type CliIo, type CommandOptions, toPlan } from "./plan_build.ts";
 import { parsePortNumber } from "./ports.ts";
@@ -119,7 +119,7 @@ export async function toProxyPlan(
   };
   if (opts.proxyAuth !== undefined) proxy.auth = parseProxyAuth(opts.proxyAuth);
   const plan = await toPlan(words, opts, io, proxy);
-  const open = plan.options.addresses.find((address) => !isLoopback(address));
+  const open = plan.options.addresses.find((a) => a !== LOCALHOST && !isLoopback(a));
   if (open !== undefined && !proxy.auth) {
     throw new UsageError(
       `relay proxy -l ${open}: listening beyond loopback needs --proxy-auth USER:PASSWORD ` +

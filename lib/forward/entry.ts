@@ -38,7 +38,7 @@ export function forwardEntry(plan: Plan, listeners: ListenerSet, logger: Logger)
   let routes: Route[] = [];
   return {
     prepare: async ({ kube, follow, agentNamespace }) => {
-      routes = await resolveRoutes(kube, plan, listeners, follow, agentNamespace);
+      routes = await resolveRoutes(kube, plan, listeners, follow, agentNamespace, logger);
     },
     destinations: () => routes.map((route) => route.forward.allows),
     serve: (context) => serve(routes, context, logger),
@@ -52,11 +52,13 @@ async function resolveRoutes(
   listeners: ListenerSet,
   follow: FollowPods,
   agentNamespace: string,
+  logger: Logger,
 ): Promise<Route[]> {
   const routes: Route[] = [];
   const bindOptions = {
     addresses: plan.options.addresses,
     udp: { idleTimeoutMs: plan.udpIdleTimeoutMs },
+    warn: (warning: string) => logger.info(`warning: ${warning}`),
   };
   for (const forward of plan.forwards) {
     const bindings = listeners.bindings.filter((b) => b.forward === forward);

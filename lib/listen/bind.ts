@@ -4,6 +4,7 @@
  */
 import type { UsageError } from "../errors.ts";
 import type { ReadyLineFacts } from "../log.ts";
+import { isIPv6, LOCALHOST } from "../net/address.ts";
 import type { ForwardSpec, PortSpec } from "../plan.ts";
 import type { Protocol } from "../net/types.ts";
 import { type BindAddress, TcpListener } from "./tcp.ts";
@@ -38,10 +39,12 @@ export interface ListenerSet {
 
 /** Options for {@link bindForwards} and {@link bindPort}. */
 export interface BindOptions {
-  /** Local addresses, each port is bound on all of them. */
+  /** Local addresses (IP literals, or {@link LOCALHOST}); each port is bound on all of them. */
   addresses: readonly string[];
   /** Options for every UDP listener. */
   udp: UdpListenerOptions;
+  /** Told why localhost's ::1 was left out, when it could not be bound (see {@link bindEach}). */
+  warn?: (message: string) => void;
 }
 
 /**
@@ -96,6 +99,7 @@ export function bindPort(
     binding.localPort ?? port,
     (address) =>
       protocol === "tcp" ? TcpListener.bind(address) : UdpListener.bind(address, options.udp),
+    options.warn,
   );
   binding.localPort = bound[0]?.port ?? binding.localPort ?? port;
   if (protocol === "tcp") binding.tcp.push(...(bound as TcpListener[]));
@@ -104,26 +108,35 @@ export function bindPort(
 
 /**
  * Binds one listener per address with `bind`, all on one port (0: the first picks a free one,
- * the others take the same, as kubectl does for localhost). On failure, those bound are
+ * the others take the same, as kubectl does for localhost). An address that a wildcard bound
+ * here already covers is left out rather than failing on its port, and so is localhost's ::1
+ * when it cannot be bound (`warn` hears of a port taken there). On failure, those bound are
  * closed again and the error (a UsageError from the listener) thrown.
  */
 export function bindEach<L extends TcpListener | UdpListener>(
   addresses: readonly string[],
   port: number,
   bind: (address: BindAddress) => L,
+  warn?: (message: string) => void,
 ): L[] {
   const bound: L[] = [];
+  const optional = addresses.includes(LOCALHOST) && !addresses.includes("::1") ? "::1" : "";
+  const wanted = new Set(addresses.flatMap((a) => a === LOCALHOST ? ["127.0.0.1", "::1"] : [a]));
   let chosen = port;
   try {
-    for (const hostname of wildcardsFirst(addresses)) {
+    for (const hostname of wildcardsFirst([...wanted])) {
       let listener: L;
       try {
         listener = bind({ hostname, port: chosen });
       } catch (error) {
-        // Where `::` is dual-stack (Linux's default), the `::` socket bound just before
-        // already takes IPv4 on this port, and holds 0.0.0.0's place: not an error.
-        if (hostname === "0.0.0.0" && bound.some((l) => l.hostname === "::")) continue;
-        throw error;
+        const inUse = (error as Error).cause instanceof Deno.errors.AddrInUse;
+        if (inUse && coveredByWildcard(hostname, bound)) continue;
+        if (hostname !== optional) throw error;
+        // Without IPv6 there is no one to tell; a port someone else holds on ::1 is news.
+        if (inUse) {
+          warn?.(`localhost: listening on 127.0.0.1:${chosen} only; ${(error as Error).message}`);
+        }
+        continue;
       }
       bound.push(listener);
       chosen = listener.port;
@@ -133,6 +146,16 @@ export function bindEach<L extends TcpListener | UdpListener>(
     throw error;
   }
   return bound;
+}
+
+/**
+ * Whether a wildcard listener already bound takes `hostname`'s connections on its port: `::`
+ * and `0.0.0.0` take their family's, and where `::` is dual-stack (Linux's default) IPv4's too.
+ */
+function coveredByWildcard(hostname: string, bound: readonly { hostname: string }[]): boolean {
+  const has = (wildcard: string) => bound.some((l) => l.hostname === wildcard);
+  if (isIPv6(hostname)) return hostname !== "::" && has("::");
+  return has("::") || (hostname !== "0.0.0.0" && has("0.0.0.0"));
 }
 
 /** `::` before `0.0.0.0`, so that a dual-stack `::` is what takes a port both ask for. */

@@ -3,6 +3,13 @@
  * here consults a resolver.
  */
 
+/**
+ * kubectl's `localhost` as a listen address: 127.0.0.1 and ::1. 127.0.0.1 must bind; ::1 is
+ * left out when it cannot (a machine without IPv6, or the port taken there), so `localhost`
+ * works wherever kubectl's does, and a port taken on 127.0.0.1 is still an error.
+ */
+export const LOCALHOST = "localhost";
+
 /** The 4 bytes of a dotted-quad IPv4 literal (no leading zeros), or null if `s` is not one. */
 export function parseIPv4(s: string): Uint8Array | null {
   const parts = s.split(".");

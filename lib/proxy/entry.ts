@@ -49,7 +49,11 @@ const TLS_HANDSHAKE = 0x16;
  * Binds the proxy's port on every address, before the session starts (a busy port is exit 2
  * before any cluster work); main.ts closes the listeners after the run.
  */
-export function bindProxy(spec: ProxySpec, addresses: readonly string[]): TcpListener[] {
+export function bindProxy(
+  spec: ProxySpec,
+  addresses: readonly string[],
+  warn?: (message: string) => void,
+): TcpListener[] {
   return bindEach(addresses, spec.port, (address) => {
     try {
       return TcpListener.bind(address);
@@ -64,7 +68,7 @@ export function bindProxy(spec: ProxySpec, addresses: readonly string[]): TcpLis
         { cause: error },
       );
     }
-  });
+  }, warn);
 }
 
 /** What every client connection is served with. */

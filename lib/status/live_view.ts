@@ -3,9 +3,17 @@
  * times a second — a header (agent pod, tunnels, reconnects; the agent's progress while it
  * starts) and one row per route (local → target, mode, open and total connections, bytes each
  * way, current rate, last error and its age). Log lines are printed above it. Rows are cut to
- * the terminal's width, so that the cursor arithmetic of the redraw holds.
+ * the terminal's width, so that the cursor arithmetic of the redraw holds. localhost's two
+ * listeners of one port (127.0.0.1 and ::1) share a row.
  */
 import type { RouteStats, SessionStatus } from "./session_status.ts";
+
+/** One row: the routes it adds up, and the local address it shows. */
+interface Row {
+  id: string;
+  local: string;
+  routes: RouteStats[];
+}
 
 /** How often the view may redraw. */
 export const REDRAW_MS = 250;
@@ -102,7 +110,9 @@ export class LiveView {
       status.tunnels > 0 ? c.green(`${status.tunnels} up`) : c.red("0 up")
     }  ${c.dim("reconnects")} ${status.reconnects}`;
     const table = [["LOCAL", "TARGET", "MODE", "OPEN", "TOTAL", "IN", "OUT", "RATE", "LAST ERROR"]];
-    for (const route of status.routes) table.push(this.#row(route));
+    const rows = rowsOf(status.routes);
+    const errors = rows.map(lastError);
+    for (const [i, row] of rows.entries()) table.push(this.#row(row, errors[i]));
     const widths = table[0].map((_, i) => Math.max(...table.map((row) => row[i].length)));
     const lines = table.map((row) =>
       row.map((cell, i) => (i >= 3 && i <= 7 ? cell.padStart(widths[i]) : cell.padEnd(widths[i])))
@@ -112,42 +122,75 @@ export class LiveView {
       header,
       c.dim(lines[0]),
       ...lines.slice(1).map((line, i) => {
-        const route = status.routes[i];
-        return route.lastError
-          ? line.replace(route.lastError.message, c.red(route.lastError.message))
-          : line;
+        const error = errors[i];
+        return error ? line.replace(error.message, c.red(error.message)) : line;
       }),
     ];
   }
 
-  #row(route: RouteStats): string[] {
-    const { sent, received } = route.bytes;
+  #row(row: Row, lastError: RouteStats["lastError"]): string[] {
+    let sent = 0, received = 0, open = 0, total = 0;
+    for (const route of row.routes) {
+      const bytes = route.bytes;
+      sent += bytes.sent;
+      received += bytes.received;
+      open += route.open;
+      total += route.total;
+    }
     const at = this.now();
-    const total = sent + received;
-    const before = this.#previous.get(route.info.id);
+    const before = this.#previous.get(row.id);
     let rate = before?.rate ?? 0;
     // The rate is over at least a second, so a redraw just after a print does not spike it.
-    if (!before) this.#previous.set(route.info.id, { bytes: total, at, rate: 0 });
+    if (!before) this.#previous.set(row.id, { bytes: sent + received, at, rate: 0 });
     else if (at - before.at >= 1000) {
-      rate = ((total - before.bytes) * 1000) / (at - before.at);
-      this.#previous.set(route.info.id, { bytes: total, at, rate });
+      rate = ((sent + received - before.bytes) * 1000) / (at - before.at);
+      this.#previous.set(row.id, { bytes: sent + received, at, rate });
     }
-    const error = route.lastError
-      ? `${route.lastError.message} (${age(at - route.lastError.at)} ago)`
-      : "";
-    const arrow = route.info.direction === "reverse" ? "←" : "→";
+    const error = lastError ? `${lastError.message} (${age(at - lastError.at)} ago)` : "";
+    const { info } = row.routes[0];
+    const arrow = info.direction === "reverse" ? "←" : "→";
     return [
-      route.info.local,
-      `${arrow} ${route.info.target}`,
-      route.info.mode ?? route.info.direction,
-      String(route.open),
-      String(route.total),
+      row.local,
+      `${arrow} ${info.target}`,
+      info.mode ?? info.direction,
+      String(open),
+      String(total),
       size(received),
       size(sent),
       `${size(rate)}/s`,
       error,
     ];
   }
+}
+
+/** Routes as rows: routes on `127.0.0.1:P` and `[::1]:P` to the same place share one. */
+function rowsOf(routes: readonly RouteStats[]): Row[] {
+  const rows: Row[] = [];
+  const loopback = new Map<string, Row>();
+  for (const route of routes) {
+    const { direction, protocol, target, mode, local } = route.info;
+    const port = /^(?:127\.0\.0\.1|\[::1\]):(\d+)$/.exec(local)?.[1];
+    const place = port && JSON.stringify([direction, protocol, target, mode, port]);
+    const mate = place ? loopback.get(place) : undefined;
+    if (mate && mate.routes.length === 1 && mate.local !== local) {
+      mate.routes.push(route);
+      mate.local = `localhost:${port}`;
+      continue;
+    }
+    const row = { id: route.info.id, local, routes: [route] };
+    rows.push(row);
+    if (place) loopback.set(place, row);
+  }
+  return rows;
+}
+
+/** The latest error of a row's routes. */
+function lastError(row: Row): RouteStats["lastError"] {
+  let latest: RouteStats["lastError"];
+  for (const { lastError } of row.routes) {
+    if (lastError && (!latest || lastError.at > latest.at)) latest = lastError;
+  }
+  return latest;
 }
 
 /** `1.2 MB`, `340 B`. */

@@ -76,6 +76,10 @@ export async function startRelay(
         const line = buffered.slice(0, nl);
         buffered = buffered.slice(nl + 1);
         const m = line.match(/^Forwarding from (?:\[[^\]]+\]|[^:]+):(\d+) -> /);
+        // localhost's [::1] line after its 127.0.0.1 line is the same forward: one entry each.
+        const twin = line.includes(" [::1]:") &&
+          readyLines.at(-1)?.replace(" 127.0.0.1:", " [::1]:") === line;
+        if (twin) continue;
         if (m) {
           readyLines.push(line);
           ports.push(Number(m[1]));

@@ -78,11 +78,16 @@ Deno.test({
     let stopped = false;
     try {
       type Route = { id: string; local: string; protocol: string };
-      const routes = await waitFor("two ready events", async () => {
+      // localhost, the default: 127.0.0.1 and ::1, one ready event each.
+      const routes = await waitFor("four ready events", async () => {
         await relay.checkRunning();
         const found = relay.events.filter((e) => e.event === "ready");
-        return found.length === 2 ? found.map((e) => e.route as Route) : undefined;
+        return found.length === 4 ? found.map((e) => e.route as Route) : undefined;
       }, { timeoutMs: 90_000 });
+      assertEquals(
+        routes.map((r) => `${r.protocol} ${r.local.replace(/\d+$/, "P")}`).sort(),
+        ["tcp 127.0.0.1:P", "tcp [::1]:P", "udp 127.0.0.1:P", "udp [::1]:P"],
+      );
       const ready = routes.find((r) => r.protocol === "tcp")!;
       const udp = routes.find((r) => r.protocol === "udp")!;
       const port = Number(ready.local.split(":").pop());
