@@ -443,6 +443,7 @@ async function runScenarios(
     }
     const request = scenario.request;
     const endpoints = new Map<ToolName, Endpoint>();
+    const startedAt = new Map<ToolName, number>();
     try {
       for (const tool of scenario.tools) {
         try {
@@ -450,6 +451,7 @@ async function runScenarios(
             tool,
             await startTool(tool, pods, scenario.ports, { tunnels: scenario.tunnels }),
           );
+          startedAt.set(tool, performance.now());
         } catch (error) {
           raw.skipped[scenario.name][tool] = String(error instanceof Error ? error.message : error);
           console.error(
@@ -466,7 +468,11 @@ async function runScenarios(
           const rssPids = scenario.measureRss
             ? Object.entries({ rss_mb: endpoint.pid, agent_rss_mb: endpoint.agentPid })
             : [];
-          // Before any load: what the tool holds just forwarding (idle).
+          // Before any load: what the tool holds just forwarding (idle), once its start is over.
+          if (round === 0 && rssPids.length > 0) {
+            const wait = startedAt.get(tool)! + config.idleSettleSeconds * 1000 - performance.now();
+            if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+          }
           const idle: Record<string, number> = {};
           for (const [key, pid] of rssPids) {
             if (pid) idle[key.replace(/_mb$/, "_idle_mb")] = await currentRssMb(pid);

@@ -34,6 +34,11 @@ export interface BenchConfig {
    * `rssAfter`: what it still holds once a burst is over.
    */
   rssSettleSeconds: number;
+  /**
+   * How long after its start a tool's idle RSS is read (the first round of a scenario that
+   * measures RSS): idle is what it holds once start-up is over, not while it ends.
+   */
+  idleSettleSeconds: number;
 }
 
 /** The issue's sizes, in about ten minutes on a 2-core machine (two rounds; `--rounds` for more). */
@@ -55,6 +60,7 @@ export const defaultConfig: BenchConfig = {
   fetchBytes: 4 << 20,
   rtts: [0, 20],
   rssSettleSeconds: 20,
+  idleSettleSeconds: 5,
 };
 
 /** Every scenario, shortened, in under two minutes: a smoke run for CI. */
@@ -76,6 +82,7 @@ export const quickConfig: BenchConfig = {
   fetchBytes: 4 << 20,
   rtts: [0, 20],
   rssSettleSeconds: 5,
+  idleSettleSeconds: 2,
 };
 
 /** How the rounds of one figure combine into the reported one. */
