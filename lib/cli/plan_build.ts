@@ -46,7 +46,10 @@ export const DEFAULTS = {
   requestTimeout: "0",
 } as const;
 
-/** The flags as commander hands them over, before validation. */
+/**
+ * The flags as commander hands them over, before validation; kubectl's flags over the
+ * kubeconfig already carry the plan's names.
+ */
 export type CommandOptions = {
   namespace?: string;
   address?: string[];
@@ -68,14 +71,6 @@ export type CommandOptions = {
   udpIdleTimeout?: string;
   kubeconfig?: string;
   context?: string;
-  cluster?: string;
-  user?: string;
-  server?: string;
-  token?: string;
-  certificateAuthority?: string;
-  clientCertificate?: string;
-  clientKey?: string;
-  tlsServerName?: string;
   insecureSkipTlsVerify?: true;
   as?: string;
   asGroup?: string[];
@@ -84,7 +79,7 @@ export type CommandOptions = {
   verbose?: true;
   quiet?: true;
   output?: string;
-};
+} & KubeOverrides;
 
 /**
  * Validates parsed flags and words and assembles the plan; with `proxy` (relay proxy), the
