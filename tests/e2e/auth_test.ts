@@ -50,7 +50,7 @@ async function tempFile(dir: string, name: string, text: string, mode = 0o600): 
 
 Deno.test({
   name:
-    "story: relay authenticates as kubectl does — client cert file and data, bearer token, token file, exec plugin, two files in KUBECONFIG, --context and --as",
+    "story: relay authenticates as kubectl does — client cert file and data, bearer token, token file, exec plugin, two files in KUBECONFIG, --context, --as, and kubectl's --server/--token/--certificate-authority/--client-certificate/--cluster/--user flags, with no kubeconfig at all",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
@@ -76,6 +76,9 @@ Deno.test({
     const certFile = await tempFile(dir, "client.crt", decode(admin.certData));
     const keyFile = await tempFile(dir, "client.key", decode(admin.keyData));
     const tokenFile = await tempFile(dir, "token", token);
+    const caFile = await tempFile(dir, "ca.crt", decode(admin.caData));
+    // No kubeconfig anywhere: KUBECONFIG empty, and a home without ~/.kube/config.
+    const noKubeconfig = { KUBECONFIG: "", HOME: dir };
     const plugin = await tempFile(
       dir,
       "plugin.sh",
@@ -165,6 +168,39 @@ Deno.test({
         name: "--as",
         env: { KUBECONFIG },
         args: ["--as", `system:serviceaccount:${ns.name}:relay-user`],
+      },
+      {
+        name: "kubectl's --server, --token and --certificate-authority, no kubeconfig",
+        env: noKubeconfig,
+        args: ["--server", admin.server, "--token", token, "--certificate-authority", caFile],
+      },
+      {
+        name: "kubectl's --server and client certificate flags, no kubeconfig",
+        env: noKubeconfig,
+        args: [
+          "-s",
+          admin.server,
+          "--certificate-authority",
+          caFile,
+          "--client-certificate",
+          certFile,
+          "--client-key",
+          keyFile,
+        ],
+      },
+      {
+        name: "kubectl's --cluster and --user over a context whose user is missing",
+        env: {
+          KUBECONFIG: await tempFile(
+            dir,
+            "cluster-user",
+            kubeconfig(admin, { token }, {
+              contexts: [{ name: "broken", context: { cluster: "nowhere", user: "nobody" } }],
+              current: "broken",
+            }),
+          ),
+        },
+        args: ["--cluster", "local", "--user", "u"],
       },
     ];
     try {
