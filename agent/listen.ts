@@ -18,13 +18,15 @@ import {
   type Tunnel,
 } from "../lib/tunnel/types.ts";
 import { type CompiledFilter, compileFilter, filterConnection } from "./http_filter.ts";
-import { mirrorConnection } from "./mirror.ts";
+import { MirrorBudget, mirrorConnection } from "./mirror.ts";
 import type { PortRedirects } from "./netfilter.ts";
-import { appAddress, listenersOn } from "./port_owners.ts";
+import { appAddress, listenersOn, podAddresses } from "./port_owners.ts";
 
 /** What a reverse listener needs from the agent. */
 export interface ReverseListenOptions {
   buffers?: BufferPool;
+  /** What the agent's mirrored copies may queue together (one per agent). */
+  mirrorBudget?: MirrorBudget;
   log: (line: string) => void;
   /** The agent's redirects, made when first needed (steal, mirror). */
   redirects: () => PortRedirects;
@@ -76,7 +78,7 @@ export async function listenForClient(
       (conn) => carry(conn, port, tunnel, options),
     );
   }
-  const app = appAddress(owners);
+  const app = appAddress(owners, podAddresses());
   if (effective === "mirror" && app === undefined) {
     throw new OpenError(
       "refused",
@@ -94,6 +96,7 @@ export async function listenForClient(
     throw error;
   }
   options.log(`relay agent: ${effective === "steal" ? "stealing" : "mirroring"} port ${port}`);
+  const budget = options.mirrorBudget ?? new MirrorBudget();
   const handle = (conn: Deno.TcpConn): Promise<void> => {
     if (compiled) {
       const to = app === undefined ? undefined : { hostname: app, port };
@@ -102,7 +105,14 @@ export async function listenForClient(
     }
     if (effective === "steal") return carry(conn, port, tunnel, options);
     const request = callerRequest(conn, port);
-    return mirrorConnection(conn, { hostname: app!, port }, request, tunnel, options.buffers);
+    return mirrorConnection(
+      conn,
+      { hostname: app!, port },
+      request,
+      tunnel,
+      budget,
+      options.buffers,
+    );
   };
   const kept = acceptInto(listener, effective, port, options, handle);
   return {

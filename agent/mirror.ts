@@ -2,9 +2,10 @@
  * Mirroring one caller's connection: the agent carries it to the app as a pass-through
  * (the app answers as always) and copies what the caller sends to a stream to the client,
  * whose replies are read and dropped. The caller never waits for the client: the copy is
- * queued up to MIRROR_BACKLOG and given up beyond it, never the caller's own bytes.
+ * queued up to MIRROR_BACKLOG (and the agent's copies together up to MIRROR_BACKLOG_TOTAL) and
+ * given up beyond it, never the caller's own bytes.
  */
-import { MIRROR_BACKLOG, MIRROR_DROPPED } from "../lib/contract.ts";
+import { MIRROR_BACKLOG, MIRROR_BACKLOG_TOTAL, MIRROR_DROPPED } from "../lib/contract.ts";
 import type { BufferPool } from "../lib/net/buffer_pool.ts";
 import { closeQuietly, ConnChannel } from "../lib/net/socket.ts";
 import { splice } from "../lib/net/splice.ts";
@@ -20,6 +21,7 @@ export async function mirrorConnection(
   app: { hostname: string; port: number },
   request: OpenRequest,
   tunnel: Tunnel,
+  budget: MirrorBudget,
   buffers?: BufferPool,
 ): Promise<void> {
   let upstream: Deno.TcpConn;
@@ -31,7 +33,7 @@ export async function mirrorConnection(
     closeQuietly(caller);
     return;
   }
-  const copy = new MirrorCopy(tunnel.open(request));
+  const copy = new MirrorCopy(tunnel.open(request), budget);
   await splice(
     new TappedChannel(new ConnChannel(caller, buffers), copy),
     new ConnChannel(upstream, buffers),
@@ -64,6 +66,12 @@ class TappedChannel implements ByteChannel {
   }
 }
 
+/** The bytes all of an agent's mirrored copies have queued: one per agent. */
+export class MirrorBudget {
+  queued = 0;
+  constructor(readonly limit = MIRROR_BACKLOG_TOTAL) {}
+}
+
 /** The copy of one connection, written to its stream as the stream takes it. */
 export class MirrorCopy {
   readonly #queue: Uint8Array[] = [];
@@ -72,22 +80,32 @@ export class MirrorCopy {
   #dropped = false;
   #wake: (() => void) | undefined;
 
-  constructor(stream: Promise<TunnelStream>) {
+  constructor(stream: Promise<TunnelStream>, private readonly budget: MirrorBudget) {
     void this.#pump(stream);
   }
 
-  /** Queues `chunk` for the copy; past MIRROR_BACKLOG the copy is given up instead. */
+  /** Queues `chunk` for the copy; past the backlog the copy is given up instead. */
   offer(chunk: Uint8Array): void {
     if (this.#ended || this.#dropped) return;
-    if (this.#queued + chunk.length > MIRROR_BACKLOG) {
-      this.#dropped = true;
-      this.#queue.length = 0;
-      this.#queued = 0;
+    const { budget } = this;
+    if (
+      this.#queued + chunk.length > MIRROR_BACKLOG ||
+      budget.queued + chunk.length > budget.limit
+    ) {
+      this.#drop();
     } else {
       this.#queue.push(chunk);
       this.#queued += chunk.length;
+      budget.queued += chunk.length;
     }
     this.#wake?.();
+  }
+
+  #drop(): void {
+    this.#dropped = true;
+    this.#queue.length = 0;
+    this.budget.queued -= this.#queued;
+    this.#queued = 0;
   }
 
   /** The caller has sent everything (or its connection ended). */
@@ -102,8 +120,7 @@ export class MirrorCopy {
       stream = await opening;
     } catch {
       // The client could not deliver the copy (nothing listens locally): it said why.
-      this.#dropped = true;
-      this.#queue.length = 0;
+      this.#drop();
       return;
     }
     // The local server's replies are read and dropped, so it is never blocked on them.
@@ -119,6 +136,7 @@ export class MirrorCopy {
         const chunk = this.#queue.shift();
         if (chunk) {
           this.#queued -= chunk.length;
+          this.budget.queued -= chunk.length;
           await stream.write(chunk);
           continue;
         }
@@ -134,6 +152,7 @@ export class MirrorCopy {
         this.#wake = undefined;
       }
     } catch {
+      this.#drop();
       stream.abort("mirror copy failed");
     }
   }

@@ -266,15 +266,28 @@ function redirectFailure(port: number, error: unknown): OpenError {
   return new OpenError("error", `cannot redirect port ${port}: ${why}`);
 }
 
-/** The families the pod has addresses in: IPv6 only with an address beyond lo and link-local. */
-export async function podFamilies(): Promise<Family[]> {
+/**
+ * The families to redirect in: IPv4, and IPv6 wherever the pod has it. With an IPv6 address
+ * beyond lo and link-local, always; with ::1 alone (in-pod callers of `localhost` may still
+ * connect over IPv6) when ip6tables' nat table answers, which such a pod need not have.
+ */
+export async function podFamilies(
+  run: IptablesRunner = runIptables,
+  ifInet6 = () => Deno.readTextFile("/proc/net/if_inet6"),
+): Promise<Family[]> {
+  let table: string;
   try {
-    const table = await Deno.readTextFile("/proc/net/if_inet6");
-    const global = table.split("\n").some((line) => {
-      const f = line.trim().split(/\s+/);
-      return f.length >= 6 && f[5] !== "lo" && f[3] === "00";
-    });
-    return global ? ["ipv4", "ipv6"] : ["ipv4"];
+    table = await ifInet6();
+  } catch {
+    return ["ipv4"];
+  }
+  const entries = table.split("\n").map((line) => line.trim().split(/\s+/))
+    .filter((f) => f.length >= 6);
+  if (entries.some((f) => f[5] !== "lo" && f[3] === "00")) return ["ipv4", "ipv6"];
+  if (!entries.some((f) => f[5] === "lo")) return ["ipv4"];
+  try {
+    await run("ipv6", ["-t", "nat", "-S"]);
+    return ["ipv4", "ipv6"];
   } catch {
     return ["ipv4"];
   }

@@ -47,16 +47,40 @@ function addressOf(hex: string): string {
   return bytes.length === 4 ? formatIPv4(bytes) : formatIPv6(bytes);
 }
 
+/** The pod's own addresses beyond loopback and link-local, by family. */
+export interface PodAddresses {
+  ipv4?: string;
+  ipv6?: string;
+}
+
 /**
- * Where the agent reaches the app that listens on these addresses: loopback when it listens
- * on every address or on loopback, else the one address it chose.
+ * Where the agent reaches the app that listens on these addresses. An app listening on every
+ * address is reached at the pod's own address, so that what the agent passes on does not come
+ * from loopback, which apps may trust (an admin port, a rate limit); loopback only for an app
+ * that listens there alone; else the one address it chose.
  */
-export function appAddress(listening: string[]): string | undefined {
-  if (listening.some((a) => a === "0.0.0.0" || a === "127.0.0.1" || a === "::ffff:127.0.0.1")) {
-    return "127.0.0.1";
+export function appAddress(listening: string[], pod: PodAddresses = {}): string | undefined {
+  const plain = listening.map((a) => a.replace(/^::ffff:(?=\d+\.)/, ""));
+  if (plain.includes("0.0.0.0")) return pod.ipv4 ?? "127.0.0.1";
+  if (plain.includes("::")) return pod.ipv6 ?? pod.ipv4 ?? "::1";
+  if (plain.includes("127.0.0.1")) return "127.0.0.1";
+  if (plain.includes("::1")) return "::1";
+  return plain[0];
+}
+
+/** The pod's own addresses, from its interfaces; none known without them. */
+export function podAddresses(): PodAddresses {
+  const found: PodAddresses = {};
+  try {
+    for (const { name, family, address } of Deno.networkInterfaces()) {
+      if (name === "lo") continue;
+      if (family === "IPv4" && !/^(127|169\.254)\./.test(address)) found.ipv4 ??= address;
+      if (family === "IPv6" && !/^(fe[89ab]|::1$)/i.test(address)) found.ipv6 ??= address;
+    }
+  } catch {
+    // No access to the interfaces: loopback, as before.
   }
-  if (listening.some((a) => a === "::" || a === "::1")) return "::1";
-  return listening[0]?.replace(/^::ffff:(?=\d+\.)/, "");
+  return found;
 }
 
 /** Whether this process may change the namespace's netfilter rules (CAP_NET_ADMIN). */

@@ -14,6 +14,7 @@ import type { OpenRequest, Tunnel, TunnelStream } from "../lib/tunnel/types.ts";
 import { VERSION } from "../lib/version.ts";
 import { denoConnector, type Dialer, dialTcp, systemResolver } from "./dial.ts";
 import { listenForClient } from "./listen.ts";
+import { MirrorBudget } from "./mirror.ts";
 import { DestinationPolicy } from "./policy.ts";
 import { type IptablesRunner, podFamilies, PortRedirects, sweepStale } from "./netfilter.ts";
 import { hasNetAdmin } from "./port_owners.ts";
@@ -76,9 +77,10 @@ export function startAgent(config: AgentConfig): AgentHandle {
   // removed before the agent exits, and a dead agent's are swept away at start.
   let redirects: PortRedirects | undefined;
   let families: Awaited<ReturnType<typeof podFamilies>> = ["ipv4"];
+  const mirrorBudget = new MirrorBudget();
   const ready = (async () => {
-    families = await podFamilies();
     if (!config.iptables && !(await hasNetAdmin())) return;
+    families = await podFamilies(config.iptables);
     try {
       const swept = await sweepStale(families, port, config.iptables);
       for (const gone of swept) {
@@ -167,7 +169,12 @@ export function startAgent(config: AgentConfig): AgentHandle {
         onStreamEnd,
         onListen: async (request, how, tunnel) => {
           await ready;
-          return listenForClient(request, how, tunnel, { buffers, log, redirects: getRedirects });
+          return listenForClient(request, how, tunnel, {
+            buffers,
+            mirrorBudget,
+            log,
+            redirects: getRedirects,
+          });
         },
         onSessionEnd: (reason) => stop(`relay ended the session (${reason}), exiting`),
         buffers,

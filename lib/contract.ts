@@ -22,14 +22,20 @@ export type IncomingMode = "listen" | "steal" | "mirror";
 /** What the client asks for: a mode, or `auto` (listen on a free port, mirror a served one). */
 export type IncomingRequest = IncomingMode | "auto";
 
-/** Bytes of copy a slow or absent client may fall behind by before its copy is dropped. */
-export const MIRROR_BACKLOG = 1024 * 1024;
+/**
+ * How far a mirrored connection's copy may fall behind its caller before it is given up: the
+ * caller never waits for the client, so a caller faster than the tunnel or the local server
+ * fills it. Per connection, and across all of an agent's, which may share the app's pod.
+ */
+export const MIRROR_BACKLOG = 4 * 1024 * 1024;
+export const MIRROR_BACKLOG_TOTAL = 16 * 1024 * 1024;
 
 /**
- * The reason the agent resets a mirrored connection's stream with when the client's copy fell
- * too far behind (the caller and the app go on); the client tells the user of it by this text.
+ * The reason the agent resets a mirrored connection's stream with when its copy fell past
+ * the backlog (the caller and the app go on); the client tells the user of it by this text.
  */
-export const MIRROR_DROPPED = "the local side fell behind; mirroring of this connection stopped";
+export const MIRROR_DROPPED =
+  "the copy fell too far behind the caller; mirroring of this connection stopped";
 
 /**
  * mirrord's `http_filter` for a stolen port: an HTTP/1.1 request whose path or one of whose

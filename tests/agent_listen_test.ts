@@ -3,9 +3,10 @@
  * connection to it carried back to the client as a stream the client answers; a port in use
  * is refused as such; the port is free again once the tunnel closes; SHUTDOWN ends the agent.
  */
-import { tokenDigest } from "../lib/contract.ts";
+import { MIRROR_DROPPED, tokenDigest } from "../lib/contract.ts";
 import { assert, assertEquals, assertRejects, within } from "./assert.ts";
 import { startAgent } from "../agent/mod.ts";
+import { MirrorBudget, MirrorCopy } from "../agent/mirror.ts";
 import { connDuplex } from "../lib/net/mod.ts";
 import {
   connectTunnel,
@@ -13,6 +14,7 @@ import {
   type OpenHandler,
   type OpenRequest,
   type Tunnel,
+  type TunnelStream,
 } from "../lib/tunnel/mod.ts";
 
 const TOKEN = "listen-test-token";
@@ -155,4 +157,51 @@ Deno.test("agent: the client's SHUTDOWN ends the agent with exit code 0", async 
   assertEquals(await within(agent.finished, "the agent's exit"), 0);
   await tunnel.closed;
   assert(lines.some((l) => l.includes("relay ended the session")), lines.join("\n"));
+});
+
+Deno.test("mirror copies: past 4 MiB behind, or past the agent's budget across copies, a copy is given up and its backlog freed", async () => {
+  const MiB = 1024 * 1024;
+  /** A stream that opens when told and records what it is sent and why it was reset. */
+  const stream = () => {
+    const sent: number[] = [];
+    let reset = "";
+    let open!: (s: TunnelStream) => void;
+    const opening = new Promise<TunnelStream>((resolve) => (open = resolve));
+    const fake = {
+      read: () => new Promise<null>(() => {}),
+      write: (chunk: Uint8Array) => (sent.push(chunk.length), Promise.resolve()),
+      closeWrite: () => Promise.resolve(),
+      abort: (reason: string) => (reset = reason),
+    } as unknown as TunnelStream;
+    return { opening, sent, reset: () => reset, open: () => open(fake) };
+  };
+  const budget = new MirrorBudget(6 * MiB);
+  const a = stream();
+  const copyA = new MirrorCopy(a.opening, budget);
+  for (let i = 0; i < 4; i++) copyA.offer(new Uint8Array(MiB));
+  assertEquals(budget.queued, 4 * MiB);
+  const b = stream();
+  const copyB = new MirrorCopy(b.opening, budget);
+  copyB.offer(new Uint8Array(2 * MiB));
+  // Over the budget across copies: B is given up, A goes on.
+  copyB.offer(new Uint8Array(1));
+  assertEquals(budget.queued, 4 * MiB);
+  b.open();
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assertEquals(b.reset(), MIRROR_DROPPED);
+  // A's fifth MiB is past its own 4 MiB: given up, its backlog freed.
+  copyA.offer(new Uint8Array(1));
+  assertEquals(budget.queued, 0);
+  a.open();
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assertEquals([a.sent, a.reset()], [[], MIRROR_DROPPED]);
+  // A copy that keeps up is delivered whole and leaves nothing queued.
+  const c = stream();
+  c.open();
+  const copyC = new MirrorCopy(c.opening, budget);
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  copyC.offer(new Uint8Array(3 * MiB));
+  copyC.end();
+  await new Promise((resolve) => setTimeout(resolve, 10));
+  assertEquals([c.sent, c.reset(), budget.queued], [[3 * MiB], "", 0]);
 });

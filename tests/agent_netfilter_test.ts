@@ -5,8 +5,14 @@
  * The real rules in a real pod are proven by tests/e2e/steal_mirror_test.ts.
  */
 import { deepStrictEqual, ok, rejects } from "node:assert/strict";
-import { type IptablesRunner, PortRedirects, sweepStale } from "../agent/netfilter.ts";
-import { appAddress, hasNetAdmin, listenersOn, parseListeners } from "../agent/port_owners.ts";
+import { type IptablesRunner, podFamilies, PortRedirects, sweepStale } from "../agent/netfilter.ts";
+import {
+  appAddress,
+  hasNetAdmin,
+  listenersOn,
+  parseListeners,
+  podAddresses,
+} from "../agent/port_owners.ts";
 import { OpenError } from "../lib/tunnel/types.ts";
 
 function recorder(fail?: (args: string[]) => string | undefined) {
@@ -141,7 +147,36 @@ Deno.test("listeners are read from the kernel's tables, IPv4 and IPv6, and a liv
   deepStrictEqual(appAddress(["::"]), "::1");
   deepStrictEqual(appAddress(["10.1.2.3"]), "10.1.2.3");
   deepStrictEqual(appAddress([]), undefined);
+  // An app on every address is reached at the pod's own address, never from loopback, which
+  // it may trust; one on loopback alone can only be reached there.
+  const pod = { ipv4: "198.18.0.7" };
+  deepStrictEqual(appAddress(["0.0.0.0"], pod), "198.18.0.7");
+  deepStrictEqual(appAddress(["::"], pod), "198.18.0.7");
+  deepStrictEqual(appAddress(["::"], { ...pod, ipv6: "fd00::7" }), "fd00::7");
+  deepStrictEqual(appAddress(["127.0.0.1"], pod), "127.0.0.1");
+  deepStrictEqual(appAddress(["::ffff:127.0.0.1"], pod), "127.0.0.1");
+  deepStrictEqual(appAddress(["::1"], pod), "::1");
+  const mine = podAddresses();
+  ok(mine.ipv4 === undefined || !mine.ipv4.startsWith("127."), JSON.stringify(mine));
   using server = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   deepStrictEqual(await listenersOn(server.addr.port), ["127.0.0.1"]);
   ok(typeof await hasNetAdmin() === "boolean");
+});
+
+Deno.test("podFamilies: IPv6 with an address beyond lo; with ::1 alone, when ip6tables' nat answers", async () => {
+  const lo = "00000000000000000000000000000001 01 80 10 80       lo";
+  const global = "fd000000000000000000000000000007 02 40 00 80     eth0";
+  const linkLocal = "fe800000000000000000000000000007 02 40 20 80     eth0";
+  const works: IptablesRunner = () => Promise.resolve("");
+  const fails: IptablesRunner = () =>
+    Promise.reject(new Error("can't initialize ip6tables table `nat'"));
+  const table = (...lines: string[]) => () => Promise.resolve(lines.join("\n") + "\n");
+  deepStrictEqual(await podFamilies(fails, table(lo, global)), ["ipv4", "ipv6"]);
+  // In-pod callers of localhost over ::1 are redirected too, where ip6tables can.
+  deepStrictEqual(await podFamilies(works, table(lo, linkLocal)), ["ipv4", "ipv6"]);
+  deepStrictEqual(await podFamilies(fails, table(lo, linkLocal)), ["ipv4"]);
+  deepStrictEqual(await podFamilies(works, table()), ["ipv4"]);
+  deepStrictEqual(await podFamilies(works, () => Promise.reject(new Deno.errors.NotFound())), [
+    "ipv4",
+  ]);
 });

@@ -255,8 +255,9 @@ Deno.test("plain events: a mirrored copy the agent dropped is one line, naming t
   status.connection(route, "10.0.0.9", false).end("stream reset by peer: connection reset");
   stop();
   assertEquals(lines, [
-    "pod/web-1:80: the copy of a connection from 10.0.0.9 was dropped: the local side fell " +
-    "more than 1 MiB behind (the app still answered it)",
+    "pod/web-1:80: the copy of a connection from 10.0.0.9 was dropped: it fell more than " +
+    "4 MiB behind the caller (16 MiB across connections): the caller sent faster than the " +
+    "tunnel or the local server took it. The app still answered it",
   ]);
   assertEquals(route.failed, 2);
   assertEquals(route.lastError?.message, "stream reset by peer: connection reset");

@@ -4,7 +4,7 @@
  * print: a tunnel lost, an agent replaced, a mirrored copy dropped. Bursts are rate-limited so
  * a flapping network does not flood a log.
  */
-import { MIRROR_BACKLOG, MIRROR_DROPPED } from "../contract.ts";
+import { MIRROR_BACKLOG, MIRROR_BACKLOG_TOTAL, MIRROR_DROPPED } from "../contract.ts";
 import type { RelayEvent } from "./events.ts";
 import type { SessionStatus } from "./session_status.ts";
 
@@ -35,11 +35,13 @@ export function printNotableEvents(
     } else if (event.event === "tunnel" && event.phase === "up" && status.reconnects > 0) {
       say("tunnel-up", `tunnel to the agent is back (${event.tunnels} up)`);
     } else if (event.event === "connection" && event.error?.endsWith(MIRROR_DROPPED)) {
+      const mib = (bytes: number) => `${bytes / 1024 / 1024} MiB`;
       say(
         "mirror",
         `${event.route.replace(/^reverse\//, "")}: the copy of a connection from ${event.peer} ` +
-          `was dropped: the local side fell more than ${MIRROR_BACKLOG / 1024 / 1024} MiB behind ` +
-          "(the app still answered it)",
+          `was dropped: it fell more than ${mib(MIRROR_BACKLOG)} behind the caller ` +
+          `(${mib(MIRROR_BACKLOG_TOTAL)} across connections): the caller sent faster than the ` +
+          "tunnel or the local server took it. The app still answered it",
       );
     }
   });

@@ -85,7 +85,7 @@ async function relayChains(namespace: string, pod: string): Promise<string[]> {
 
 Deno.test({
   name:
-    "story: relay --target pod/P -R 8080:L --steal as a user of the relay-targeted Role: callers from another pod, inside P and through kubectl port-forward get the local server; after Ctrl-C they get the app again and no rule is left in P",
+    "story: relay --target pod/P -R 8080:L --steal as a user of the relay-targeted Role: callers from another pod, inside P (over 127.0.0.1 and ::1) and through kubectl port-forward get the local server; after Ctrl-C they get the app again and no rule is left in P",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
@@ -117,6 +117,9 @@ Deno.test({
       assertEquals(fromOtherPod.line, "stolen by the laptop", fromOtherPod.stderr);
       const fromInside = await ask(ns.name, "echo-pod", "127.0.0.1:8080");
       assertEquals(fromInside.line, "stolen by the laptop", fromInside.stderr);
+      // localhost may be ::1 inside the pod: that caller is stolen too.
+      const overIPv6 = await ask(ns.name, "echo-pod", "[::1]:8080");
+      assertEquals(overIPv6.line, "stolen by the laptop", overIPv6.stderr);
       {
         await using pf = await kubectlPortForward(ns.name, "pod/echo-pod", [8080]);
         const conn = await Deno.connect({ hostname: "127.0.0.1", port: pf.localPorts[0] });
@@ -131,6 +134,8 @@ Deno.test({
       assertMatch(after.line, /^pod=echo-pod /, after.stderr);
       const insideAfter = await ask(ns.name, "echo-pod", "127.0.0.1:8080");
       assertMatch(insideAfter.line, /^pod=echo-pod /, insideAfter.stderr);
+      const overIPv6After = await ask(ns.name, "echo-pod", "[::1]:8080");
+      assertMatch(overIPv6After.line, /^pod=echo-pod /, overIPv6After.stderr);
     } finally {
       local.close();
     }
@@ -144,7 +149,7 @@ function sha256(bytes: Uint8Array): string {
 
 Deno.test({
   name:
-    "story: -R on a port the app serves mirrors by default: the caller gets the app's answer and the local server the same bytes; a local server that never reads, or none at all, does not delay the caller",
+    "story: -R on a port the app serves mirrors by default: the caller gets the app's answer and the local server the same bytes, and the app sees the agent come from the pod's own address, not loopback; a local server that never reads, or none at all, does not delay the caller, and a dropped copy is told",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
@@ -153,6 +158,7 @@ Deno.test({
     const echo = await createEchoWorkloads(ns.name, ["pod", "deploy"]);
     const targetIP = await podIP(ns.name, "echo-pod");
     const copies = recordingServer("");
+    const greetings = recordingServer("");
     // Accepts and never reads: the copy backs up behind it.
     const stuck = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     const held: Deno.Conn[] = [];
@@ -174,7 +180,9 @@ Deno.test({
         `9001:${stuck.addr.port}`,
         "-R",
         `9002:${absentPort}`,
-      ], { readyLines: 3 });
+        "-R",
+        `8080:${greetings.port}`,
+      ], { readyLines: 4 });
       assertEquals(
         relay.readyLines[0],
         `Mirroring pod/echo-pod:9000 -> 127.0.0.1:${copies.port} (the app still answers; steal ` +
@@ -182,6 +190,10 @@ Deno.test({
       );
       const said = await ask(ns.name, echo.pods.deploy, `${targetIP}:9000`, "mirror me\n");
       assertEquals(said.line, "mirror me", said.stderr);
+      // The app on every address is reached at the pod's own address: loopback, which apps
+      // may trust, would make every outside caller look local.
+      const greeted = await ask(ns.name, echo.pods.deploy, `${targetIP}:8080`, "hi\n");
+      assertEquals(greeted.line, `pod=echo-pod addr=${targetIP}:8080`, greeted.stderr);
       // A caller inside the pod is mirrored too.
       const inside = await ask(ns.name, "echo-pod", "127.0.0.1:9000", "from inside\n");
       assertEquals(inside.line, "from inside", inside.stderr);
@@ -195,8 +207,8 @@ Deno.test({
         },
       );
 
-      // 8 MiB to the app's hash port while the local copy is never read: the app's answer.
-      const payload = new Uint8Array(8 << 20).map((_, i) => i % 251);
+      // 32 MiB to the app's hash port while the local copy is never read: the app's answer.
+      const payload = new Uint8Array(32 << 20).map((_, i) => i % 251);
       const hashed = await ask(
         ns.name,
         echo.pods.deploy,
@@ -204,6 +216,14 @@ Deno.test({
         payload as unknown as string,
       );
       assertEquals(hashed.line, `${payload.length} ${sha256(payload)}`, hashed.stderr);
+      await waitFor(
+        "relay to say the stalled copy was dropped",
+        () =>
+          /pod\/echo-pod:9001: the copy of a connection from \S+ was dropped/.test(
+            relay.stderr(),
+          ) || undefined,
+        { timeoutMs: 10_000 },
+      );
       // No local server at all: the caller still gets the app's pattern.
       const pattern = await ask(ns.name, echo.pods.deploy, `${targetIP}:9002`, "5\n");
       assertEquals(pattern.stdout.length, 5, pattern.stderr);
@@ -211,6 +231,7 @@ Deno.test({
       assertEquals(await relayChains(ns.name, "echo-pod"), []);
     } finally {
       copies.close();
+      greetings.close();
       stuck.close();
       for (const conn of held) conn.close();
     }
