@@ -37,6 +37,7 @@ const FILES: Record<string, string> = {
   "network-false.json": '{"target": "pod/echo", "feature": {"network": false}}',
   "broken.json": "{broken\n",
   "not-mirrord.yaml": "server:\n  port: 80\n",
+  "empty.json": "{}\n",
   "targets.txt": "svc/web 8080:80\n# comment\n-n other deploy/api 9000\n",
   "one-colon.txt": "svc/web 9090:\n",
 };
@@ -193,6 +194,7 @@ Deno.test("an HTTP filter from the file or the flags steals the matching request
 
 Deno.test("a config-named file that is no mirrord config is exit 2 naming the file", async () => {
   await refused(["-f", "not-mirrord.yaml"], /not-mirrord\.yaml: not a mirrord config.*server/);
+  await refused(["-f", "empty.json"], /empty\.json: not a mirrord config .*; it is empty, and/);
 });
 
 Deno.test("a targets file stays a targets file, errors naming its line as before", async () => {

@@ -9,10 +9,11 @@ import { BufferPool } from "../lib/net/buffer_pool.ts";
 import { reverseEntry } from "../lib/reverse/entry.ts";
 import type { ServeContext } from "../lib/session/run.ts";
 import { SessionStatus } from "../lib/status/session_status.ts";
-import type { Tunnel } from "../lib/tunnel/types.ts";
+import { OpenError, type Tunnel } from "../lib/tunnel/types.ts";
+import { UsageError } from "../lib/errors.ts";
 
 /** A tunnel whose agent takes every port asked for, after `delayMs`; `close()` ends it. */
-function fakeTunnel(asked: number[], delayMs = 5) {
+function fakeTunnel(asked: number[], delayMs = 5, mode = "listen") {
   let close!: () => void;
   const closed = new Promise<void>((resolve) => close = resolve);
   const tunnel = {
@@ -21,7 +22,7 @@ function fakeTunnel(asked: number[], delayMs = 5) {
     listen: async ({ port }: { port: number }) => {
       asked.push(port);
       await new Promise((resolve) => setTimeout(resolve, delayMs));
-      return "listen";
+      return mode;
     },
   };
   return {
@@ -33,8 +34,8 @@ function fakeTunnel(asked: number[], delayMs = 5) {
   };
 }
 
-async function setUp() {
-  const invocation = await parseCommandLine(["--target", "deploy/web", "-R", "7777:9000"], {
+async function setUp(reverse = "7777:9000") {
+  const invocation = await parseCommandLine(["--target", "deploy/web", "-R", reverse], {
     readTextFile: () => Promise.reject(new Error("no files here")),
     readStdin: () => Promise.resolve(""),
   });
@@ -114,4 +115,48 @@ Deno.test("reverse: a tunnel replaced by the same agent takes the port again wit
   assertEquals(t.errors, []);
   t.stop();
   await serving;
+});
+
+Deno.test("reverse: with nothing on the local port, the line says what a mirrored port's callers get", async () => {
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const absent = probe.addr.port;
+  probe.close();
+  const t = await setUp(`7777:${absent}`);
+  t.entry.onTunnel!(fakeTunnel([], 5, "mirror").tunnel);
+  const serving = t.entry.serve(t.context);
+  await settle();
+  const refused = await t.entry.onOpen!({ protocol: "tcp", host: "198.18.0.9", port: 7777 })
+    .then(() => "opened", (error: Error) => error.message);
+  assertEquals(refused.startsWith(`local port ${absent}: `), true, refused);
+  assertEquals(t.errors.length, 1);
+  assertEquals(
+    t.errors[0].endsWith(
+      "until something listens there, connections from 198.18.0.9 and others: the app still " +
+        "answers them, but their copies are lost",
+    ),
+    true,
+    t.errors[0],
+  );
+  t.stop();
+  await serving;
+});
+
+Deno.test("reverse: a port below 1024 the agent may not bind is exit 2 pointing at --steal", async () => {
+  const t = await setUp("80:8080");
+  const tunnel = {
+    closeReason: null,
+    closed: new Promise(() => {}),
+    listen: () =>
+      Promise.reject(
+        new OpenError("forbidden", "cannot listen on port 80 in the pod: Permission denied"),
+      ),
+  } as unknown as Tunnel;
+  t.entry.onTunnel!(tunnel);
+  const error = await t.entry.serve(t.context).then(() => undefined, (e: Error) => e);
+  assertEquals(error instanceof UsageError, true, String(error));
+  assertEquals(
+    error!.message,
+    "-R 80:8080: the agent may not listen on port 80 of pod/web-1 (ports below 1024 need " +
+      "privileges in the pod); --steal takes it through a redirect instead",
+  );
 });

@@ -70,7 +70,11 @@ export function readMirrordConfig(text: string, name: string): MirrordConfig | u
     if (!CONFIG_NAME.test(name)) return undefined;
     throw new UsageError(
       `-f ${name}: not a mirrord config (a mapping with feature, target, agent, ...)` +
-        (parsed ? `; its keys: ${Object.keys(parsed).join(", ")}` : "") +
+        (parsed
+          ? Object.keys(parsed).length > 0
+            ? `; its keys: ${Object.keys(parsed).join(", ")}`
+            : "; it is empty"
+          : "") +
         `, and a targets file (lines of [-n NS] TARGET PORT...) is not named .${
           name.split(".").pop()
         }`,

@@ -173,8 +173,10 @@ async function forwardConnection(
   // The agent's refusal (the reset that ended the splice) is told as a failed connection; a
   // reset from this side (the local client went away) is not a failure of the forward.
   await stream.opened.then(() => tracked.end(), (error) => {
-    if (error instanceof OpenError) failed(error);
-    else tracked.end();
+    if (!(error instanceof OpenError)) return tracked.end();
+    // The bytes sent early, behind the OPEN, never reached a destination.
+    tracked.counts.aToB = tracked.counts.bToA = 0;
+    failed(error);
   });
 }
 

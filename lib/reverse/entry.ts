@@ -175,7 +175,11 @@ async function deliver(
       // The tunnel splices its stream (a) with this connection (b).
       const tracked = context.status.connection(route, caller, false);
       return Object.assign(duplex, {
-        tracking: { counts: tracked.counts, end: (failure?: string) => tracked.end(failure) },
+        tracking: {
+          counts: tracked.counts,
+          // The agent's reason is what the user reads, not how it reached this end.
+          end: (failure?: string) => tracked.end(failure?.replace(/^stream reset by peer: /, "")),
+        },
       });
     } catch (error) {
       last = error;
@@ -189,10 +193,16 @@ async function deliver(
   const now = performance.now();
   if (now - reverse.lastRefusalReport >= REFUSAL_REPORT_MS) {
     reverse.lastRefusalReport = now;
+    // What the callers get meanwhile depends on how the port was taken.
+    const meanwhile = reverse.mode === "mirror"
+      ? "the app still answers them, but their copies are lost"
+      : reverse.filter
+      ? "their matching requests get 502 Bad Gateway, the others still reach the app"
+      : "they are closed";
     logger.error(
       `${reverse.spec.source}: nothing answers on local port ${reverse.spec.localPort} ` +
-        `(${describeError(last)}); connections from ${request.host} and others are closed ` +
-        `until something listens there`,
+        `(${describeError(last)}); until something listens there, connections from ` +
+        `${request.host} and others: ${meanwhile}`,
     );
   }
   throw new OpenError("refused", `local port ${reverse.spec.localPort}: ${describeError(last)}`);
@@ -218,7 +228,14 @@ function listenRefused(
   if (error.code === "forbidden" && /NET_ADMIN/.test(error.message) && plan.incoming === "auto") {
     return new UsageError(
       `${spec.source}: ${where} is in use by something the pod does not declare; pass ` +
-        `--mirror or --steal so that the agent may redirect it`,
+        `--mirror or --steal so that the agent may redirect it (if another relay session ` +
+        `listens there, it would get nothing more)`,
+    );
+  }
+  if (error.code === "forbidden" && spec.remotePort < 1024 && /denied/i.test(error.message)) {
+    return new UsageError(
+      `${spec.source}: the agent may not listen on ${where} (ports below 1024 need ` +
+        `privileges in the pod); --steal takes it through a redirect instead`,
     );
   }
   if (error.code === "refused" && plan.incoming === "mirror") {
