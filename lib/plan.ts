@@ -86,7 +86,7 @@ export interface RunOptions {
    */
   agentIdleExit?: string;
   verbose: boolean;
-  /** `-q`: no live view and no progress lines; ready lines and errors only. */
+  /** `-q`: no live view and no progress lines; ready lines, errors and notable events. */
   quiet: boolean;
   /** `-o`: human lines (and the live view on a terminal), or one JSON event per line. */
   output: "text" | "json";
