@@ -98,7 +98,10 @@ Deno.test("reverse: a new agent's tunnels take each -R once, and a new pod is an
   assertEquals(t.errors, []);
   assertEquals(t.stdout.length, 2);
   assertEquals(t.stdout[1].includes("pod/web-2:7777"), true, t.stdout[1]);
-  assertEquals(t.status.routes.map((r) => r.info.id), ["reverse/pod/web-2:7777"]);
+  // One route for the port, its counters kept, now naming the new pod.
+  assertEquals(t.status.routes.map((r) => [r.info.id, r.info.target]), [
+    ["reverse/7777", "pod/web-2:7777"],
+  ]);
   t.stop();
   await serving;
 });

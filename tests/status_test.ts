@@ -244,7 +244,7 @@ Deno.test("plain events: a mirrored copy the agent dropped is one line, naming t
   const lines: string[] = [];
   const stop = printNotableEvents(status, (line) => lines.push(line));
   const route = status.ready({
-    id: "reverse/pod/web-1:80",
+    id: "reverse/80",
     direction: "reverse",
     protocol: "tcp",
     local: "127.0.0.1:8080",

@@ -124,7 +124,10 @@ export function createProgram(
       `how long to wait for the agent pod to be running (default: ${DEFAULTS.podRunningTimeout})`,
     )
     .option("-v, --verbose", "print more about what relay is doing")
-    .option("-q, --quiet", "no live view or progress: ready lines, errors, warnings and notable events")
+    .option(
+      "-q, --quiet",
+      "no live view or progress: ready lines, errors, warnings and notable events",
+    )
     .option(
       "-o, --output <format>",
       "text (the default; a live view on a terminal) or json: one event per line on stdout",

@@ -36,12 +36,25 @@ interface Route {
  */
 export function forwardEntry(plan: Plan, listeners: ListenerSet, logger: Logger): SessionEntry {
   let routes: Route[] = [];
+  let serving: ServeContext | undefined;
   return {
     prepare: async ({ kube, follow, agentNamespace }) => {
       routes = await resolveRoutes(kube, plan, listeners, follow, agentNamespace, logger);
     },
     destinations: () => routes.map((route) => route.forward.allows),
-    serve: (context) => serve(routes, context, logger),
+    serve: (context) => serve(routes, serving = context, logger),
+    // With --target, a new agent may live in another pod (a rollout): connections now leave
+    // from there, and the routes' targets say so.
+    onTunnel: () => {
+      if (!serving) return;
+      for (const { binding, forward } of routes) {
+        for (const facts of readyFacts(binding, forward.protocol)) {
+          const info = forwardRoute({ ...facts, via: serving.via });
+          const route = serving.status.routes.find((r) => r.info.id === info.id);
+          if (route && route.info.target !== info.target) serving.status.ready(info);
+        }
+      }
+    },
   };
 }
 

@@ -86,7 +86,6 @@ export function reverseEntry(plan: Plan, logger: Logger): SessionEntry {
       ...(reverse.filter ? { filter: reverse.filter } : {}),
     };
     logger.readyReverse(facts);
-    if (reverse.route) serving.status.retire(reverse.route);
     reverse.route = serving.status.ready(reverseRoute(facts));
     reverse.place = serving.via;
   };

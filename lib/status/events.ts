@@ -9,7 +9,7 @@ export type Direction = "forward" | "reverse" | "proxy";
 
 /** One local port relay serves, and where its connections go. */
 export interface RouteInfo {
-  /** Stable for the run: `tcp/127.0.0.1:8080` (the local end) or `reverse/pod/web-7f9c:80`. */
+  /** Stable for the run: `tcp/127.0.0.1:8080` (the local end) or `reverse/80` (the pod's port). */
   id: string;
   direction: Direction;
   protocol: "tcp" | "udp";

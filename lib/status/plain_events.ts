@@ -36,9 +36,10 @@ export function printNotableEvents(
       say("tunnel-up", `tunnel to the agent is back (${event.tunnels} up)`);
     } else if (event.event === "connection" && event.error?.endsWith(MIRROR_DROPPED)) {
       const mib = (bytes: number) => `${bytes / 1024 / 1024} MiB`;
+      const where = status.routes.find((r) => r.info.id === event.route)?.info.target;
       say(
         "mirror",
-        `${event.route.replace(/^reverse\//, "")}: the copy of a connection from ${event.peer} ` +
+        `${where ?? event.route}: the copy of a connection from ${event.peer} ` +
           `was dropped: it fell more than ${mib(MIRROR_BACKLOG)} behind the caller ` +
           `(${mib(MIRROR_BACKLOG_TOTAL)} across connections): the caller sent faster than the ` +
           "tunnel or the local server took it. The app still answered it",

@@ -21,10 +21,13 @@ export function forwardRoute(facts: ReadyLineFacts): RouteInfo {
   };
 }
 
-/** A -R port in the pod: `reverse/pod/web-7f9c:80` to `127.0.0.1:8080`. */
+/**
+ * A -R port in the pod: `reverse/80` to `127.0.0.1:8080`. Its id is the port's alone, the same
+ * when a new agent takes it in another pod.
+ */
 export function reverseRoute(facts: ReverseReadyFacts): RouteInfo {
   return {
-    id: `reverse/${facts.place}:${facts.remotePort}`,
+    id: `reverse/${facts.remotePort}`,
     direction: "reverse",
     protocol: "tcp",
     local: formatHostPort(facts.localAddress, facts.localPort),

@@ -105,23 +105,20 @@ export class SessionStatus {
     for (const listener of this.#listeners) listener(event);
   }
 
-  /** A route is ready: registered (once per id) and announced. */
+  /**
+   * A route is ready: registered (once per id) and announced. Ready again (an agent in another
+   * pod after a rollout), it keeps its counters and takes the new facts.
+   */
   ready(info: RouteInfo): RouteStats {
     let route = this.routes.find((r) => r.info.id === info.id);
     if (!route) {
       route = new RouteStats(info);
       this.routes.push(route);
-    } else if (info.mode) {
-      route.info.mode = info.mode;
+    } else {
+      Object.assign(route.info, info);
     }
     this.emit({ event: "ready", route: info });
     return route;
-  }
-
-  /** A route that is no more, replaced by another (a -R taken again in a new pod). */
-  retire(route: RouteStats): void {
-    const at = this.routes.indexOf(route);
-    if (at >= 0) this.routes.splice(at, 1);
   }
 
   /**
