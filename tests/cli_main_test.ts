@@ -68,3 +68,53 @@ Deno.test("relay -V and relay version print the version, exit 0", async () => {
     ok(new RegExp(`^relay \\d+\\.\\d+\\.\\d+\\S*\\n${agentLine}$`).test(stdout), stdout);
   }
 });
+
+Deno.test("one Ctrl-C ends relay at once while an API server that never answers holds its first call", async () => {
+  // Accepts connections and never says a word, as a hung API server or a black-holing proxy.
+  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of silent) held.push(conn);
+  })().catch(() => {});
+  const dir = await Deno.makeTempDir({ prefix: "relay-silent-" });
+  try {
+    const kubeconfig = `${dir}/config`;
+    await Deno.writeTextFile(
+      kubeconfig,
+      JSON.stringify({
+        apiVersion: "v1",
+        kind: "Config",
+        clusters: [{ name: "c", cluster: { server: `http://127.0.0.1:${silent.addr.port}` } }],
+        users: [{ name: "u", user: { token: "t" } }],
+        contexts: [{ name: "x", context: { cluster: "c", user: "u" } }],
+        "current-context": "x",
+      }),
+    );
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--unstable-net", MAIN, "--kubeconfig", kubeconfig, "pod/x", ":80"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    // Until its first call reaches the server, then a little longer.
+    const deadline = Date.now() + 20_000;
+    while (held.length === 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    ok(held.length > 0, "relay never called the API server");
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const signalled = Date.now();
+    child.kill("SIGINT");
+    const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+    const { code } = await child.output();
+    clearTimeout(timer);
+    ok(Date.now() - signalled < 5_000, "relay did not stop on the first Ctrl-C");
+    strictEqual(code, 0);
+  } finally {
+    silent.close();
+    for (const conn of held) conn.close();
+    await accepting;
+    await Deno.remove(dir, { recursive: true });
+  }
+});

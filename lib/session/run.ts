@@ -198,11 +198,23 @@ export async function runSession(options: SessionOptions): Promise<void> {
     // All before any agent exists: a bad target or a withheld permission fails naming it,
     // before anything relay could not reach or delete. The target pod first, as entries
     // check ports against it; a bad target is told first, as it would be alone.
-    const target = await placement.resolve();
-    const [prepared, access] = await Promise.allSettled([
-      prepareAll(entries, { kube, follow, target, agentNamespace: placement.namespace }),
-      placement.checkAccess(),
+    // Until the agent is asked for, nothing exists to clean up: a stop ends the run at once,
+    // even while an API server that accepts but never answers holds a call.
+    const stopped = new Promise<"stopped">((resolve) => {
+      if (stop.signal.aborted) resolve("stopped");
+      stop.signal.addEventListener("abort", () => resolve("stopped"), { once: true });
+    });
+    const target = await Promise.race([placement.resolve(), stopped]);
+    if (target === "stopped") return;
+    const settled = await Promise.race([
+      Promise.allSettled([
+        prepareAll(entries, { kube, follow, target, agentNamespace: placement.namespace }),
+        placement.checkAccess(),
+      ]),
+      stopped,
     ]);
+    if (settled === "stopped") return;
+    const [prepared, access] = settled;
     if (prepared.status === "rejected") throw prepared.reason;
     if (access.status === "rejected") throw access.reason;
     allow = destinationsOf(entries);
