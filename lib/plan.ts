@@ -55,8 +55,6 @@ export interface KubeOverrides {
   /** `--client-certificate` and `--client-key`: files. */
   clientCertificate?: string;
   clientKey?: string;
-  /** `--tls-server-name`: the name to verify the API server's certificate against. */
-  tlsServerName?: string;
 }
 
 /** Options that shape every forward in one run. */

@@ -21,6 +21,9 @@ const FILES: Record<string, string> = {
   "only-n.txt": "-n foo\n",
   "bad-n.txt": "-n Bad_NS pod/echo 9000\n",
   "badkind.txt": "job/x 80\n",
+  "ca.pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+  "c.pem": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+  "k.pem": "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n",
   "addresses.txt": "-l 127.0.0.2 ip/198.18.3.4 5000\n" +
     "--address=::1,127.0.0.1 -n team host/web 80\nsvc/db 5432\n",
   "noaddress.txt": "ip/198.18.3.4 5000 -l\n",
@@ -222,9 +225,22 @@ const BAD: [argv: string[], message: string | RegExp][] = [
     ["--insecure-skip-tls-verify", "svc/x", "80"],
     /--insecure-skip-tls-verify is not supported: .*--certificate-authority/,
   ],
+  [["--insecure-skip-tls-verify=true", "svc/x", "80"], /--insecure-skip-tls-verify is not/],
+  [
+    ["--tls-server-name", "kubernetes", "svc/x", "80"],
+    /--tls-server-name "kubernetes" is not supported: .*--server URL's host/,
+  ],
   [["--server", "10.0.0.1:6443", "svc/x", "80"], /invalid --server "10.0.0.1:6443"/],
   [["--client-certificate", "c.pem", "svc/x", "80"], /--client-certificate and --client-key/],
   [["--token", "", "svc/x", "80"], /--token is empty/],
+  [
+    ["--certificate-authority", "nope.pem", "svc/x", "80"],
+    /cannot read --certificate-authority "nope.pem": no such file/,
+  ],
+  [
+    ["--client-certificate", "c.pem", "--client-key", "list.yaml", "svc/x", "80"],
+    /invalid --client-key "list.yaml": not a PEM file/,
+  ],
 ];
 
 Deno.test(`${BAD.length} bad inputs are one-line UsageErrors with exit code 2`, async (t) => {
@@ -523,8 +539,6 @@ Deno.test("kubectl's flags over the kubeconfig: --cluster, --user, -s, --token a
     "c.pem",
     "--client-key",
     "k.pem",
-    "--tls-server-name",
-    "api.example",
     "svc/x",
     "80",
   );
@@ -536,9 +550,13 @@ Deno.test("kubectl's flags over the kubeconfig: --cluster, --user, -s, --token a
     certificateAuthority: "ca.pem",
     clientCertificate: "c.pem",
     clientKey: "k.pem",
-    tlsServerName: "api.example",
   });
   strictEqual((await plan("svc/x", "80")).options.kubeOverrides, undefined);
+  // kubectl's explicit default is harmless.
+  strictEqual(
+    (await plan("--insecure-skip-tls-verify=false", "svc/x", "80")).options.kubeOverrides,
+    undefined,
+  );
   // relay proxy takes them too.
   const proxy = await plan("proxy", "--server", "https://api:6443");
   strictEqual(proxy.options.kubeOverrides?.server, "https://api:6443");

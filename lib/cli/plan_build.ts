@@ -72,6 +72,7 @@ export type CommandOptions = {
   kubeconfig?: string;
   context?: string;
   insecureSkipTlsVerify?: true;
+  tlsServerName?: string;
   as?: string;
   asGroup?: string[];
   requestTimeout?: string;
@@ -167,7 +168,7 @@ export async function toPlan(
   }
   if (opts.kubeconfig !== undefined) options.kubeconfig = nonEmpty(opts.kubeconfig, "--kubeconfig");
   if (opts.context !== undefined) options.context = nonEmpty(opts.context, "--context");
-  const overrides = kubeOverrides(opts);
+  const overrides = await kubeOverrides(opts, io);
   if (overrides) options.kubeOverrides = overrides;
   if (namespace !== undefined) options.namespace = namespace;
   if (opts.as !== undefined) options.as = nonEmpty(opts.as, "--as");
@@ -345,11 +346,19 @@ function pickAgreed(
 }
 
 /** kubectl's flags over the kubeconfig, each checked for a value; undefined when none is given. */
-function kubeOverrides(opts: CommandOptions): KubeOverrides | undefined {
+async function kubeOverrides(opts: CommandOptions, io: CliIo): Promise<KubeOverrides | undefined> {
   if (opts.insecureSkipTlsVerify) {
     throw new UsageError(
       "--insecure-skip-tls-verify is not supported: relay always checks the API server's " +
         "certificate; give its CA with --certificate-authority",
+    );
+  }
+  if (opts.tlsServerName !== undefined) {
+    // Deno's HTTP client, which makes relay's API calls, checks the URL's host only.
+    throw new UsageError(
+      `--tls-server-name ${JSON.stringify(opts.tlsServerName)} is not supported: relay checks ` +
+        "the API server's certificate for the --server URL's host; give --server with a name " +
+        "the certificate has",
     );
   }
   const flags: [keyof KubeOverrides, string | undefined, string][] = [
@@ -360,7 +369,6 @@ function kubeOverrides(opts: CommandOptions): KubeOverrides | undefined {
     ["certificateAuthority", opts.certificateAuthority, "--certificate-authority"],
     ["clientCertificate", opts.clientCertificate, "--client-certificate"],
     ["clientKey", opts.clientKey, "--client-key"],
-    ["tlsServerName", opts.tlsServerName, "--tls-server-name"],
   ];
   const overrides: KubeOverrides = {};
   for (const [field, value, flag] of flags) {
@@ -373,6 +381,18 @@ function kubeOverrides(opts: CommandOptions): KubeOverrides | undefined {
   }
   if ((overrides.clientCertificate === undefined) !== (overrides.clientKey === undefined)) {
     throw new UsageError("--client-certificate and --client-key go together: give both");
+  }
+  // A file that is not there or not PEM is said now, naming the flag, not at the first call.
+  const files: [string | undefined, string][] = [
+    [overrides.certificateAuthority, "--certificate-authority"],
+    [overrides.clientCertificate, "--client-certificate"],
+    [overrides.clientKey, "--client-key"],
+  ];
+  for (const [path, flag] of files) {
+    if (path === undefined || path === "-") continue;
+    if (!(await readNamed(path, flag, io)).includes("-----BEGIN ")) {
+      throw new UsageError(`invalid ${flag} ${JSON.stringify(path)}: not a PEM file`);
+    }
   }
   return Object.keys(overrides).length > 0 ? overrides : undefined;
 }

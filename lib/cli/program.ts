@@ -108,10 +108,13 @@ export function createProgram(
     .option("--certificate-authority <path>", "CA certificate file for the API server")
     .option("--client-certificate <path>", "client certificate file for TLS")
     .option("--client-key <path>", "client key file for TLS")
-    .option("--tls-server-name <name>", "server name to check the API server's certificate for")
+    .option(
+      "--tls-server-name <name>",
+      "refused: relay checks the API server's certificate for the --server URL's host",
+    )
     .option(
       "--insecure-skip-tls-verify",
-      "refused: relay always checks the API server's certificate (give --certificate-authority)",
+      "refused: relay always checks the API server's certificate (=false is accepted)",
     )
     .option("--as <user>", "user to impersonate")
     .option("--as-group <group>", "group to impersonate, repeatable", collect)
@@ -154,7 +157,7 @@ const SHORT_VALUE_FLAGS = new Set(["-n", "-l", "-f", "-L", "-R", "-p", "-o", "-s
 
 /**
  * kubectl's spellings commander does not know: `-v=6`, `-v 6` or `--v=6` (relay has one
- * verbose level) and `-n=NS` for any short flag that takes a value.
+ * verbose level), `-n=NS` for any short flag that takes a value, and a bool flag's `=false`.
  */
 function normalizeKubectlSpellings(argv: readonly string[]): string[] {
   const out: string[] = [];
@@ -177,6 +180,10 @@ function normalizeKubectlSpellings(argv: readonly string[]): string[] {
       if (Number(argv[++i]) > 0) out.push("--verbose");
     } else if (shortWithValue && SHORT_VALUE_FLAGS.has(shortWithValue[1])) {
       out.push(shortWithValue[1], shortWithValue[2]);
+    } else if (/^--insecure-skip-tls-verify=(false|0)$/i.test(arg)) {
+      // pflag's bool flags take =VALUE; kubectl's explicit default asks for nothing.
+    } else if (/^--insecure-skip-tls-verify=(true|1)$/i.test(arg)) {
+      out.push("--insecure-skip-tls-verify");
     } else {
       out.push(arg);
     }

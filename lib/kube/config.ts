@@ -159,7 +159,6 @@ function withClusterOverrides(cluster: Cluster | undefined, o: KubeOverrides): C
       caFile: o.certificateAuthority,
       caData: undefined,
     }),
-    ...(o.tlsServerName !== undefined && { tlsServerName: o.tlsServerName }),
   };
 }
 
