@@ -10,7 +10,7 @@
 import type { Command } from "commander";
 import tab from "@bomb.sh/tab/commander";
 import type { RootCommand } from "@bomb.sh/tab";
-import { clusterCandidates, completionQuery } from "./completion_cluster.ts";
+import { clusterCandidates, type CompletionQuery, completionQuery } from "./completion_cluster.ts";
 
 /** How long a TAB may wait on the API server before it offers nothing. */
 const CLUSTER_TIMEOUT_MS = 3000;
@@ -79,10 +79,16 @@ export async function runCompletion(
 
 /**
  * The bash script without `readonly` on its constants, so that sourcing it again (a second
- * ~/.bashrc read, a `source` after an upgrade) does not fail on them, as kubectl's does not.
+ * ~/.bashrc read, a `source` after an upgrade) does not fail on them, as kubectl's does not;
+ * and completing a `--flag=value` word by its value, as bash replaces only what follows the
+ * `=` (kubectl's script does the same).
  */
 function resourceableBash(script: string): string {
-  return script.replace(/^readonly (\w+=)/gm, "$1");
+  const filter = '    COMPREPLY=( $(compgen -W "${completions[*]}" -- "$cur") )';
+  return script.replace(/^readonly (\w+=)/gm, "$1").replace(
+    filter,
+    '    [[ "$cur" == -*=* ]] && cur="${cur#*=}"\n' + filter,
+  );
 }
 
 /**
@@ -117,9 +123,14 @@ function offer(root: RootCommand, values: readonly string[]): void {
 }
 
 /** The cluster the typed words name, asked with a deadline a TAB can wait for. */
-async function connectForCompletion(
-  where: { kubeconfig?: string; context?: string; namespace?: string },
-) {
+async function connectForCompletion(where: CompletionQuery) {
   const { loadKube } = await import("./kube/config.ts");
-  return loadKube({ ...where, requestTimeoutMs: CLUSTER_TIMEOUT_MS });
+  const { kubeconfig, context, namespace, overrides } = where;
+  return loadKube({
+    kubeconfig,
+    context,
+    namespace,
+    overrides,
+    requestTimeoutMs: CLUSTER_TIMEOUT_MS,
+  });
 }

@@ -1,15 +1,16 @@
 /**
  * What shell completion asks the cluster for, as kubectl's does: namespaces after `-n`, and
  * the names of a kind's objects after `pod/`, `svc/`, `deploy/`… (a target, or `--target`). The
- * words already typed say which kubeconfig, context and namespace to ask.
+ * words already typed say which kubeconfig, context, cluster flags and namespace to ask.
  */
 import type { Kube } from "./kube/config.ts";
+import type { KubeOverrides } from "./plan.ts";
 
 /** Target kinds offered as the start of a target word, in the order shown. */
 export const TARGET_KINDS = ["pod/", "svc/", "deploy/", "sts/", "ds/", "rs/", "host/", "ip/"];
 
 /** The kinds `--target` takes. */
-const TARGET_FLAG_KINDS = ["pod/", "deploy/"];
+const TARGET_FLAG_KINDS = ["pod/", "deploy/", "sts/", "ds/", "rs/", "svc/"];
 
 /** Each spelling of a kind relay lists, with its collection's path under a namespace. */
 const COLLECTIONS: Record<string, string> = {
@@ -36,7 +37,21 @@ export interface CompletionQuery {
   kubeconfig?: string;
   context?: string;
   namespace?: string;
+  /** kubectl's flags over the kubeconfig among the typed words (`--cluster`, `-s`, …). */
+  overrides?: KubeOverrides;
 }
+
+/** The typed flags that say which cluster to ask, and where each goes in the query. */
+const CLUSTER_FLAGS: Record<string, keyof KubeOverrides> = {
+  "--cluster": "cluster",
+  "--user": "user",
+  "-s": "server",
+  "--server": "server",
+  "--token": "token",
+  "--certificate-authority": "certificateAuthority",
+  "--client-certificate": "clientCertificate",
+  "--client-key": "clientKey",
+};
 
 /**
  * What `words` (the command line after `relay`, the last being the word under the cursor, maybe
@@ -45,16 +60,21 @@ export interface CompletionQuery {
 export function completionQuery(words: readonly string[]): CompletionQuery | undefined {
   const flags: Record<string, string> = {};
   for (let i = 0; i < words.length - 1; i++) {
-    const match = /^(-n|--namespace|--context|--kubeconfig)(?:=(.*))?$/.exec(words[i]);
-    if (!match) continue;
+    const match = /^(-[ns]|--[a-z-]+)(?:=(.*))?$/.exec(words[i]);
+    const known = match &&
+      (/^(-n|--namespace|--context|--kubeconfig)$/.test(match[1]) || match[1] in CLUSTER_FLAGS);
+    if (!known) continue;
     const value = match[2] ?? words[++i];
     if (value !== undefined && i < words.length - 1) flags[match[1]] = value;
   }
-  const where: Pick<CompletionQuery, "kubeconfig" | "context" | "namespace"> = {};
+  const where: Pick<CompletionQuery, "kubeconfig" | "context" | "namespace" | "overrides"> = {};
   if (flags["--kubeconfig"] !== undefined) where.kubeconfig = flags["--kubeconfig"];
   if (flags["--context"] !== undefined) where.context = flags["--context"];
   const namespace = flags["-n"] ?? flags["--namespace"];
   if (namespace !== undefined) where.namespace = namespace;
+  for (const [flag, field] of Object.entries(CLUSTER_FLAGS)) {
+    if (flags[flag] !== undefined) (where.overrides ??= {})[field] = flags[flag];
+  }
   const current = words.at(-1) ?? "";
   const previous = words.at(-2);
   const valueOf = (names: string[]) =>

@@ -13,13 +13,14 @@ const opts = { sanitizeResources: false, sanitizeOps: false };
 
 // A stand-in for relay's program: its own commands and options, completed by lib/completion.ts.
 const PROGRAM = `
-import { Command } from "@commander-js/extra-typings";
+import { Command, Option } from "@commander-js/extra-typings";
 import { isCompletionRequest, runCompletion } from "${ROOT}/lib/completion.ts";
 const program = new Command().name("relay")
   .option("-n, --namespace <namespace>", "namespace of the target")
   .argument("[target]");
 program.command("agent").description("run the in-cluster end").option("--port <port>", "port");
 program.command("proxy").description("a proxy").option("--proxy-auth <auth>", "credentials");
+program.addOption(new Option("--color <when>", "colour").choices(["auto", "never"]));
 program.command("version").description("print relay's version");
 if (isCompletionRequest(Deno.args)) await runCompletion(program, Deno.args);
 `;
@@ -60,7 +61,7 @@ Deno.test("relay completion <shell> prints a script that asks relay for candidat
   });
 });
 
-Deno.test("the bash completion completes subcommands and their options, but not agent, and sources twice", async () => {
+Deno.test("the bash completion completes subcommands, their options and --flag=values, but not agent, and sources twice", async () => {
   await withRelay(async (bin) => {
     // bash-completion's helper, reduced to what the script uses, so no package is needed.
     const script = `
@@ -75,6 +76,8 @@ Deno.test("the bash completion completes subcommands and their options, but not 
       echo "words: \${COMPREPLY[*]}"
       COMP_WORDS=(relay proxy --pro); COMP_CWORD=2; __relay_complete 2>/dev/null
       echo "options: \${COMPREPLY[*]}"
+      COMP_WORDS=(relay --color=ne); COMP_CWORD=1; __relay_complete 2>/dev/null
+      echo "value: \${COMPREPLY[*]}"
     `;
     const r = await run("bash", ["-c", script], {
       env: { PATH: `${bin}:${Deno.env.get("PATH")}` },
@@ -85,6 +88,8 @@ Deno.test("the bash completion completes subcommands and their options, but not 
     assertStringIncludes(r.stdout, "agent: \n", "the in-pod command is not offered");
     assertStringIncludes(r.stdout, "words: version\n");
     assertStringIncludes(r.stdout, "options: --proxy-auth\n");
+    // bash replaces what follows the = of --flag=value: the value alone.
+    assertStringIncludes(r.stdout, "value: never\n");
   });
 });
 
@@ -126,8 +131,13 @@ Deno.test("completionQuery: which word asks the cluster, and where", () => {
   assertEquals(completionQuery(["deployment/"]), { wants: "names", kind: "deployment" });
   assertEquals(completionQuery(["--target", "de"]), {
     wants: "kinds",
-    kinds: ["pod/", "deploy/"],
+    kinds: ["pod/", "deploy/", "sts/", "ds/", "rs/", "svc/"],
   });
+  // kubectl's cluster flags among the words say which cluster to ask.
+  assertEquals(
+    completionQuery(["-s", "https://api:6443", "--token=t", "--cluster", "c", "-n", ""]),
+    { wants: "namespaces", overrides: { server: "https://api:6443", token: "t", cluster: "c" } },
+  );
   assertEquals(completionQuery(["--target=deploy/w"]), { wants: "names", kind: "deploy" });
   assertEquals(completionQuery([""])?.kinds, TARGET_KINDS);
   // A flag's value, a port, a flag and host/ names are not the cluster's to offer.

@@ -16,8 +16,9 @@ export function forwardRoute(facts: ReadyLineFacts): RouteInfo {
     direction: "forward",
     protocol: facts.protocol,
     local,
+    // As the ready line says it: TCP and UDP on one port are two rows that must differ.
     target: `${formatTarget(facts.target)}:${facts.remotePort}` +
-      (facts.via ? ` (from ${facts.via})` : ""),
+      (facts.protocol === "udp" ? "/udp" : "") + (facts.via ? ` (from ${facts.via})` : ""),
   };
 }
 
