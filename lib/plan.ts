@@ -68,6 +68,8 @@ export interface RunOptions {
   namespace?: string;
   as?: string;
   asGroups: string[];
+  /** `--as-uid`. */
+  asUid?: string;
   /** `--request-timeout`, in milliseconds; 0 means none. */
   requestTimeoutMs: number;
   agentImage: string;

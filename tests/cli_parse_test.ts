@@ -487,6 +487,8 @@ Deno.test("kubectl's flags", async () => {
     "dev",
     "--as-group",
     "ops",
+    "--as-uid",
+    "1234",
     "--request-timeout",
     "30s",
     "--pod-running-timeout",
@@ -503,6 +505,7 @@ Deno.test("kubectl's flags", async () => {
   strictEqual(p.options.context, "kind");
   strictEqual(p.options.as, "alice");
   deepStrictEqual(p.options.asGroups, ["dev", "ops"]);
+  strictEqual(p.options.asUid, "1234");
   strictEqual(p.options.requestTimeoutMs, 30_000);
   strictEqual(p.options.podRunningTimeoutMs, 120_000);
   strictEqual(p.options.tunnels, 4);

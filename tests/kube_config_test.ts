@@ -296,3 +296,28 @@ Deno.test(
     }
   },
 );
+
+Deno.test("loadKube: --as-uid goes with --as as Impersonate-Uid, and needs it", async () => {
+  const file = await writeTempFile(
+    "config",
+    kubeconfigYaml({
+      server: "https://127.0.0.1:1",
+      caFile: (await pki()).caFile,
+      users: { u1: "token: abc" },
+      contexts: { a: { user: "u1" } },
+      current: "a",
+    }),
+  );
+  const kube = loadKube({ kubeconfig: file, as: "alice", asUid: "1234" });
+  const { headers } = await kube.rawConnection();
+  assertEquals([headers.get("impersonate-user"), headers.get("impersonate-uid")], [
+    "alice",
+    "1234",
+  ]);
+  kube.close();
+  assertThrows(
+    () => loadKube({ kubeconfig: file, asUid: "1234" }),
+    UsageError,
+    "--as-uid needs --as",
+  );
+});

@@ -74,6 +74,7 @@ export type CommandOptions = {
   insecureSkipTlsVerify?: true;
   tlsServerName?: string;
   as?: string;
+  asUid?: string;
   asGroup?: string[];
   requestTimeout?: string;
   podRunningTimeout?: string;
@@ -172,6 +173,7 @@ export async function toPlan(
   if (overrides) options.kubeOverrides = overrides;
   if (namespace !== undefined) options.namespace = namespace;
   if (opts.as !== undefined) options.as = nonEmpty(opts.as, "--as");
+  if (opts.asUid !== undefined) options.asUid = nonEmpty(opts.asUid, "--as-uid");
   const agentNamespace = pickAgreed(
     ["--agent-namespace", opts.agentNamespace],
     ["--server.namespace", opts["server.namespace"]],

@@ -118,6 +118,7 @@ export function createProgram(
     )
     .option("--as <user>", "user to impersonate")
     .option("--as-group <group>", "group to impersonate, repeatable", collect)
+    .option("--as-uid <uid>", "UID to impersonate")
     .option(
       "--request-timeout <duration>",
       "give up on one API request after this long (default: 0, never)",

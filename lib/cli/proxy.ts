@@ -38,6 +38,7 @@ const SHARED_FLAGS = new Set([
   "--insecure-skip-tls-verify",
   "--as",
   "--as-group",
+  "--as-uid",
   "--request-timeout",
   "--pod-running-timeout",
   "--verbose",

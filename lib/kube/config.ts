@@ -8,7 +8,7 @@
 import type { Cluster, User } from "@kubernetes/client-node/dist/config_types.js";
 import type { KubeOverrides } from "../plan.ts";
 import { KubeApi, type Watcher } from "./api.ts";
-import { Credentials, type TlsMaterial } from "./credentials.ts";
+import { Credentials, type Impersonation, type TlsMaterial } from "./credentials.ts";
 import { KubeError, UsageError } from "./errors.ts";
 import { firstLine, loadFiles } from "./kubeconfig_files.ts";
 import {
@@ -37,6 +37,8 @@ export interface LoadKubeOptions {
   as?: string;
   /** `--as-group`: groups to impersonate (needs `as`). */
   asGroups?: string[];
+  /** `--as-uid`: the impersonated user's UID (needs `as`). */
+  asUid?: string;
   /** `--request-timeout` for single API calls, in ms; 0 or undefined means none. */
   requestTimeoutMs?: number;
   /** Environment lookups, replaceable for tests; defaults to Deno.env.get. */
@@ -218,10 +220,13 @@ function checkServer(cluster: Cluster): void {
  * Only one group: Deno's fetch and WebSocket join repeated headers into one "a, b" line, which
  * the API server would read as a single group with that odd name.
  */
-function impersonation(opts: LoadKubeOptions): { user?: string; groups: string[] } {
+function impersonation(opts: LoadKubeOptions): Impersonation {
   const groups = opts.asGroups ?? [];
   if (groups.length > 0 && !opts.as) {
     throw new UsageError("--as-group needs --as: the API server impersonates groups of a user");
+  }
+  if (opts.asUid !== undefined && !opts.as) {
+    throw new UsageError("--as-uid needs --as: the API server impersonates the UID of a user");
   }
   if (groups.length > 1) {
     throw new UsageError(
@@ -229,7 +234,7 @@ function impersonation(opts: LoadKubeOptions): { user?: string; groups: string[]
         "join repeated Impersonate-Group headers into one group",
     );
   }
-  return { user: opts.as, groups };
+  return { user: opts.as, groups, ...(opts.asUid !== undefined && { uid: opts.asUid }) };
 }
 
 /** Builds RawConnection values; keeps one Deno.HttpClient per distinct TLS identity. */

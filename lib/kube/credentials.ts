@@ -36,6 +36,8 @@ interface AuthOptions {
 export interface Impersonation {
   user?: string;
   groups: string[];
+  /** `--as-uid`: the impersonated user's UID. */
+  uid?: string;
 }
 
 /** One cluster and user's credentials; authenticators keep their caches between calls. */
@@ -71,6 +73,7 @@ export class Credentials {
     const as = this.impersonation.user ?? user?.impersonateUser;
     if (as) headers.set("Impersonate-User", as);
     for (const group of this.impersonation.groups) headers.set("Impersonate-Group", group);
+    if (this.impersonation.uid) headers.set("Impersonate-Uid", this.impersonation.uid);
     return { headers, tls };
   }
 }

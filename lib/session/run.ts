@@ -124,6 +124,7 @@ export async function runSession(options: SessionOptions): Promise<void> {
     namespace: run.namespace,
     as: run.as,
     asGroups: run.asGroups,
+    asUid: run.asUid,
     requestTimeoutMs: run.requestTimeoutMs,
   });
   const placement = placementFor(kube, plan);
