@@ -19,6 +19,7 @@ import {
 } from "../lib/tunnel/types.ts";
 import { type CompiledFilter, compileFilter, filterConnection } from "./http_filter.ts";
 import { MirrorBudget, mirrorConnection } from "./mirror.ts";
+import { PortClaims } from "./port_claims.ts";
 import type { PortRedirects } from "./netfilter.ts";
 import { appAddress, listenersOn, podAddresses } from "./port_owners.ts";
 
@@ -27,6 +28,8 @@ export interface ReverseListenOptions {
   buffers?: BufferPool;
   /** What the agent's mirrored copies may queue together (one per agent). */
   mirrorBudget?: MirrorBudget;
+  /** The agent's claims on pod ports, which other relay sessions in the pod see (one per agent). */
+  claims?: PortClaims;
   log: (line: string) => void;
   /** The agent's redirects, made when first needed (steal, mirror). */
   redirects: () => PortRedirects;
@@ -42,13 +45,37 @@ export interface ReverseListenOptions {
  */
 export async function listenForClient(
   request: OpenRequest,
-  { mode, filter }: ListenOptions,
+  how: ListenOptions,
   tunnel: Tunnel,
   options: ReverseListenOptions,
 ): Promise<KeptListener> {
   if (request.protocol !== "tcp") {
     throw new OpenError("forbidden", "only TCP ports can be reverse forwarded");
   }
+  // One session a port, whichever way each takes it (listen, steal, mirror).
+  const release = (options.claims ?? new PortClaims()).claim(request.port);
+  try {
+    const kept = await takePort(request, how, tunnel, options);
+    return {
+      mode: kept.mode,
+      close() {
+        kept.close();
+        release();
+      },
+    };
+  } catch (error) {
+    release();
+    throw error;
+  }
+}
+
+/** What {@link listenForClient} does once the port is this session's. */
+async function takePort(
+  request: OpenRequest,
+  { mode, filter }: ListenOptions,
+  tunnel: Tunnel,
+  options: ReverseListenOptions,
+): Promise<KeptListener> {
   let compiled: CompiledFilter | undefined;
   if (filter) {
     if (mode !== "steal") throw new OpenError("forbidden", "an HTTP filter goes with steal only");

@@ -15,6 +15,7 @@ import { VERSION } from "../lib/version.ts";
 import { denoConnector, type Dialer, dialTcp, systemResolver } from "./dial.ts";
 import { listenForClient } from "./listen.ts";
 import { MirrorBudget } from "./mirror.ts";
+import { PortClaims } from "./port_claims.ts";
 import { DestinationPolicy } from "./policy.ts";
 import { type IptablesRunner, podFamilies, PortRedirects, sweepStale } from "./netfilter.ts";
 import { hasNetAdmin } from "./port_owners.ts";
@@ -78,6 +79,7 @@ export function startAgent(config: AgentConfig): AgentHandle {
   let redirects: PortRedirects | undefined;
   let families: Awaited<ReturnType<typeof podFamilies>> = ["ipv4"];
   const mirrorBudget = new MirrorBudget();
+  const claims = new PortClaims();
   const ready = (async () => {
     if (!config.iptables && !(await hasNetAdmin())) return;
     families = await podFamilies(config.iptables);
@@ -172,6 +174,7 @@ export function startAgent(config: AgentConfig): AgentHandle {
           return listenForClient(request, how, tunnel, {
             buffers,
             mirrorBudget,
+            claims,
             log,
             redirects: getRedirects,
           });

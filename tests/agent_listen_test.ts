@@ -7,6 +7,7 @@ import { MIRROR_DROPPED, tokenDigest } from "../lib/contract.ts";
 import { assert, assertEquals, assertRejects, within } from "./assert.ts";
 import { startAgent } from "../agent/mod.ts";
 import { MirrorBudget, MirrorCopy } from "../agent/mirror.ts";
+import { CLAIM_PORT, claimAddress, PortClaims } from "../agent/port_claims.ts";
 import { connDuplex } from "../lib/net/mod.ts";
 import {
   connectTunnel,
@@ -204,4 +205,35 @@ Deno.test("mirror copies: past 4 MiB behind, or past the agent's budget across c
   copyC.end();
   await new Promise((resolve) => setTimeout(resolve, 10));
   assertEquals([c.sent, c.reset(), budget.queued], [[3 * MiB], "", 0]);
+});
+
+Deno.test("port claims: a port one agent holds is refused to another, whichever way each takes it; the holder may take it again, and a release frees it", () => {
+  const port = freePort();
+  const first = new PortClaims();
+  const second = new PortClaims();
+  const release = first.claim(port);
+  const again = first.claim(port);
+  let refused: unknown;
+  try {
+    second.claim(port);
+  } catch (error) {
+    refused = error;
+  }
+  assert(refused instanceof OpenError && refused.code === "forbidden", String(refused));
+  assertEquals(
+    (refused as Error).message,
+    `another relay session already takes port ${port} of this pod; stop that one first`,
+  );
+  release();
+  again();
+  second.claim(port)();
+  assertEquals(claimAddress(8080), "127.82.31.144");
+  // Something bound to every address on the claims' port claims nothing.
+  const wildcard = Deno.listenDatagram({ hostname: "0.0.0.0", port: CLAIM_PORT, transport: "udp" });
+  try {
+    new PortClaims().claim(port)();
+    new PortClaims().claim(port)();
+  } finally {
+    wildcard.close();
+  }
 });

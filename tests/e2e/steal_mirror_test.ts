@@ -436,7 +436,7 @@ Deno.test({
 
 Deno.test({
   name:
-    "story: a second relay stealing a port another relay steals in the same pod exits 2 with one line saying so; the first keeps the port",
+    "story: a second relay taking a port another relay has in the same pod (stolen, or listened on as a free port) exits 2 with one line saying so; the first keeps the port",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
@@ -446,19 +446,31 @@ Deno.test({
     const targetIP = await podIP(ns.name, "echo-pod");
     const first = recordingServer("the first session");
     try {
+      const second = (port: number) =>
+        runCommand(
+          relayCommand(["-n", ns.name, "--target", "pod/echo-pod", "-R", `${port}:1`, "--steal"]),
+          { env: { KUBECONFIG }, signal: AbortSignal.timeout(60_000) },
+        );
+      const refusedAndKept = async (port: number, run: Awaited<ReturnType<typeof second>>) => {
+        assertEquals(run.code, 2, run.stderr);
+        const lines = run.stderr.trim().split("\n").filter((l) => !l.startsWith("stopped the"));
+        assertEquals(lines.length, 1, run.stderr);
+        assertMatch(lines[0], new RegExp(`another relay session already takes port ${port} `));
+        const kept = await ask(ns.name, echo.pods.deploy, `${targetIP}:${port}`);
+        assertEquals(kept.line, "the first session", `${port}: ${kept.stderr}`);
+      };
+      // The first session steals 8080.
       await using relay = await startRelay(
         ["-n", ns.name, "--target", "pod/echo-pod", "-R", `8080:${first.port}`, "--steal"],
       );
-      const second = await runCommand(
-        relayCommand(["-n", ns.name, "--target", "pod/echo-pod", "-R", "8080:1", "--steal"]),
-        { env: { KUBECONFIG }, signal: AbortSignal.timeout(60_000) },
+      await refusedAndKept(8080, await second(8080));
+      // Another listens on 9300, a port nothing in the pod serves: no rule marks it, yet a
+      // steal of it is refused too.
+      await using listening = await startRelay(
+        ["-n", ns.name, "--target", "pod/echo-pod", "-R", `9300:${first.port}`],
       );
-      assertEquals(second.code, 2, second.stderr);
-      const lines = second.stderr.trim().split("\n").filter((l) => !l.startsWith("stopped the"));
-      assertEquals(lines.length, 1, second.stderr);
-      assertMatch(lines[0], /another relay session already steals or mirrors port 8080/);
-      const stolen = await ask(ns.name, echo.pods.deploy, `${targetIP}:8080`);
-      assertEquals(stolen.line, "the first session", stolen.stderr);
+      await refusedAndKept(9300, await second(9300));
+      assertEquals(await listening.stop(), 0, listening.stderr());
       assertEquals(await relay.stop(), 0, relay.stderr());
     } finally {
       first.close();
