@@ -137,7 +137,8 @@ export class PortRedirects {
   /**
    * Refuses a port another live agent in the pod redirects (another relay session's steal or
    * mirror): with two sets of rules, the first would silently get nothing. A dead agent's
-   * rules are removed instead.
+   * rules are removed instead. Port claims (port_claims.ts) refuse it first; this still
+   * catches an agent of a relay from before claims.
    */
   async #refuseTaken(port: number): Promise<void> {
     for (const family of this.#o.families) {
